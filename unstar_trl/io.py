@@ -1,0 +1,72 @@
+"""Writing outputs so that nothing is lost: atomic files and folders, JSONL, and directory fingerprints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; the CLI prints its message as one line and exits non-zero."""
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        handle.write(text)
+        temporary = handle.name
+    os.replace(temporary, path)
+
+
+def write_json(path: str | Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole, on failure it is removed and
+    whatever stood at `path` before is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup = path.parent / f".{path.name}.old-{os.getpid()}"
+    if path.exists():
+        os.replace(path, backup)
+    os.replace(staging, path)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def refuse_overwrite(output_dir: str | Path, *protected: str | Path) -> None:
+    """Refuse an output folder that is, or lies inside or around, a folder that must not be touched."""
+    output = Path(output_dir).resolve()
+    for item in protected:
+        source = Path(item).resolve()
+        if output == source or source in output.parents or output in source.parents:
+            raise UsageError(f"output_dir {output_dir} overlaps the input {item}; choose another output_dir")
+
+
+def fingerprint(path: str | Path) -> dict[str, str]:
+    """sha256 of every file under `path`, keyed by relative path (to prove a folder was not touched)."""
+    root = Path(path)
+    return {
+        str(file.relative_to(root)): hashlib.sha256(file.read_bytes()).hexdigest()
+        for file in sorted(root.rglob("*"))
+        if file.is_file()
+    }
