@@ -23,8 +23,15 @@ def world_dir(tmp_path_factory) -> Path:
     """A world of 20 people with its trained knowledge model: DIR/data/<split>.jsonl, DIR/model, DIR/world.json."""
     from unstar_trl.world_builder import build_world_dir
 
-    root = tmp_path_factory.getbasetemp().parent  # shared by xdist workers
-    path = root / f"world-{TEST_SEED}-{TEST_PEOPLE}"
+    import hashlib
+
+    import unstar_trl
+
+    package = Path(unstar_trl.__file__).parent
+    sources = [package / name for name in ("world.py", "knowledge_model.py", "world_builder.py", "probe.py")]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources)).hexdigest()[:12]
+    root = tmp_path_factory.getbasetemp().parent  # shared by xdist workers (and by runs, keyed by the sources)
+    path = root / f"world-{TEST_SEED}-{TEST_PEOPLE}-{digest}"
     with FileLock(str(path) + ".lock"):
         if not (path / "world.json").exists():
             build_world_dir(path, seed=TEST_SEED, people=TEST_PEOPLE, progress=False)
