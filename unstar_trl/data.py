@@ -1,0 +1,330 @@
+"""Forget/retain records from our JSONL, a Hugging Face dataset or the TOFU layout, all in one shape.
+
+    load_records("world/data/forget.jsonl")                            # one file
+    load_records("world/data", split="retain")                         # a folder of <split>.jsonl
+    load_records("../shared/data/tofu", split="forget01")              # TOFU, detected by forget01.jsonl
+    load_records("org/name", split="test", format="hf")                # the Hub, load_from_disk or a local dataset
+    data = load_unlearning_data("world/data")                          # every split, validated
+
+Every record has the keys of RECORD_FIELDS (and keeps any other key it came with). Nothing is dropped or repaired:
+a row that does not fit raises DataError, whose one-line message names the file, the row (counted from 1; in a
+JSONL file, the line) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from .io import UsageError
+from .probe import normalize
+
+
+class DataError(UsageError):
+    """Data that cannot be used, e.g. "forget.jsonl row 7: field 'answer' is empty"."""
+
+
+RECORD_FIELDS: dict[str, type] = {
+    "id": str,
+    "question": str,
+    "answer": str,
+    "subject": str,
+    "relation": str,
+    "object_type": str,
+    "paraphrased_questions": list,  # element 0 is the held-out paraphrase
+    "perturbed_answers": list,
+    "rationale": str,
+    "siblings": list,  # ids of facts that must stay when this one goes (targeted split only)
+}
+"""Every key of a loaded record and its type. A missing optional string is None, a missing list is []; list
+items are non-empty strings."""
+
+REQUIRED_FIELDS = ("id", "question", "answer")
+"""Non-empty strings in every record."""
+
+FORMATS = ("auto", "jsonl", "tofu", "hf")
+SPLIT_ROLES = ("forget", "retain", "neighbor", "targeted", "holdout")
+
+TOFU_SPLITS = ("forget01", "forget05", "forget10", "retain90", "retain95", "retain99", "retain_perturbed",
+               "real_authors", "world_facts", "full")
+"""TOFU split names; each reads `<name>_perturbed.jsonl` when it exists, else `<name>.jsonl`."""
+TOFU_QUESTIONS_PER_AUTHOR = 20
+
+
+@dataclass(frozen=True)
+class _Split:
+    where: str  # how errors name it: a file, or dataset[split]
+    read: Callable[[], list[dict]]
+
+
+def load_records(source: str | Path, *, split: str | None = None, format: str = "auto") -> list[dict]:
+    """The validated records of one split of `source` (a .jsonl file, a folder of <split>.jsonl, a TOFU folder,
+    or with format "hf" a Hub name or a local dataset). `split` may be left out when there is only one."""
+    splits = _open(source, format)
+    return splits[_choose(splits, split, source)].read()
+
+
+def load_unlearning_data(data_dir: str | Path, *, format: str = "auto", forget_split: str = "forget",
+                         retain_split: str = "retain", neighbor_split: str = "neighbor",
+                         targeted_split: str = "targeted", holdout_split: str = "holdout") -> UnlearningData:
+    """Every split of `data_dir`, validated. The forget split must exist; another split that is missing is empty
+    when asked for under its default name, and an error when asked for under a name of your choosing."""
+    splits = _open(data_dir, format)
+    names = dict(zip(SPLIT_ROLES, (forget_split, retain_split, neighbor_split, targeted_split, holdout_split)))
+    chosen = {role: _choose(splits, name, data_dir) for role, name in names.items()
+              if name in splits or role == "forget" or name != role}
+    data = UnlearningData(**{role: splits[name].read() for role, name in chosen.items()},
+                          sources={role: splits[name].where for role, name in chosen.items()})
+    data.validate()
+    return data
+
+
+@dataclass
+class UnlearningData:
+    """The record lists of one unlearning task."""
+
+    forget: list[dict]
+    retain: list[dict] = field(default_factory=list)
+    neighbor: list[dict] = field(default_factory=list)
+    targeted: list[dict] = field(default_factory=list)
+    holdout: list[dict] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
+    """Where each split was read from, for error messages."""
+
+    @property
+    def siblings(self) -> list[dict]:
+        """The records the targeted records name as siblings (facts that must stay), each once."""
+        by_id = {record["id"]: record for role in SPLIT_ROLES for record in getattr(self, role)}
+        ids = dict.fromkeys(sibling for record in self.targeted for sibling in record.get("siblings") or [])
+        return [by_id[sibling] for sibling in ids]
+
+    def validate(self) -> None:
+        """Raise DataError for an empty forget set, an id twice in a split, siblings outside the targeted split,
+        a fact in both forget and retain (same id, or same normalised question and answer) and a sibling id that
+        no split holds."""
+        if not self.forget:
+            raise DataError(f"{self._where('forget')}: the forget set is empty")
+        for role in SPLIT_ROLES:
+            first = {}
+            for row, record in self._rows(role):
+                if record["id"] in first:
+                    raise DataError(f"{row}: field 'id' repeats {record['id']!r} of {first[record['id']]}")
+                first[record["id"]] = row
+                if role != "targeted" and record.get("siblings"):
+                    raise DataError(f"{row}: field 'siblings' belongs in the targeted split only")
+        forget_ids = {record["id"]: row for row, record in self._rows("forget")}
+        forget_facts = {_fact(record): row for row, record in self._rows("forget")}
+        for row, record in self._rows("retain"):
+            if record["id"] in forget_ids:
+                raise DataError(f"{row}: field 'id' {record['id']!r} is also in the forget set "
+                                f"({forget_ids[record['id']]})")
+            if _fact(record) in forget_facts:
+                raise DataError(f"{row}: fields 'question' and 'answer' repeat a fact of the forget set "
+                                f"({forget_facts[_fact(record)]})")
+        known = {record["id"] for role in SPLIT_ROLES for record in getattr(self, role)}
+        for row, record in self._rows("targeted"):
+            missing = [sibling for sibling in record.get("siblings") or [] if sibling not in known]
+            if missing:
+                raise DataError(f"{row}: field 'siblings' names ids that no split holds: {', '.join(missing)}")
+
+    def _where(self, role: str) -> str:
+        return self.sources.get(role, role)
+
+    def _rows(self, role: str):
+        """(where, record) for each record of a split, where = "<source> row <n>"."""
+        return [(f"{self._where(role)} row {number}", record)
+                for number, record in enumerate(getattr(self, role), start=1)]
+
+
+def _fact(record: dict) -> tuple[str, str]:
+    return normalize(record["question"]), normalize(record["answer"])
+
+
+# Sources: each opens to {split name: _Split}
+
+
+def _open(source: str | Path, format: str) -> dict[str, _Split]:
+    if format not in FORMATS:
+        raise DataError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if format == "hf":
+        return _open_hf(source)
+    path = Path(source)
+    if not path.exists():
+        hint = " (for a Hugging Face Hub dataset pass format='hf')" if format == "auto" else ""
+        raise DataError(f"{path}: no such file or folder{hint}")
+    if format == "auto":
+        format = _detect(path)
+    if format == "hf":
+        return _open_hf(source)
+    if format == "tofu":
+        if not path.is_dir():
+            raise DataError(f"{path}: format 'tofu' needs the TOFU folder, not a file")
+        return _open_tofu(path)
+    files = [path] if path.is_file() else sorted(path.glob("*.jsonl"))
+    return {file.stem: _Split(str(file), partial(_read_records, file)) for file in files}
+
+
+def _detect(path: Path) -> str:
+    if (path / "forget01.jsonl").is_file():
+        return "tofu"
+    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        return "hf"
+    return "jsonl"
+
+
+def _choose(splits: dict[str, _Split], split: str | None, source: str | Path) -> str:
+    available = ", ".join(splits) or "none"
+    if split is None and len(splits) == 1:
+        return next(iter(splits))
+    if split is None:
+        raise DataError(f"{source}: choose a split; available: {available}")
+    if split not in splits:
+        raise DataError(f"{source}: unknown split {split!r}; available: {available}")
+    return split
+
+
+def _read_records(path: Path) -> list[dict]:
+    return [_record(row, f"{path} row {number}") for number, row in enumerate(_read_jsonl(path), start=1)]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file, each a JSON object on its own line."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(f"{path} row {line}: not UTF-8 text") from None
+    rows = []
+    for number, line in enumerate(text.rstrip().split("\n") if text.strip() else [], start=1):
+        where = f"{path} row {number}"
+        if not line.strip():
+            raise DataError(f"{where}: empty line")
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            raise DataError(f"{where}: not valid JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {_kind(row)}")
+        rows.append(row)
+    return rows
+
+
+def _record(row: dict, where: str) -> dict:
+    """`row` checked against RECORD_FIELDS, with the missing optional fields filled in."""
+    return {**row, **{name: _field(row, name, kind, where) for name, kind in RECORD_FIELDS.items()}}
+
+
+def _field(row: dict, name: str, kind: type, where: str):
+    value = row.get(name)
+    required = name in REQUIRED_FIELDS
+    if value is None:
+        if required:
+            raise DataError(f"{where}: field {name!r} is missing")
+        return [] if kind is list else None
+    if kind is str:
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field {name!r} must be a string, got {_kind(value)}")
+        if required and not value.strip():
+            raise DataError(f"{where}: field {name!r} is empty")
+        return value
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field {name!r} must be a list of strings, got {_kind(value)}")
+    for position, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise DataError(f"{where}: field {name!r} item {position} must be a non-empty string, got {item!r:.60}")
+    return value
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number")
+
+
+# TOFU
+
+
+def _open_tofu(folder: Path) -> dict[str, _Split]:
+    splits = {}
+    for name in TOFU_SPLITS:
+        file = next((file for file in (folder / f"{name}_perturbed.jsonl", folder / f"{name}.jsonl")
+                     if file.is_file()), None)
+        if file:
+            splits[name] = _Split(str(file), partial(_read_tofu, file))
+    return splits
+
+
+def _read_tofu(path: Path) -> list[dict]:
+    """TOFU rows as records. The id comes from the row's position in full.jsonl (20 rows per author); a row that
+    is not there is `<file stem>-<row from 0>`; an id met again in the same file gets a `-dup<n>` suffix."""
+    positions = _tofu_positions(path.parent / "full.jsonl")
+    seen = Counter()
+    records = []
+    for index, row in enumerate(_read_jsonl(path)):
+        where = f"{path} row {index + 1}"
+        question, answer = (_field(row, name, str, where) for name in ("question", "answer"))
+        paraphrase = _field(row, "paraphrased_question", str, where)
+        position = positions.get((question, answer), positions.get(question))
+        if position is None:
+            id, subject = f"{path.stem}-{index}", None
+        else:
+            author, k = divmod(position, TOFU_QUESTIONS_PER_AUTHOR)
+            id, subject = f"tofu-{author:03d}-{k:02d}", f"tofu-author-{author:03d}"
+        seen[id] += 1
+        if seen[id] > 1:
+            id = f"{id}-dup{seen[id] - 1}"
+        kept = {key: value for key, value in row.items() if key not in ("paraphrased_question", "perturbed_answer")}
+        records.append(_record({
+            **kept,
+            "id": id,
+            "subject": subject,
+            "relation": "tofu_qa",
+            "paraphrased_questions": [paraphrase] if paraphrase else [],
+            "perturbed_answers": _field(row, "perturbed_answer", list, where),
+        }, where))
+    return records
+
+
+def _tofu_positions(full: Path) -> dict:
+    """Row positions in full.jsonl, keyed by (question, answer) and by question (first row wins)."""
+    positions = {}
+    for index, row in enumerate(_read_jsonl(full) if full.is_file() else []):
+        where = f"{full} row {index + 1}"
+        question, answer = (_field(row, name, str, where) for name in ("question", "answer"))
+        positions.setdefault((question, answer), index)
+        positions.setdefault(question, index)
+    return positions
+
+
+# Hugging Face datasets
+
+
+def _open_hf(source: str | Path) -> dict[str, _Split]:
+    """A dataset saved with `save_to_disk`, a local data file or folder, or a Hub name, through `datasets`."""
+    import datasets
+
+    path = Path(source)
+    try:
+        if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+        elif path.is_file():
+            loaded = datasets.load_dataset(str(path.parent), data_files=path.name)
+        else:
+            loaded = datasets.load_dataset(str(source))
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
+        raise DataError(f"{source}: cannot load as a Hugging Face dataset ({error})") from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = {str(loaded.split or "train"): loaded}
+    return {name: _Split(f"{source}[{name}]", partial(_read_dataset, dataset, f"{source}[{name}]"))
+            for name, dataset in loaded.items()}
+
+
+def _read_dataset(dataset, where: str) -> list[dict]:
+    return [_record(row, f"{where} row {number}") for number, row in enumerate(dataset.to_list(), start=1)]
