@@ -75,8 +75,11 @@ def load_unlearning_data(data_dir: str | Path, *, format: str = "auto", forget_s
     when asked for under its default name, and an error when asked for under a name of your choosing."""
     splits = _open(data_dir, format)
     names = dict(zip(SPLIT_ROLES, (forget_split, retain_split, neighbor_split, targeted_split, holdout_split)))
-    chosen = {role: _choose(splits, name, data_dir) for role, name in names.items()
-              if name in splits or role == "forget" or name != role}
+    chosen = {}
+    for role, name in names.items():
+        skippable = role != "forget" and name == role  # an optional split under its default name
+        if name in splits or not skippable:
+            chosen[role] = _choose(splits, name, data_dir)
     data = UnlearningData(**{role: splits[name].read() for role, name in chosen.items()},
                           sources={role: splits[name].where for role, name in chosen.items()})
     data.validate()
@@ -134,7 +137,7 @@ class UnlearningData:
     def _where(self, role: str) -> str:
         return self.sources.get(role, role)
 
-    def _rows(self, role: str):
+    def _rows(self, role: str) -> list[tuple[str, dict]]:
         """(where, record) for each record of a split, where = "<source> row <n>"."""
         return [(f"{self._where(role)} row {number}", record)
                 for number, record in enumerate(getattr(self, role), start=1)]
