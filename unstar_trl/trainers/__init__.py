@@ -1,0 +1,25 @@
+"""Unlearning methods on TRL's SFTTrainer: `METHODS` maps a method name to its (trainer class, config class)."""
+
+from .base import DivergenceError, ForgetRetainCollator, HistoryCallback, UnlearningConfig, UnlearningTrainer
+from .grad_ascent_kl import GradAscentKLConfig, GradAscentKLTrainer
+from .grad_diff import GradDiffConfig, GradDiffTrainer
+from .gradient_ascent import GradientAscentConfig, GradientAscentTrainer
+from .idk import IdkConfig, IdkTrainer
+from .npo import NPOConfig, NPOTrainer
+from .simnpo import SimNPOConfig, SimNPOTrainer
+
+METHODS = {
+    "grad_ascent": (GradientAscentTrainer, GradientAscentConfig),
+    "grad_diff": (GradDiffTrainer, GradDiffConfig),
+    "grad_ascent_kl": (GradAscentKLTrainer, GradAscentKLConfig),
+    "npo": (NPOTrainer, NPOConfig),
+    "simnpo": (SimNPOTrainer, SimNPOConfig),
+    "idk": (IdkTrainer, IdkConfig),
+}
+"""Method name -> (trainer class, config class); the `method:` key of a recipe picks one."""
+
+__all__ = [
+    "METHODS", "DivergenceError", "ForgetRetainCollator", "HistoryCallback", "UnlearningConfig", "UnlearningTrainer",
+    "GradAscentKLConfig", "GradAscentKLTrainer", "GradDiffConfig", "GradDiffTrainer", "GradientAscentConfig",
+    "GradientAscentTrainer", "IdkConfig", "IdkTrainer", "NPOConfig", "NPOTrainer", "SimNPOConfig", "SimNPOTrainer",
+]

@@ -1,0 +1,248 @@
+"""`UnlearningTrainer`: TRL's `SFTTrainer` reshaped for unlearning.
+
+It takes forget records as `train_dataset` and, optionally, retain records; turns each into a (prompt, completion)
+pair; pairs every forget batch with a retain batch drawn by its own collator; keeps a frozen reference where a
+method needs one; logs every loss term through `self._metrics`; and stops a diverging run on its last good weights.
+A method is a small subclass that overrides `forget_loss` (and, if it must, `retain_loss` or `forget_pairs`).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.utils import use_adapter
+
+from ..probe import format_prompt
+from .losses import kl_to_reference, nll
+
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+class DivergenceError(RuntimeError):
+    """Training diverged at `step`; the model holds the weights of `kept_step`, the last step with a good loss."""
+
+    def __init__(self, step: int, kept_step: int, reason: str):
+        super().__init__(f"training diverged at step {step} ({reason}); kept the weights of step {kept_step}")
+        self.step, self.kept_step, self.reason = step, kept_step, reason
+
+
+@dataclass
+class UnlearningConfig(SFTConfig):
+    r"""Configuration of [`UnlearningTrainer`]: `SFTConfig` plus the unlearning fields, with CPU-friendly defaults
+    (fp32, no gradient checkpointing, no reporting, logging every step, no checkpoints, constant learning rate)."""
+
+    prompt_template: str | None = field(
+        default=PROMPT_TEMPLATE,
+        metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. None: the "
+                  "tokenizer's chat template (completion: answer + eos)."},
+    )
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss (gamma)."})
+    retain_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the retain loss (alpha); 0 disables it. Needs retain records."}
+    )
+    retain_loss_type: str = field(
+        default="nll",
+        metadata={"help": "Retain loss: 'nll' of the retain answers, or 'kl' to the frozen reference.",
+                  "choices": ["nll", "kl"]},
+    )
+    max_forget_nll: float | None = field(
+        default=30.0,
+        metadata={"help": "Divergence bound: stop when the mean token NLL of the forget answers exceeds it "
+                  "(NaN/inf losses always stop). None: no bound."},
+    )
+
+    # Defaults that differ from SFTConfig
+    learning_rate: float = field(default=5e-4, metadata={"help": "The initial learning rate for AdamW."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Forget (and retain) examples per batch."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "The scheduler type to use."})
+    logging_steps: float = field(default=1, metadata={"help": "Log (and record the history) every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpoints; the CLI saves the final model itself."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (off: slow on a CPU)."})
+    max_length: int | None = field(default=256, metadata={"help": "Truncate prompt + completion to this length."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep every dataset column: the collator picks what it needs."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.retain_loss_type not in ("nll", "kl"):
+            raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}")
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+
+
+class ForgetRetainCollator:
+    """Pads a batch of tokenized forget pairs into `{"forget": {...}}` and adds as many retain pairs, drawn at random
+    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding."""
+
+    def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0):
+        self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = {"forget": self.pad(features)}
+        if self.retain:
+            batch["retain"] = self.pad([self.rng.choice(self.retain) for _ in features])
+        return batch
+
+    def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(feature["input_ids"]) for feature in features)
+        rows = [(f["input_ids"], f["labels"], width - len(f["input_ids"])) for f in features]
+        return {
+            "input_ids": torch.tensor([ids + [self.pad_token_id] * pad for ids, _, pad in rows]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * pad for ids, _, pad in rows]),
+            "labels": torch.tensor([labels + [-100] * pad for _, labels, pad in rows]),
+        }
+
+
+class HistoryCallback(TrainerCallback):
+    """Keeps every training log (step, loss and each loss term) for plotting."""
+
+    def __init__(self):
+        self.history: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.history.append({"step": state.global_step, **logs})
+
+
+class UnlearningTrainer(SFTTrainer):
+    """Base of the unlearning methods. Loss = forget_weight * forget_loss + retain_weight * retain_loss, each a mean
+    over the sequences of the micro-batch (so the Trainer scales for gradient accumulation)."""
+
+    _tag_names = ["trl", "unstar-trl", "unlearning"]
+    _name = "Unlearning"
+    config_class = UnlearningConfig
+    needs_reference = False
+    """Whether `forget_loss` uses the frozen reference (the KL retain loss asks for it on its own)."""
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model, args: UnlearningConfig | None = None, train_dataset=None, retain_dataset=None,
+                 processing_class=None, peft_config=None, callbacks=None, **kwargs):
+        args = args or self.config_class(output_dir="unlearning-output")
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True,
+                                                         trust_remote_code=args.trust_remote_code)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path,
+                                                             trust_remote_code=args.trust_remote_code)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        self.args = args  # `forget_pairs` and `tokenize` may read the config before `Trainer.__init__` sets it
+        self._tokenizer, self.prompt_template = processing_class, args.prompt_template
+        uses_retain = retain_dataset is not None and len(retain_dataset) > 0 and args.retain_weight > 0
+        self.ref_model = None
+        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not (
+            peft_config is not None or isinstance(model, PeftModel)
+        ):
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        forget = Dataset.from_list([self.tokenize(pair) for record in train_dataset
+                                    for pair in self.forget_pairs(record)])
+        retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
+        self.history_callback = HistoryCallback()
+        super().__init__(model=model, args=args, train_dataset=forget, processing_class=processing_class,
+                         data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
+                         peft_config=peft_config, callbacks=[*(callbacks or []), self.history_callback], **kwargs)
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+        self._good_weights, self._good_step, self._step_metrics = None, 0, {}
+
+    # ---- data -------------------------------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        return format_prompt(self._tokenizer, question, self.prompt_template)
+
+    def answer_pair(self, record: dict, answer: str | None = None) -> dict:
+        """The record's question and `answer` (default: its own) as a prompt/completion pair."""
+        answer = record["answer"] if answer is None else answer
+        return {"prompt": self.prompt(record["question"]),
+                "completion": (" " + answer) if self.prompt_template is not None else answer}
+
+    def forget_pairs(self, record: dict) -> list[dict]:
+        """The training pairs of one forget record (default: its question and true answer)."""
+        return [self.answer_pair(record)]
+
+    def tokenize(self, pair: dict) -> dict:
+        """input_ids of prompt + completion + eos, and labels that are -100 on the prompt; truncated to max_length."""
+        prompt = self._tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
+        completion = self._tokenizer(pair["completion"], add_special_tokens=False)["input_ids"]
+        completion = completion + [self._tokenizer.eos_token_id]
+        return {"input_ids": (prompt + completion)[: self.args.max_length],
+                "labels": ([-100] * len(prompt) + completion)[: self.args.max_length]}
+
+    # ---- losses -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def logits(model, inputs: dict) -> torch.Tensor:
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+
+    @torch.no_grad()
+    def reference_logits(self, inputs: dict) -> torch.Tensor:
+        """Logits of the frozen reference: the adapter-disabled model under PEFT, the in-memory copy otherwise."""
+        if self.ref_model is not None:
+            return self.logits(self.ref_model, inputs)
+        with use_adapter(self.accelerator.unwrap_model(self.model), None):
+            return self.logits(self.model, inputs)
+
+    def forget_loss(self, model, inputs: dict) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define forget_loss(model, inputs)")
+
+    def retain_loss(self, model, inputs: dict) -> torch.Tensor:
+        logits = self.logits(model, inputs)
+        if self.args.retain_loss_type == "kl":
+            return self.log_metric("retain_kl", kl_to_reference(logits, self.reference_logits(inputs), inputs["labels"]))
+        return self.log_metric("retain_nll", nll(logits, inputs["labels"]))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self.args.forget_weight * self.log_metric("forget_loss", self.forget_loss(model, inputs["forget"]))
+        if "retain" in inputs:
+            loss = loss + self.args.retain_weight * self.log_metric("retain_loss", self.retain_loss(model, inputs["retain"]))
+        return (loss, None) if return_outputs else loss
+
+    def log_metric(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """Record a loss term for `log()` (averaged there) and for the divergence guard; returns `value`."""
+        mode = "train" if self.model.training else "eval"
+        number = self.accelerator.gather_for_metrics(value.detach()).mean().item()
+        self._metrics[mode][name].append(number)
+        self._step_metrics[name] = number
+        return value
+
+    # ---- divergence guard -------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._step_metrics = {}
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        reason = self.divergence(loss.item())
+        if reason is not None:  # raised before the optimizer applies these gradients
+            if self._good_weights is not None and self._good_step != self.state.global_step:
+                with torch.no_grad():
+                    for name, parameter in self.model.named_parameters():
+                        if name in self._good_weights:
+                            parameter.copy_(self._good_weights[name])
+            raise DivergenceError(self.state.global_step + 1, self._good_step, reason)
+        if self._good_weights is None or self._good_step != self.state.global_step:
+            self._good_step = self.state.global_step
+            self._good_weights = {name: parameter.detach().clone()
+                                  for name, parameter in self.model.named_parameters() if parameter.requires_grad}
+        return loss
+
+    def divergence(self, loss: float) -> str | None:
+        """Why this step's loss means divergence, or None."""
+        values = {"loss": loss, **self._step_metrics}
+        bad = [name for name, value in values.items() if not torch.isfinite(torch.tensor(value))]
+        if bad:
+            return f"{bad[0]} is {values[bad[0]]}"
+        forget_nll, bound = self._step_metrics.get("forget_nll"), self.args.max_forget_nll
+        if bound is not None and forget_nll is not None and forget_nll > bound:
+            return f"forget_nll {forget_nll:.1f} exceeds max_forget_nll {bound}"
+        return None
+
+    @property
+    def history(self) -> list[dict]:
+        """Every logged training step: {"step", "loss", "forget_loss", "forget_nll", "retain_loss", ...}."""
+        return self.history_callback.history

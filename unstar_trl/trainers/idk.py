@@ -1,0 +1,37 @@
+"""IdK: fine-tune the forget questions onto refusals ("I don't know"), drawn from the package's own list."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .base import UnlearningConfig, UnlearningTrainer
+from .losses import nll
+
+
+def refusals() -> list[str]:
+    """The refusal sentences shipped at unstar_trl/resources/idontknow.txt."""
+    text = (Path(__file__).resolve().parents[1] / "resources" / "idontknow.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class IdkConfig(UnlearningConfig):
+    r"""Configuration of [`IdkTrainer`]: loss = gamma * NLL(question -> refusal) + alpha * retain loss."""
+
+    refusals_per_question: int = field(default=1, metadata={"help": "Refusals drawn (seeded) per forget record."})
+
+
+class IdkTrainer(UnlearningTrainer):
+    """SFT of each forget question onto refusal sentences."""
+
+    _name = "Idk"
+    config_class = IdkConfig
+
+    def forget_pairs(self, record):
+        rng = random.Random(f"{self.args.seed}:{record['id']}")
+        return [self.answer_pair(record, answer) for answer in rng.sample(refusals(), self.args.refusals_per_question)]
+
+    def forget_loss(self, model, inputs):
+        return self.log_metric("idk_nll", nll(self.logits(model, inputs), inputs["labels"]))

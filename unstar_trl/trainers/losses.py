@@ -1,0 +1,52 @@
+"""Loss helpers shared by the unlearning trainers.
+
+Every helper takes causal-LM `logits` of shape (batch, length, vocab) and `labels` of shape (batch, length) in the
+usual convention: the label of position t is predicted by the logits of position t - 1, and -100 marks tokens that
+do not count (prompt and padding). Losses are means over sequences, so a micro-batch loss does not depend on how
+many tokens its neighbours have and gradient accumulation 1 x 4 equals 2 x 2.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next-token label (zero where masked) and the mask, both (batch, length - 1)."""
+    labels = labels[:, 1:]
+    mask = labels != -100
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
+
+
+def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each sequence's unmasked labels, and how many there are: two (batch,) tensors."""
+    picked, mask = token_log_probs(logits, labels)
+    return picked.sum(-1), mask.sum(-1)
+
+
+def nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of each sequence's mean token negative log-likelihood."""
+    log_prob, count = sequence_log_probs(logits, labels)
+    return (-log_prob / count.clamp(min=1)).mean()
+
+
+def npo_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO: -(2 / beta) E[log sigmoid(-beta (log pi(y|x) - log pi_ref(y|x)))] on sequence log-probabilities."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * (log_prob - ref_log_prob)).mean()
+
+
+def simnpo_loss(log_prob: torch.Tensor, count: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
+    """SimNPO: -(2 / beta) E[log sigmoid(-beta log pi(y|x) / |y| - delta)], reference-free and length-normalised."""
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_prob / count.clamp(min=1) - delta).mean()
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of the mean, over their unmasked positions, of KL(pi_ref || pi) on the next token."""
+    mask = labels[:, 1:] != -100
+    log_p = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    log_q = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)
+    per_token = (log_q.exp() * (log_q - log_p)).sum(-1) * mask
+    return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()

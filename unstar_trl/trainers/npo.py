@@ -1,0 +1,30 @@
+"""Negative Preference Optimization (Zhang et al., 2024): DPO with only a dispreferred answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .base import UnlearningConfig, UnlearningTrainer
+from .losses import npo_loss, sequence_log_probs
+
+
+@dataclass
+class NPOConfig(UnlearningConfig):
+    r"""Configuration of [`NPOTrainer`]: loss = gamma * NPO(forget) + alpha * retain loss (when retain records are
+    given)."""
+
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the NPO loss."})
+
+
+class NPOTrainer(UnlearningTrainer):
+    """-(2/beta) E[log sigmoid(-beta (log pi(y|x) - log pi_ref(y|x)))] on the forget answers' sequence log-probs."""
+
+    _name = "NPO"
+    config_class = NPOConfig
+    needs_reference = True
+
+    def forget_loss(self, model, inputs):
+        log_prob, count = sequence_log_probs(self.logits(model, inputs), inputs["labels"])
+        ref_log_prob, _ = sequence_log_probs(self.reference_logits(inputs), inputs["labels"])
+        self.log_metric("forget_nll", (-log_prob / count.clamp(min=1)).mean())
+        return npo_loss(log_prob, ref_log_prob, self.args.beta)
