@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-COMMANDS = ("world",)
+COMMANDS = ("world", "unlearn")
 """Modules under `unstar_trl.commands`, in the order `--help` lists them."""
 
 

@@ -26,10 +26,11 @@ PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
 
 class DivergenceError(RuntimeError):
-    """Training diverged at `step`; the model holds the weights of `kept_step`, the last step with a good loss."""
+    """The weights after optimizer step `step` gave a bad loss; the model holds those of step `kept_step`, the last
+    that gave a good one."""
 
     def __init__(self, step: int, kept_step: int, reason: str):
-        super().__init__(f"training diverged at step {step} ({reason}); kept the weights of step {kept_step}")
+        super().__init__(f"training diverged after step {step} ({reason}); kept the weights of step {kept_step}")
         self.step, self.kept_step, self.reason = step, kept_step, reason
 
 
@@ -196,13 +197,16 @@ class UnlearningTrainer(SFTTrainer):
     def retain_loss(self, model, inputs: dict) -> torch.Tensor:
         logits = self.logits(model, inputs)
         if self.args.retain_loss_type == "kl":
-            return self.log_metric("retain_kl", kl_to_reference(logits, self.reference_logits(inputs), inputs["labels"]))
+            kl = kl_to_reference(logits, self.reference_logits(inputs), inputs["labels"])
+            return self.log_metric("retain_kl", kl)
         return self.log_metric("retain_nll", nll(logits, inputs["labels"]))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = self.args.forget_weight * self.log_metric("forget_loss", self.forget_loss(model, inputs["forget"]))
+        forget = self.log_metric("forget_loss", self.forget_loss(model, inputs["forget"]))
+        loss = self.args.forget_weight * forget
         if "retain" in inputs:
-            loss = loss + self.args.retain_weight * self.log_metric("retain_loss", self.retain_loss(model, inputs["retain"]))
+            retain = self.log_metric("retain_loss", self.retain_loss(model, inputs["retain"]))
+            loss = loss + self.args.retain_weight * retain
         return (loss, None) if return_outputs else loss
 
     def log_metric(self, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -224,7 +228,7 @@ class UnlearningTrainer(SFTTrainer):
                     for name, parameter in self.model.named_parameters():
                         if name in self._good_weights:
                             parameter.copy_(self._good_weights[name])
-            raise DivergenceError(self.state.global_step + 1, self._good_step, reason)
+            raise DivergenceError(self.state.global_step, self._good_step, reason)
         if self._good_weights is None or self._good_step != self.state.global_step:
             self._good_step = self.state.global_step
             self._good_weights = {name: parameter.detach().clone()

@@ -12,7 +12,8 @@ class GradAscentKLConfig(GradDiffConfig):
     r"""Configuration of [`GradAscentKLTrainer`]: loss = gamma * -NLL(forget) + alpha * KL(ref || model) on retain."""
 
     retain_loss_type: str = field(
-        default="kl", metadata={"help": "Retain loss: 'kl' to the frozen reference, or 'nll'.", "choices": ["nll", "kl"]}
+        default="kl",
+        metadata={"help": "Retain loss: 'kl' to the frozen reference, or 'nll'.", "choices": ["nll", "kl"]},
     )
 
 

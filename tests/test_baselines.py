@@ -1,0 +1,108 @@
+"""The unlearning trainers on the 20-person test world: each lowers forget accuracy, gradient accumulation does not
+change the gradient, the reference stays frozen, and the divergence guard keeps the last good weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from unstar_trl.data import load_unlearning_data
+from unstar_trl.probe import accuracy, probe
+from unstar_trl.trainers import METHODS, DivergenceError, GradDiffTrainer, GradientAscentTrainer, NPOTrainer
+from unstar_trl.trainers.losses import nll
+
+
+@pytest.fixture(scope="module")
+def data(world_dir):
+    return load_unlearning_data(world_dir / "data")
+
+
+def load(world_dir):
+    model = AutoModelForCausalLM.from_pretrained(world_dir / "model", use_safetensors=True)
+    return model, AutoTokenizer.from_pretrained(world_dir / "model")
+
+
+def make(trainer_class, world_dir, data, tmp_path, **overrides):
+    model, tokenizer = load(world_dir)
+    config_class = next(config for trainer, config in METHODS.values() if trainer is trainer_class)
+    args = config_class(output_dir=str(tmp_path), disable_tqdm=True, **overrides)
+    return trainer_class(model=model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
+                         processing_class=tokenizer)
+
+
+def test_pairs_mask_the_prompt(world_dir, data, tmp_path):
+    trainer = make(GradientAscentTrainer, world_dir, data, tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    assert set(batch) == {"forget"}  # grad_ascent: no retain term, so no retain batch
+    record = data.forget[0]
+    ids, labels = batch["forget"]["input_ids"][0], batch["forget"]["labels"][0]
+    text = trainer.processing_class.decode(ids[labels != -100])
+    assert text == f" {record['answer']}{trainer.processing_class.eos_token}"
+    assert trainer.processing_class.decode(ids[labels == -100]).startswith(f"Question: {record['question']}\nAnswer:")
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_lowers_forget_accuracy(method, world_dir, data, tmp_path):
+    trainer_class, _ = METHODS[method]
+    trainer = make(trainer_class, world_dir, data, tmp_path, learning_rate=3e-3, max_steps=8,
+                   per_device_train_batch_size=8, max_forget_nll=None)
+    before = accuracy(probe(trainer.model, trainer.processing_class, data.forget))
+    trainer.train()
+    after = accuracy(probe(trainer.model, trainer.processing_class, data.forget))
+    assert before >= 0.8
+    assert after < before - 0.3, f"{method}: forget accuracy {before:.2f} -> {after:.2f}"
+    terms = trainer.history[-1]
+    assert terms["step"] == 8 and "forget_loss" in terms
+    assert ("retain_loss" in terms) == (trainer.args.retain_weight > 0)
+
+
+def one_sgd_step_delta(world_dir, data, tmp_path, batch_size, accumulation):
+    trainer = make(GradDiffTrainer, world_dir, data, tmp_path, optim="sgd", learning_rate=1.0, max_steps=1,
+                   per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation)
+    before = {name: parameter.detach().clone() for name, parameter in trainer.model.named_parameters()}
+    trainer.train()
+    return {name: before[name] - parameter.detach() for name, parameter in trainer.model.named_parameters()}
+
+
+def test_gradient_accumulation_gives_the_same_gradient(world_dir, data, tmp_path):
+    whole = one_sgd_step_delta(world_dir, data, tmp_path / "1x4", batch_size=4, accumulation=1)
+    halves = one_sgd_step_delta(world_dir, data, tmp_path / "2x2", batch_size=2, accumulation=2)
+    assert any(delta.abs().max() > 1e-4 for delta in whole.values())
+    for name in whole:
+        torch.testing.assert_close(halves[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_reference_stays_frozen(world_dir, data, tmp_path):
+    trainer = make(NPOTrainer, world_dir, data, tmp_path, learning_rate=3e-3, max_steps=3)
+    reference = trainer.ref_model
+    assert reference is not None and reference is not trainer.model and not reference.training
+    start = {name: parameter.detach().clone() for name, parameter in reference.named_parameters()}
+    trainer.train()
+    assert all(not parameter.requires_grad for parameter in reference.parameters())
+    assert not reference.training
+    for name, parameter in reference.named_parameters():
+        assert torch.equal(parameter, start[name]), name
+    moved = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(moved[name], start[name]) for name in start)
+
+
+def test_divergence_guard_keeps_the_last_good_weights(world_dir, data, tmp_path):
+    # one batch holds the whole forget set, so every step's forget_nll is that of the weights it started from
+    trainer = make(GradientAscentTrainer, world_dir, data, tmp_path, learning_rate=0.05, max_steps=50,
+                   per_device_train_batch_size=len(data.forget), max_forget_nll=30.0)
+    with pytest.raises(DivergenceError) as caught:
+        trainer.train()
+    error = caught.value
+    assert error.step >= 1 and error.kept_step == error.step - 1
+    assert "forget_nll" in error.reason or "nan" in error.reason or "inf" in error.reason
+    model = trainer.model.eval()
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
+    with torch.no_grad():
+        kept = nll(model(input_ids=batch["forget"]["input_ids"],
+                         attention_mask=batch["forget"]["attention_mask"]).logits, batch["forget"]["labels"]).item()
+    logged = {entry["step"]: entry["forget_nll"] for entry in trainer.history}
+    if error.kept_step >= 1:  # the loss of step kept_step + 1 was computed on the kept weights and passed
+        assert kept == pytest.approx(logged[error.kept_step + 1], rel=1e-4)
+    assert kept <= 30.0

@@ -1,0 +1,82 @@
+"""`unstar unlearn`: one real end-to-end run with a recipe, and the ways it must refuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from unstar_trl.cli import main
+from unstar_trl.io import fingerprint
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_end_to_end_with_a_recipe(world_dir, tmp_path):
+    untouched = fingerprint(world_dir / "model")
+    out = tmp_path / "out"
+    command = ["unstar", "unlearn", "--config", str(RECIPES / "world_grad_ascent.yaml"),
+               "--model_name_or_path", str(world_dir / "model"), "--data_dir", str(world_dir / "data"),
+               "--output_dir", str(out), "--max_steps", "6", "--learning_rate", "3e-3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "unlearn_report.json").read_text())
+    assert report["method"] == "grad_ascent" and report["rounds"] == 1 and report["steps"] == 6
+    assert report["diverged"] is None and report["seconds"] > 0
+    for key in ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc"):
+        assert 0.0 <= report["before"][key] <= 1.0 and 0.0 <= report["after"][key] <= 1.0
+    assert report["after"]["forget_acc"] < report["before"]["forget_acc"]
+    assert [entry["step"] for entry in report["history"]] == [1, 2, 3, 4, 5, 6]
+    assert all("forget_nll" in entry for entry in report["history"])
+    assert {"model.safetensors", "config.json", "tokenizer.json", "unstar_prompts.json"} <= {
+        path.name for path in out.iterdir()}
+    assert not [path for path in out.iterdir() if path.name == "trainer"]
+    assert not list(tmp_path.glob(".out.*"))  # the staging folder is gone
+    assert fingerprint(world_dir / "model") == untouched
+
+
+def run(argv, capsys):
+    code = main(["unlearn", *map(str, argv)])
+    return code, capsys.readouterr().err.strip()
+
+
+def test_unknown_recipe_key_is_one_line(world_dir, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: npo\nlearning_rat: 0.1\n")
+    code, err = run(["--config", recipe, "--model_name_or_path", world_dir / "model", "--data_dir",
+                     world_dir / "data", "--output_dir", tmp_path / "out"], capsys)
+    assert code != 0
+    assert len(err.splitlines()) == 1 and "learning_rat" in err and "NPOConfig" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_recipe_key_in_a_subprocess(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: grad_diff\nbogus_key: 1\n")
+    done = subprocess.run([sys.executable, "-m", "unstar_trl.cli", "unlearn", "--config", str(recipe),
+                           "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "bogus_key" in done.stderr
+
+
+def test_unknown_method_and_output_inside_the_model(world_dir, tmp_path, capsys):
+    code, err = run(["--method", "nope", "--output_dir", tmp_path / "out"], capsys)
+    assert code != 0 and "nope" in err and "grad_ascent" in err
+    code, err = run(["--config", RECIPES / "world_grad_diff.yaml", "--model_name_or_path", world_dir / "model",
+                     "--data_dir", world_dir / "data", "--output_dir", world_dir / "model" / "unlearned"], capsys)
+    assert code != 0 and "overlaps" in err
+
+
+def test_every_recipe_parses(world_dir, tmp_path):
+    from unstar_trl.commands.unlearn import parse
+    from unstar_trl.trainers import METHODS
+
+    for recipe in sorted(RECIPES.glob("world_*.yaml")):
+        if recipe.name.startswith("world_unstar"):
+            continue
+        script_args, config, _ = parse(["--config", str(recipe), "--model_name_or_path", str(world_dir / "model"),
+                                        "--data_dir", str(world_dir / "data"), "--output_dir", str(tmp_path)])
+        assert isinstance(config, METHODS[script_args.method][1]), recipe.name
+        assert recipe.name == f"world_{script_args.method}.yaml"
+        assert config.bf16 is False and config.gradient_checkpointing is False

@@ -1,0 +1,147 @@
+"""`unstar unlearn`: run one unlearning method from a TrlParser recipe (YAML + flags) and write the unlearned model,
+its tokenizer and `unlearn_report.json` (what the model knew before and after) to `output_dir`, all at once."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..io import UsageError, atomic_directory, refuse_overwrite, write_json
+
+REPORT_FILE = "unlearn_report.json"
+
+
+@dataclass
+class UnlearnArguments:
+    """What to unlearn and from where (the model itself comes from ModelConfig's `model_name_or_path`)."""
+
+    method: str = field(default="grad_ascent", metadata={"help": "Unlearning method: a key of trainers.METHODS."})
+    data_dir: str | None = field(default=None, metadata={"help": "Folder (or dataset) with the forget/retain splits."})
+    data_format: str = field(default="auto", metadata={"help": "Data format: auto, jsonl, tofu or hf."})
+    forget_split: str = field(default="forget", metadata={"help": "Split of the facts to unlearn."})
+    retain_split: str = field(default="retain", metadata={"help": "Split of the facts to keep (retain loss)."})
+    neighbor_split: str = field(default="neighbor", metadata={"help": "Split of facts near the forget set."})
+    targeted_split: str = field(default="targeted", metadata={"help": "Split of single associations to remove."})
+    holdout_split: str = field(default="holdout", metadata={"help": "Split of facts the model never saw."})
+    targeted: bool = field(default=False, metadata={"help": "Unlearn the targeted split instead of the forget split."})
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "unlearn",
+        help="unlearn the forget split with one method (TrlParser recipe: --config recipe.yaml + flags)",
+        description=__doc__,
+        add_help=False,  # --help goes to TrlParser, which knows the fields
+    )
+    parser.set_defaults(handler=_run, accepts_extra=True)
+
+
+def parse(argv: list[str]):
+    """(UnlearnArguments, the method's config, ModelConfig) from `--config recipe.yaml` and flags; the method is
+    `--method` or the recipe's `method:` key."""
+    from trl import ModelConfig, TrlParser
+
+    from ..trainers import METHODS
+
+    recipe, path = {}, None
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        path = argv[argv.index("--config") + 1]
+        if not Path(path).is_file():
+            raise UsageError(f"recipe {path} not found")
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(recipe, dict):
+            raise UsageError(f"recipe {path} must be a YAML mapping of field: value")
+    method = recipe.get("method", "grad_ascent")
+    for index, item in enumerate(argv):
+        if item == "--method" and index + 1 < len(argv):
+            method = argv[index + 1]
+        elif item.startswith("--method="):
+            method = item.split("=", 1)[1]
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    config_class = METHODS[method][1]
+    parser = TrlParser((UnlearnArguments, config_class, ModelConfig), prog="unstar unlearn")
+    known = {action.dest for action in parser._actions} | {"env"}
+    unknown = [key for key in recipe if key not in known]
+    if unknown:
+        raise UsageError(f"unknown recipe key {unknown[0]!r} in {path}: not a field of UnlearnArguments, "
+                         f"{config_class.__name__} or ModelConfig")
+    asks_help = {"-h", "--help"} & set(argv)
+    if "output_dir" not in recipe and not asks_help and not any(a.split("=")[0] == "--output_dir" for a in argv):
+        raise UsageError("give --output_dir (a flag or a recipe key)")
+    script_args, config, model_args = parser.parse_args_and_config(argv)
+    script_args.method = method
+    if script_args.data_dir is None or model_args.model_name_or_path is None:
+        raise UsageError("give --model_name_or_path and --data_dir (flags or recipe keys)")
+    return script_args, config, model_args
+
+
+def _run(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import get_peft_config
+
+    from ..data import load_unlearning_data
+    from ..knowledge_model import PROMPTS_FILE
+    from ..report import knowledge_report
+    from ..trainers import METHODS, DivergenceError
+
+    script_args, config, model_args = parse([item for item in args.extra if item != "--debug"])
+    source = model_args.model_name_or_path
+    refuse_overwrite(config.output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
+    data = load_unlearning_data(script_args.data_dir, format=script_args.data_format,
+                                forget_split=script_args.forget_split, retain_split=script_args.retain_split,
+                                neighbor_split=script_args.neighbor_split, targeted_split=script_args.targeted_split,
+                                holdout_split=script_args.holdout_split)
+    if script_args.targeted and not data.targeted:
+        raise UsageError(f"--targeted: {script_args.data_dir} has no {script_args.targeted_split!r} split")
+    load = {"revision": model_args.model_revision, "trust_remote_code": config.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(source, **load)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        source, use_safetensors=True, attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype), **load)
+
+    start = time.perf_counter()
+    before = knowledge_report(model, tokenizer, data, config.prompt_template)
+    trainer_class = METHODS[script_args.method][0]
+    output_dir, diverged = config.output_dir, None
+    with atomic_directory(output_dir) as staging:
+        config.output_dir = str(staging / "trainer")
+        trainer = trainer_class(model=model, args=config, processing_class=tokenizer,
+                                train_dataset=data.targeted if script_args.targeted else data.forget,
+                                retain_dataset=data.retain, peft_config=get_peft_config(model_args))
+        try:
+            trainer.train()
+        except DivergenceError as error:  # the trainer kept the last good weights: save those, then say so
+            diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
+        shutil.rmtree(config.output_dir, ignore_errors=True)
+        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+        model.eval()
+        after = knowledge_report(model, tokenizer, data, config.prompt_template)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if (Path(source) / PROMPTS_FILE).is_file():
+            shutil.copy(Path(source) / PROMPTS_FILE, staging / PROMPTS_FILE)
+        report = {"method": script_args.method, "model": source, "data_dir": script_args.data_dir,
+                  "targeted": script_args.targeted, "before": before, "after": after, "rounds": 1,
+                  "steps": diverged["kept_step"] if diverged else trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),
+                  "diverged": diverged, "history": trainer.history}
+        write_json(staging / REPORT_FILE, report)
+    if diverged:
+        raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
+                         f"weights of step {diverged['kept_step']} to {output_dir}")
+    print(f"{script_args.method}: forget_acc {_fmt(before['forget_acc'])} -> {_fmt(after['forget_acc'])}, retain_acc "
+          f"{_fmt(before['retain_acc'])} -> {_fmt(after['retain_acc'])} in {report['steps']} steps; "
+          f"wrote {output_dir}", file=sys.stdout)
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
