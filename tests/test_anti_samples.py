@@ -1,0 +1,233 @@
+"""Anti-sample generators, filters and follow-up questions, on the embedded world and its trained model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unstar_trl import anti_samples
+from unstar_trl.anti_samples import (
+    AntiSample,
+    SelfTaughtGenerator,
+    TemplateGenerator,
+    filter_anti_samples,
+    follow_up_questions,
+    load_skill_prompts,
+    write_anti_samples,
+)
+from unstar_trl.probe import contains_answer, normalize
+from unstar_trl.world import POOLS, SKILL_PROMPTS, build_world
+
+
+@pytest.fixture(scope="module")
+def world_records() -> dict[str, list[dict]]:
+    return build_world(seed=0, people=20).split_records()
+
+
+@pytest.fixture(scope="module")
+def forget_records(world_dir) -> list[dict]:
+    return [json.loads(line) for line in (world_dir / "data" / "forget.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def self_taught(world_dir) -> SelfTaughtGenerator:
+    return SelfTaughtGenerator.from_pretrained(world_dir / "model", seed=0)
+
+
+def sample(question="Where was Ada Bell born?", wrong="Tesk", rationale="", source_id="f") -> AntiSample:
+    return AntiSample(source_id, question, wrong, rationale, 0, "test")
+
+
+RECORD = {"id": "f", "subject": "Ada Bell", "question": "Where was Ada Bell born?", "answer": "Varnholt",
+          "paraphrased_questions": ["Ada Bell was born in which city?", "In which city was Ada Bell born?"]}
+
+
+# ---------------------------------------------------------------------------------------------- filters
+
+words = st.text(alphabet="abcXY .,-'", min_size=0, max_size=12)
+
+
+@st.composite
+def answer_and_sample(draw):
+    """A true answer and an anti-sample whose wrong answer and rationale often embed it (in any case or punctuation,
+    or split across the two)."""
+    answer = draw(words)
+
+    def maybe_embed(text: str) -> str:
+        if draw(st.booleans()):
+            planted = draw(st.sampled_from([answer, answer.upper(), f"({answer})", answer.replace(" ", "-")]))
+            return draw(words) + planted + draw(words)
+        return text
+
+    wrong = maybe_embed(draw(words))
+    rationale = maybe_embed(draw(words))
+    if " " in answer.strip() and draw(st.booleans()):  # the answer straddles the wrong answer and the rationale
+        head, tail = answer.strip().split(" ", 1)
+        wrong, rationale = draw(words) + " " + head, tail + draw(words)
+    return answer, sample(question="Where was Ada Bell born?", wrong=wrong, rationale=rationale)
+
+
+@settings(max_examples=400, deadline=None)
+@given(answer_and_sample())
+def test_no_kept_anti_sample_contains_the_true_answer(case):
+    answer, anti = case
+    kept, dropped = filter_anti_samples([anti], [{**RECORD, "answer": answer}])
+    assert len(kept) + len(dropped) == 1
+    for anti in kept:
+        assert not contains_answer(anti.wrong_answer, answer)
+        assert not contains_answer(anti.rationale, answer)
+        assert not contains_answer(anti.completion, answer)
+        assert not normalize(answer) or normalize(answer) not in normalize(anti.wrong_answer)
+        assert anti.wrong_answer.strip().lower() != answer.strip().lower()
+
+
+def test_filter_keeps_clean_samples_and_names_each_reason():
+    clean = sample(rationale="Ada Bell grew up in Tesk.")
+    cases = {
+        "empty": sample(wrong=" . "),
+        "leaks_answer": sample(wrong="old Varnholt town"),
+        "heldout_paraphrase": sample(question="Ada Bell was born in which city?"),
+        "lost_subject": sample(question="Where was she born?"),
+        "duplicate": sample(rationale="Ada Bell grew up in Tesk!"),
+    }
+    leaking_rationale = sample(rationale="Tesk, not varnholt, is where Ada Bell was born.")
+    kept, dropped = filter_anti_samples([clean, *cases.values(), leaking_rationale], [RECORD])
+    assert kept == [clean]
+    assert [reason for _, reason in dropped] == [*cases, "leaks_answer"]
+    assert {reason for _, reason in dropped} <= set(anti_samples.DROP_REASONS)
+
+
+def test_completion_puts_the_wrong_answer_first():
+    assert sample(rationale="Because.").completion == " Tesk. Because."
+    assert sample().completion == " Tesk"
+
+
+# ---------------------------------------------------------------------------------------------- template
+
+@pytest.mark.parametrize("seed", range(3))
+def test_template_generator_never_trains_on_the_heldout_paraphrase(world_records, seed):
+    records = world_records["forget"] + world_records["retain"]
+    generator = TemplateGenerator(n_paraphrases=10, n_wrong_answers=3, seed=seed)
+    heldout = {record["paraphrased_questions"][0] for record in records}
+    for round in range(3):
+        samples = generator.generate(records, round)
+        assert samples and not {s.question for s in samples} & heldout
+    assert {s.question for s in samples} >= {q for r in records for q in r["paraphrased_questions"][1:]}
+
+
+def test_template_generator_writes_typed_wrong_answers_that_pass_the_filters(world_records):
+    records = world_records["forget"]
+    samples = TemplateGenerator(n_paraphrases=2, n_wrong_answers=2).generate(records, 1)
+    by_id = {record["id"]: record for record in records}
+    assert len(samples) == len(records) * 3 * 2
+    for anti in samples:
+        record = by_id[anti.source_id]
+        assert anti.wrong_answer in POOLS[record["object_type"]] and anti.wrong_answer != record["answer"]
+        assert record["subject"] in anti.rationale and anti.wrong_answer in anti.rationale
+        assert anti.round == 1 and anti.generator == "template"
+    kept, dropped = filter_anti_samples(samples, records)
+    assert dropped == [] and kept == samples
+
+
+def test_template_generator_is_deterministic_given_the_seed(world_records):
+    records = world_records["forget"]
+    assert TemplateGenerator(seed=3).generate(records) == TemplateGenerator(seed=3).generate(records)
+    assert TemplateGenerator(seed=3).generate(records) != TemplateGenerator(seed=4).generate(records)
+
+
+def test_template_generator_without_world_fields(world_records):
+    tofu_like = {"id": "t", "subject": "", "question": "Q?", "answer": "A", "paraphrased_questions": ["H?"],
+                 "perturbed_answers": ["B", "C"]}
+    samples = TemplateGenerator(n_wrong_answers=5).generate([tofu_like])
+    assert [(s.question, s.rationale) for s in samples] == [("Q?", ""), ("Q?", "")]
+    assert sorted(s.wrong_answer for s in samples) == ["B", "C"]
+
+
+# ---------------------------------------------------------------------------------------------- self-taught
+
+def test_self_taught_generator_on_the_world_model(self_taught, forget_records):
+    samples = self_taught.generate(forget_records, round=0)
+    by_id = {record["id"]: record for record in forget_records}
+    paraphrases = [s for s in samples if s.question != by_id[s.source_id]["question"]]
+    keeps_subject = sum(by_id[s.source_id]["subject"] in s.question for s in paraphrases) / len(paraphrases)
+    typed = {record["id"]: False for record in forget_records}
+    for anti in samples:
+        record = by_id[anti.source_id]
+        typed[anti.source_id] |= anti.wrong_answer in POOLS[record["object_type"]] and anti.wrong_answer != record[
+            "answer"]
+    with_rationale = [s for s in samples if s.rationale]
+    clean_rationale = sum(not contains_answer(s.rationale, by_id[s.source_id]["answer"]) for s in with_rationale)
+    kept, dropped = filter_anti_samples(samples, forget_records)
+    print(f"paraphrases keep subject {keeps_subject:.0%}, records with a typed wrong answer "
+          f"{sum(typed.values()) / len(typed):.0%}, rationales without the answer "
+          f"{clean_rationale / len(with_rationale):.0%}, kept {len(kept)}/{len(samples)}")
+    assert len(paraphrases) >= len(forget_records)
+    assert keeps_subject >= 0.8
+    assert sum(typed.values()) >= 0.7 * len(typed)
+    assert len(with_rationale) >= 0.9 * len(samples) and clean_rationale >= 0.8 * len(with_rationale)
+    assert len({s.source_id for s in kept}) >= 0.7 * len(forget_records)
+
+
+def test_self_taught_generator_is_deterministic_given_the_seed(self_taught, forget_records):
+    records = forget_records[:4]
+    first = self_taught.generate(records, round=2)
+    assert first == self_taught.generate(records, round=2)
+    assert first != SelfTaughtGenerator(self_taught.model, self_taught.tokenizer, self_taught.prompts,
+                                        seed=1).generate(records, round=2)
+
+
+def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, self_taught, tmp_path):
+    assert load_skill_prompts(world_dir / "model", self_taught.tokenizer) == SKILL_PROMPTS
+    assert load_skill_prompts(tmp_path, self_taught.tokenizer) == SKILL_PROMPTS
+    chat = type("ChatTokenizer", (), {"chat_template": "{{ messages }}"})()
+    assert load_skill_prompts(tmp_path, chat) is None
+
+
+def test_chat_models_get_the_paper_prompts_through_the_chat_template(self_taught, forget_records, monkeypatch):
+    asked = []
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        asked.extend(prompts)
+        return ["1. A reply\nmore"] * len(prompts) * kwargs.get("num_return_sequences", 1)
+
+    monkeypatch.setattr(anti_samples, "generate", fake_generate)
+    monkeypatch.setattr(anti_samples, "format_prompt", lambda tokenizer, text, template: f"<user>{text}</user>")
+    chat = SelfTaughtGenerator(self_taught.model, self_taught.tokenizer, None, n_paraphrases=1, n_wrong_answers=1)
+    record = forget_records[0]
+    samples = chat.generate([record])
+    assert asked[0].startswith(f"<user>Give simple questions about {record['subject']} whose answer is the same")
+    assert asked[1].startswith(f'<user>Give words that could replace "{record["answer"]}"')
+    assert f'don\'t mention "{record["answer"]}"' in asked[2]
+    assert samples[-1] == AntiSample(record["id"], "A reply", "A reply", "1. A reply", 0, "self_taught")
+
+
+# ---------------------------------------------------------------------------------------------- follow-ups, IO
+
+def test_follow_up_questions_describe_the_subject_by_its_other_facts(world_records):
+    records = world_records["forget"]
+    follow_ups = follow_up_questions(records, per_record=3, seed=1)
+    heldout = {record["paraphrased_questions"][0] for record in records}
+    assert len(follow_ups) == 3 * len(records)
+    assert follow_ups == follow_up_questions(records, per_record=3, seed=1)
+    by_id = {record["id"]: record for record in records}
+    for follow_up in follow_ups:
+        original = by_id[follow_up["id"]]
+        assert follow_up["answer"] == original["answer"] and follow_up["follow_up_of"] == original["question"]
+        assert follow_up["question"] not in heldout | {original["question"]}
+        assert original["subject"] in follow_up["question"] and ",?" not in follow_up["question"]
+        assert follow_up["question"][0].isupper()
+    birth = next(r for r in records if r["relation"] == "birth_city")
+    profession = next(r for r in records if r["subject"] == birth["subject"] and r["relation"] == "profession")
+    every = follow_up_questions([birth], records, per_record=100)
+    assert f"In which city was the {profession['answer']} {birth['subject']} born?" in [f["question"] for f in every]
+
+
+def test_write_anti_samples_is_auditable(tmp_path):
+    samples = [sample(rationale="Ada Bell grew up in Tesk."), sample(wrong="Olmira")]
+    write_anti_samples(tmp_path / "anti.jsonl", samples)
+    rows = [json.loads(line) for line in (tmp_path / "anti.jsonl").read_text().splitlines()]
+    assert [AntiSample(**row) for row in rows] == samples
+    assert set(rows[0]) == {"source_id", "question", "wrong_answer", "rationale", "round", "generator"}
