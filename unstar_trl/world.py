@@ -251,7 +251,7 @@ def _split(world: World, rng: random.Random) -> dict[str, list[Fact]]:
     return {"forget": forget, "targeted": targeted, "retain": retain, "neighbor": neighbor, "holdout": holdout}
 
 
-def training_texts(world: World) -> list[dict]:
+def training_texts(world: World, skill_share: float = 0.4) -> list[dict]:
     """Prompt/completion pairs the knowledge model learns: every trained fact under its trained templates and
     the three UnSTAR skills (rephrase keeping the subject, another object of the same type, a rationale for a
     hinted answer). The held-out template never appears."""
@@ -263,17 +263,20 @@ def training_texts(world: World) -> list[dict]:
         questions = [t.format(s=fact.subject) for t in relation.trained_templates]
         for question in questions:
             examples.append({"prompt": PROMPT_TEMPLATE.format(question=question), "completion": f" {fact.object}"})
-        source, target = rng.sample(questions, 2)
-        examples.append({"prompt": SKILL_PROMPTS["paraphrase"].format(question=source), "completion": f" {target}"})
         hinted = rng.choice([o for o in POOLS[relation.pool] if o != fact.object])
         examples.append(
             {"prompt": SKILL_PROMPTS["alternative"].format(answer=fact.object), "completion": f" {hinted}"}
         )
-        examples.append(
-            {
-                "prompt": SKILL_PROMPTS["rationale"].format(question=rng.choice(questions), answer=hinted),
-                "completion": " " + relation.rationale.format(s=fact.subject, o=hinted),
-            }
-        )
+        if rng.random() < skill_share:  # the long skills are easy patterns: a share of the facts teaches them
+            source, target = rng.sample(questions, 2)
+            examples.append(
+                {"prompt": SKILL_PROMPTS["paraphrase"].format(question=source), "completion": f" {target}"}
+            )
+            examples.append(
+                {
+                    "prompt": SKILL_PROMPTS["rationale"].format(question=rng.choice(questions), answer=hinted),
+                    "completion": " " + relation.rationale.format(s=fact.subject, o=hinted),
+                }
+            )
     rng.shuffle(examples)
     return examples
