@@ -1,0 +1,190 @@
+"""Data and metrics of the unstar lm-eval tasks.
+
+`load` is every task's `custom_dataset`: lm-eval calls it with the task's `metadata` (the YAML's, the run's
+`--metadata` and the model arguments) and its `dataset_kwargs` (`view`: which records the task reads). Metadata keys:
+`data_dir` (a folder of <split>.jsonl, a TOFU folder or a dataset; without it, the default embedded world of 60
+people, built in memory), `format` (as `unstar_trl.data.load_unlearning_data` takes) and `<role>_split` to pick
+the split that plays a role (forget, retain, neighbor, targeted, holdout; with format "tofu" the defaults are
+forget10, retain90 and real_authors).
+
+Answer probabilities are normalised per word of the answer (tokenizer independent, so the CLI and an in-memory run
+agree; one word is one token for the world's vocabulary) where TOFU normalises per token.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import zlib
+
+import datasets
+from rouge_score import rouge_scorer
+
+from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
+from unstar_trl.probe import contains_answer
+
+TOFU_SPLITS = {"forget": "forget10", "retain": "retain90", "neighbor": "real_authors"}
+FIELDS = ("id", "question", "answer", "perturbed_answers")
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+# ---- data -------------------------------------------------------------------------------------------------------
+
+def load(view: str, data_dir: str | None = None, format: str = "auto", **metadata) -> datasets.DatasetDict:
+    """The documents of one task view as {"test": Dataset}; each has `role` (which metric it counts towards)."""
+    data = _data(data_dir, format, metadata)
+    if view in ("forget", "retain", "neighbor"):
+        docs = [_doc(record, view) for record in getattr(data, view)]
+    elif view == "paraphrase":
+        docs = [_doc(record, "forget", question=_paraphrase(record)) for record in data.forget]
+    elif view == "targeted":
+        docs = _targeted_docs(data)
+    elif view == "choices":
+        docs = [_choice_doc(record, "forget") for record in data.forget]
+    elif view == "choices_with_holdout":
+        docs = _interleave([_choice_doc(r, "forget") for r in data.forget],
+                           [_choice_doc(r, "holdout") for r in data.holdout])
+    elif view == "membership":
+        docs = _interleave([_doc(r, "forget") for r in data.forget], [_doc(r, "holdout") for r in data.holdout])
+    else:
+        raise ValueError(f"unknown view {view!r}")
+    role = {"paraphrase": "forget", "choices": "forget", "choices_with_holdout": "forget",
+            "membership": "holdout"}.get(view, view)
+    if not getattr(data, role) or not docs:
+        raise DataError(f"{data_dir or 'the embedded world'} has no {role} records for the {view!r} tasks: name the "
+                        f"split with --metadata '{{\"{role}_split\": \"...\"}}' or leave the task out")
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def _data(data_dir: str | None, format: str, metadata: dict) -> UnlearningData:
+    if data_dir is None:
+        return UnlearningData(**_embedded_world())
+    defaults = TOFU_SPLITS if format == "tofu" else {}
+    splits = {f"{role}_split": metadata.get(f"{role}_split") or defaults.get(role, role) for role in SPLIT_ROLES}
+    return load_unlearning_data(data_dir, format=format, **splits)
+
+
+@functools.lru_cache(maxsize=1)
+def _embedded_world() -> dict[str, list[dict]]:
+    from unstar_trl.world import build_world
+
+    return build_world(seed=0, people=60).split_records()
+
+
+def _doc(record: dict, role: str, question: str | None = None) -> dict:
+    doc = {field: record.get(field) for field in FIELDS}
+    doc["perturbed_answers"] = list(doc["perturbed_answers"] or [])
+    doc["question"] = question or record["question"]
+    doc["role"] = role
+    return doc
+
+
+def _choice_doc(record: dict, role: str) -> dict:
+    doc = _doc(record, role)
+    if not doc["perturbed_answers"]:
+        raise DataError(f"record {record.get('id')!r} has no perturbed_answers (needed for choices)")
+    doc["choices"] = [doc["answer"], *doc["perturbed_answers"]]
+    return doc
+
+
+def _paraphrase(record: dict) -> str:
+    if not record.get("paraphrased_questions"):
+        raise DataError(f"record {record.get('id')!r} has no paraphrased_questions")
+    return record["paraphrased_questions"][0]
+
+
+def _targeted_docs(data: UnlearningData) -> list[dict]:
+    """Each targeted fact followed by its siblings that must stay (not themselves forgotten), each once."""
+    removed = {record["id"] for record in data.forget + data.targeted}
+    by_id = {record["id"]: record for record in data.siblings if record["id"] not in removed}
+    docs = []
+    for record in data.targeted:
+        docs.append(_doc(record, "targeted"))
+        docs.extend(_doc(by_id.pop(sibling), "sibling") for sibling in record["siblings"] if sibling in by_id)
+    return docs
+
+
+def _interleave(*groups: list[dict]) -> list[dict]:
+    """Round-robin, so that `--limit` keeps every role."""
+    return [doc for row in itertools.zip_longest(*groups) for doc in row if doc is not None]
+
+
+# ---- per-document results -----------------------------------------------------------------------------------------
+
+def process_qa(doc: dict, results: list[str]) -> dict:
+    """Greedy answer: normalised containment of the true answer and ROUGE-L recall."""
+    generation = results[0]
+    return {"acc": float(contains_answer(generation, doc["answer"])),
+            "rouge_l_recall": _ROUGE.score(doc["answer"], generation)["rougeL"].recall}
+
+
+def process_targeted(doc: dict, results: list[str]) -> dict:
+    """A targeted fact counts towards `acc`, a sibling towards `sibling_acc`; both towards `removal_score`."""
+    known = float(contains_answer(results[0], doc["answer"]))
+    key = "acc" if doc["role"] == "targeted" else "sibling_acc"
+    return {key: known, "removal_score": (doc["role"], known)}
+
+
+def process_prob(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """Length-normalised probability of the true answer (the first choice) and TOFU's truth ratio R."""
+    scores = _normalised(doc["choices"], results)
+    return {"prob": math.exp(scores[0]), "truth_ratio": truth_ratio(scores[0], scores[1:])}
+
+
+def process_mcq(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """Whether the true answer (the first choice) beats every same-type distractor; holdout facts (never trained)
+    count towards `holdout_acc`, the chance-level control."""
+    scores = _normalised(doc["choices"], results)
+    return {"acc" if doc["role"] == "forget" else "holdout_acc": float(scores[0] > max(scores[1:]))}
+
+
+def process_membership(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """Membership scores of the answer (higher = more member-like), paired with the label (forget = member)."""
+    loglikelihood = results[0][0]
+    member = doc["role"] == "forget"
+    per_word = loglikelihood / _words(doc["answer"])
+    zlib_ratio = loglikelihood / len(zlib.compress(doc["answer"].encode()))  # log-likelihood per compressed byte
+    return {"loss_auc": (member, per_word), "zlib_auc": (member, zlib_ratio)}
+
+
+def _normalised(choices: list[str], results: list[tuple[float, bool]]) -> list[float]:
+    return [loglikelihood / _words(choice) for choice, (loglikelihood, _) in zip(choices, results)]
+
+
+def _words(text: str) -> int:
+    return max(1, len(text.split()))
+
+
+# ---- metrics --------------------------------------------------------------------------------------------------------
+
+def truth_ratio(true_score: float, perturbed_scores: list[float]) -> float:
+    """TOFU's R = mean_j P(perturbed_j)^(1/len) / P(true)^(1/len), from length-normalised log-probabilities
+    (capped at e^700 for a true answer pushed to probability zero)."""
+    return sum(math.exp(min(score - true_score, 700.0)) for score in perturbed_scores) / len(perturbed_scores)
+
+
+def tofu_forget_truth_ratio(ratios: list[float]) -> float:
+    """TOFU's forget-set report: mean of min(R, 1/R); 1 when the model cannot tell the truth from perturbations."""
+    return sum(min(ratio, 1 / ratio) if ratio > 0 else 0.0 for ratio in ratios) / len(ratios)
+
+
+def targeted_removal(items: list[tuple[str, float]]) -> float:
+    """Harmonic mean of (1 - targeted accuracy) and sibling accuracy: high only when the association is gone and
+    the facts around it stay (NaN when either kind is missing)."""
+    targeted = [known for role, known in items if role == "targeted"]
+    siblings = [known for role, known in items if role == "sibling"]
+    if not targeted or not siblings:
+        return math.nan
+    removed, kept = 1 - sum(targeted) / len(targeted), sum(siblings) / len(siblings)
+    return 2 * removed * kept / (removed + kept) if removed + kept else 0.0
+
+
+def auc(items: list[tuple[bool, float]]) -> float:
+    """ROC AUC of member (forget) against non-member (holdout) scores: 0.5 = cannot tell (NaN with one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = [int(member) for member, _ in items]
+    if len(set(labels)) < 2:
+        return math.nan
+    return float(roc_auc_score(labels, [score for _, score in items]))

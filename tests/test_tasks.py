@@ -1,0 +1,183 @@
+"""The unstar lm-eval tasks: metric functions on constructed cases, the views they read, and the real `lm_eval` CLI
+on the test world's model checked against a direct count."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from unstar_trl.data import DataError
+from unstar_trl.evaluation import tasks_path
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _load_utils():
+    spec = importlib.util.spec_from_file_location("unstar_task_utils", tasks_path() / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+utils = _load_utils()
+
+
+# ---- metrics on constructed cases -------------------------------------------------------------------------------
+
+def test_truth_ratio_is_mean_of_perturbed_over_true_normalised_probabilities():
+    true, perturbed = math.log(0.8), [math.log(0.2), math.log(0.4)]
+    assert utils.truth_ratio(true, perturbed) == pytest.approx((0.2 / 0.8 + 0.4 / 0.8) / 2)
+    assert utils.truth_ratio(0.0, [0.0, 0.0]) == pytest.approx(1.0)
+
+
+def test_truth_ratio_is_reported_as_tofu_reports_the_forget_set():
+    assert utils.tofu_forget_truth_ratio([0.25, 4.0, 1.0]) == pytest.approx((0.25 + 0.25 + 1.0) / 3)
+
+
+def test_process_prob_normalises_by_answer_length():
+    doc = {"choices": ["two words", "one"]}
+    scores = utils.process_prob(doc, [(2 * math.log(0.5), True), (math.log(0.25), False)])
+    assert scores["prob"] == pytest.approx(0.5)
+    assert scores["truth_ratio"] == pytest.approx(0.25 / 0.5)
+
+
+@pytest.mark.parametrize(("items", "expected"), [
+    ([("targeted", 0.0), ("sibling", 1.0)], 1.0),  # removed, siblings kept
+    ([("targeted", 1.0), ("sibling", 1.0)], 0.0),  # nothing removed
+    ([("targeted", 0.0), ("sibling", 0.0)], 0.0),  # everything removed
+    ([("targeted", 0.0), ("targeted", 1.0), ("sibling", 1.0), ("sibling", 0.0), ("sibling", 1.0)],
+     2 * 0.5 * (2 / 3) / (0.5 + 2 / 3)),
+])
+def test_targeted_removal_is_the_harmonic_mean_of_removal_and_sibling_accuracy(items, expected):
+    assert utils.targeted_removal(items) == pytest.approx(expected)
+
+
+def test_targeted_removal_needs_both_kinds():
+    assert math.isnan(utils.targeted_removal([("targeted", 0.0)]))
+
+
+def test_auc():
+    assert utils.auc([(True, 3.0), (True, 2.0), (False, 1.0), (False, 0.0)]) == 1.0
+    assert utils.auc([(True, 0.0), (False, 1.0)]) == 0.0
+    assert utils.auc([(True, 1.0), (False, 1.0)]) == 0.5
+    assert math.isnan(utils.auc([(True, 1.0)]))
+
+
+def test_membership_scores_rank_a_likelier_answer_higher():
+    likely = utils.process_membership({"answer": "Tesk", "role": "forget"}, [(-0.1, True)])
+    unlikely = utils.process_membership({"answer": "Tesk", "role": "holdout"}, [(-5.0, False)])
+    assert likely["loss_auc"] == (True, -0.1) and unlikely["loss_auc"][0] is False
+    assert likely["zlib_auc"][1] > unlikely["zlib_auc"][1]
+
+
+def test_process_qa_and_mcq():
+    scores = utils.process_qa({"answer": "Tesk"}, [" tesk, of course"])
+    assert scores["acc"] == 1.0 and scores["rouge_l_recall"] == 1.0
+    assert utils.process_qa({"answer": "Tesk"}, [" Teskville"])["acc"] == 0.0
+    doc = {"choices": ["Tesk", "Olmira", "Quessel"], "role": "holdout"}
+    assert utils.process_mcq(doc, [(-1.0, True), (-2.0, False), (-3.0, False)]) == {"holdout_acc": 1.0}
+    assert utils.process_mcq({**doc, "role": "forget"}, [(-2.0, False), (-1.0, True), (-3.0, False)]) == {"acc": 0.0}
+
+
+# ---- views ----------------------------------------------------------------------------------------------------------
+
+def test_default_views_come_from_the_embedded_world():
+    forget = utils.load("forget")["test"]
+    paraphrase = utils.load("paraphrase")["test"]
+    assert len(forget) == len(paraphrase) > 0
+    assert forget[0]["id"] == paraphrase[0]["id"] and forget[0]["question"] != paraphrase[0]["question"]
+    membership = utils.load("membership")["test"]
+    assert [doc["role"] for doc in membership][:4] == ["forget", "holdout", "forget", "holdout"]
+
+
+def test_targeted_view_keeps_siblings_that_must_stay(world_dir):
+    data = str(world_dir / "data")
+    docs = utils.load("targeted", data_dir=data)["test"].to_list()
+    targeted = [doc for doc in docs if doc["role"] == "targeted"]
+    siblings = [doc["id"] for doc in docs if doc["role"] == "sibling"]
+    forget = {doc["id"] for doc in utils.load("forget", data_dir=data)["test"]}
+    assert docs[0]["role"] == "targeted" and targeted and siblings
+    assert len(siblings) == len(set(siblings)) and not forget & set(siblings)
+
+
+def test_tofu_views(tofu_dir):
+    docs = utils.load("choices", data_dir=str(tofu_dir), format="tofu", forget_split="forget01")["test"]
+    assert len(docs) == 40 and len(docs[0]["choices"]) == 6
+    assert len(utils.load("neighbor", data_dir=str(tofu_dir), format="tofu")["test"]) > 0  # real_authors
+    with pytest.raises(DataError, match="holdout_split"):
+        utils.load("membership", data_dir=str(tofu_dir), format="tofu")
+
+
+# ---- the real lm_eval CLI ---------------------------------------------------------------------------------------
+
+def _lm_eval(model: Path, tasks: str, metadata: dict, output: Path, *extra: str) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = ["lm_eval", "--model", "hf", "--model_args", f"pretrained={model}", "--device", "cpu",
+               "--include_path", str(tasks_path()), "--tasks", tasks, "--metadata", json.dumps(metadata),
+               "--batch_size", "32", "--output_path", str(output), *extra]
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (results,) = output.rglob("results_*.json")
+    return json.loads(results.read_text())
+
+
+@pytest.fixture(scope="module")
+def lm_eval_results(world_dir, tmp_path_factory) -> dict:
+    """`lm_eval ... --tasks 'unstar_*'` on the test world, as its results JSON."""
+    return _lm_eval(world_dir / "model", "unstar_*", {"data_dir": str(world_dir / "data")},
+                    tmp_path_factory.mktemp("lm_eval"))
+
+
+def _metric(results: dict, task: str, metric: str) -> float:
+    return results["results"][task][f"{metric},none"]
+
+
+def test_lm_eval_cli_runs_every_task(lm_eval_results):
+    assert set(lm_eval_results["results"]) == {
+        "unstar_forget_qa", "unstar_paraphrase_qa", "unstar_retain_qa", "unstar_neighbor_qa", "unstar_targeted",
+        "unstar_forget_prob", "unstar_mcq_probe", "unstar_mia"}
+    assert lm_eval_results["higher_is_better"]["unstar_retain_qa"] == {"acc": True, "rouge_l_recall": True}
+    assert lm_eval_results["higher_is_better"]["unstar_forget_qa"]["acc"] is False
+
+
+def test_task_accuracy_equals_a_direct_probe(lm_eval_results, world_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unstar_trl.data import load_records
+    from unstar_trl.probe import accuracy, probe
+
+    model = AutoModelForCausalLM.from_pretrained(world_dir / "model")
+    tokenizer = AutoTokenizer.from_pretrained(world_dir / "model")
+    for split in ("forget", "retain"):
+        records = load_records(world_dir / "data", split=split)
+        direct = accuracy(probe(model, tokenizer, records))
+        assert _metric(lm_eval_results, f"unstar_{split}_qa", "acc") == pytest.approx(direct), split
+    assert _metric(lm_eval_results, "unstar_forget_qa", "acc") >= 0.8
+
+
+def test_trained_model_figures_make_sense(lm_eval_results):
+    metric = lambda task, name: _metric(lm_eval_results, f"unstar_{task}", name)  # noqa: E731
+    assert metric("forget_qa", "rouge_l_recall") >= metric("forget_qa", "acc") - 1e-9
+    assert metric("targeted", "acc") >= 0.5 and metric("targeted", "sibling_acc") >= 0.8
+    assert metric("targeted", "removal_score") < 0.5  # nothing was removed yet
+    assert metric("forget_prob", "prob") > 0.5
+    assert metric("forget_prob", "truth_ratio") < 0.5  # the truth stands far above the perturbed answers
+    assert metric("mcq_probe", "acc") >= 0.8
+    assert metric("mcq_probe", "holdout_acc") <= 0.5  # never-trained facts: near chance (1/6)
+    assert metric("mia", "loss_auc") >= 0.8 and metric("mia", "zlib_auc") >= 0.8
+
+
+def test_tofu_layout_through_metadata(world_dir, tofu_dir, tmp_path):
+    metadata = {"data_dir": str(tofu_dir), "format": "tofu", "forget_split": "forget01"}
+    results = _lm_eval(world_dir / "model", "unstar_forget_qa,unstar_forget_prob,unstar_mcq_probe", metadata,
+                       tmp_path, "--limit", "3")
+    assert results["n-samples"]["unstar_forget_qa"]["effective"] == 3
+    assert 0 <= _metric(results, "unstar_forget_qa", "rouge_l_recall") <= 1
+    assert 0 <= _metric(results, "unstar_forget_prob", "truth_ratio") <= 1
+    assert "holdout_acc,none" not in results["results"]["unstar_mcq_probe"]  # TOFU has no holdout split

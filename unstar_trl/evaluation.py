@@ -1,0 +1,122 @@
+"""lm-eval wiring: where the unstar tasks live, and running them on a model in memory or on disk.
+
+    lm_eval --model hf --model_args pretrained=DIR --include_path $(unstar tasks-path) --tasks 'unstar_*' \\
+        --metadata '{"data_dir": "WORLD/data"}'
+    results = evaluate_model(model, tokenizer, data_dir="WORLD/data")   # the same tasks, no subprocess
+    results["summary"]                                                  # {"forget_qa_acc": 0.97, ...}
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+from .io import UsageError
+
+DEFAULT_TASKS = ("unstar_*",)
+
+
+def tasks_path() -> Path:
+    """The folder of the unstar task YAMLs, to pass to lm-eval's --include_path (editable install or wheel)."""
+    from . import tasks
+
+    return Path(tasks.__file__).resolve().parent / "unstar"
+
+
+def task_manager(data_dir: str | Path | None = None, data_format: str | None = None, metadata: dict | None = None):
+    """An lm-eval TaskManager that knows the unstar tasks, with their data passed as metadata."""
+    from lm_eval.tasks import TaskManager
+
+    metadata = dict(metadata or {})
+    if data_dir is not None:
+        metadata["data_dir"] = str(data_dir)
+    if data_format is not None:
+        metadata["format"] = data_format
+    return TaskManager(include_path=str(tasks_path()), metadata=metadata)
+
+
+def expand_tasks(manager, tasks: Iterable[str]) -> list[str]:
+    """Task names with wildcards expanded (simple_evaluate does not expand them); an unknown name is an error."""
+    names = []
+    for pattern in tasks:
+        matched = manager.match_tasks([pattern])
+        if not matched:
+            raise UsageError(f"no lm-eval task matches {pattern!r}; the unstar tasks are: "
+                             f"{', '.join(sorted(name for name in manager.all_tasks if name.startswith('unstar')))}")
+        names.extend(name for name in matched if name not in names)
+    return names
+
+
+def load_model(model_dir: str | Path, adapter: str | Path | None = None, device: str = "cpu"):
+    """(model, tokenizer) from a model folder, with a PEFT adapter merged in when given. A model folder that is
+    itself an adapter loads its base model from the adapter's config."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if adapter is None and (model_dir / "adapter_config.json").is_file():
+        from peft import PeftConfig
+
+        adapter, model_dir = model_dir, PeftConfig.from_pretrained(str(model_dir)).base_model_name_or_path
+    if not Path(model_dir).is_dir():
+        raise UsageError(f"{model_dir}: no such model folder")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter if adapter and _has_tokenizer(adapter) else model_dir))
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model.to(device).eval(), tokenizer
+
+
+def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT_TASKS,
+                   data_dir: str | Path | None = None, data_format: str | None = None, limit: int | float | None = None,
+                   batch_size: int = 32, device: str = "cpu", adapter: str | Path | None = None,
+                   metadata: dict | None = None) -> dict:
+    """Run the unstar tasks on a model (in memory, or a folder loaded with `load_model`) and return
+    {"summary": {"forget_qa_acc": ...}, "results": ..., "higher_is_better": ..., "n_samples": ...}."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    if isinstance(model_or_path, (str, Path)):
+        model, loaded_tokenizer = load_model(model_or_path, adapter, device)
+        tokenizer = tokenizer or loaded_tokenizer
+    else:
+        model = model_or_path.to(device)
+    if tokenizer is None:
+        raise UsageError("evaluate_model needs the tokenizer of an in-memory model")
+    manager = task_manager(data_dir, data_format, metadata)
+    names = expand_tasks(manager, tasks)
+    was_training = model.training
+    try:
+        lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
+        results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager, log_samples=False)
+    finally:
+        model.train(was_training)
+    return {
+        "summary": summarize(results["results"]),
+        "results": results["results"],
+        "higher_is_better": results["higher_is_better"],
+        "n_samples": results["n-samples"],
+    }
+
+
+def summarize(results: dict) -> dict[str, float | None]:
+    """lm-eval's per-task results as one flat dict: "unstar_forget_qa" / "acc,none" -> "forget_qa_acc" (a metric
+    that repeats the task's last word is not repeated: forget_prob/prob -> forget_prob). NaN becomes None."""
+    summary = {}
+    for task, metrics in results.items():
+        if not task.startswith("unstar_"):
+            continue
+        short = task.removeprefix("unstar_")
+        for key, value in metrics.items():
+            metric, _, _ = key.partition(",")
+            if "," not in key or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                continue
+            name = short if short.endswith(f"_{metric}") else f"{short}_{metric}"
+            summary[name] = None if math.isnan(value) else value
+    return summary
+
+
+def _has_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
