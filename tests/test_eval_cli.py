@@ -45,17 +45,17 @@ def test_evaluate_model_in_memory_matches_a_peft_adapter_folder(world_dir, tmp_p
 
     model = AutoModelForCausalLM.from_pretrained(world_dir / "model")
     tokenizer = AutoTokenizer.from_pretrained(world_dir / "model")
-    in_memory = evaluate_model(model, tokenizer, tasks=["unstar_retain_qa"], data_dir=world_dir / "data", limit=20)
+    in_memory = evaluate_model(model, tokenizer, tasks=["unstar_retain_qa"], data_dir=world_dir / "data", limit=10)
     get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "adapter")
     from_disk = evaluate_model(world_dir / "model", adapter=tmp_path / "adapter", tasks=["unstar_retain_qa"],
-                               data_dir=world_dir / "data", limit=20)
+                               data_dir=world_dir / "data", limit=10)
     assert in_memory["summary"] == from_disk["summary"]
-    assert in_memory["n_samples"]["unstar_retain_qa"]["effective"] == 20
+    assert in_memory["n_samples"]["unstar_retain_qa"]["effective"] == 10
 
 
 def test_unknown_task_is_one_line_error(world_dir, capsys):
     assert main(["eval", "--model", str(world_dir / "model"), "--tasks", "unstar_nothing"]) == 2
-    assert "no lm-eval task matches 'unstar_nothing'" in capsys.readouterr().err
+    assert "no unstar task matches 'unstar_nothing'" in capsys.readouterr().err
 
 
 def _probe_accuracy(world_dir, split: str) -> float:
