@@ -105,6 +105,12 @@ class UnlearningData:
         ids = dict.fromkeys(sibling for record in self.targeted for sibling in record.get("siblings") or [])
         return [by_id[sibling] for sibling in ids]
 
+    @property
+    def targeted_retain(self) -> list[dict]:
+        """What targeted unlearning keeps by training on it: the retain records, then the siblings not among them."""
+        retain_ids = {record["id"] for record in self.retain}
+        return self.retain + [record for record in self.siblings if record["id"] not in retain_ids]
+
     def validate(self) -> None:
         """Raise DataError for an empty forget set, an id twice in a split, siblings outside the targeted split,
         a fact in both forget and retain (same id, or same normalised question and answer) and a sibling id that

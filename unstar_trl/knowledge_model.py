@@ -22,16 +22,17 @@ PROMPTS_FILE = "unstar_prompts.json"
 
 @dataclass
 class KnowledgeModelConfig:
-    """Size and training schedule of the knowledge model (defaults: ~3M parameters, 2 CPU cores, a few minutes)."""
+    """Size and training schedule of the knowledge model (defaults: ~2.3M parameters; small batches memorise the
+    facts in far fewer epochs than large ones)."""
 
     vocab_size: int = 1024
-    hidden_size: int = 192
-    num_layers: int = 4
+    hidden_size: int = 256
+    num_layers: int = 2
     num_heads: int = 4
-    intermediate_size: int = 512
-    epochs: int = 40
-    learning_rate: float = 3e-3
-    batch_size: int = 64
+    intermediate_size: int = 1024
+    epochs: int = 14
+    learning_rate: float = 1e-3
+    batch_size: int = 8
     seed: int = 0
 
 
@@ -95,7 +96,6 @@ def train_knowledge_model(world: World, output_dir: str | Path, config: Knowledg
             use_cpu=True,
             disable_tqdm=not progress,
             dataloader_num_workers=0,
-            train_sampling_strategy="group_by_length",
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                              processing_class=tokenizer)

@@ -251,7 +251,7 @@ def _split(world: World, rng: random.Random) -> dict[str, list[Fact]]:
     return {"forget": forget, "targeted": targeted, "retain": retain, "neighbor": neighbor, "holdout": holdout}
 
 
-def training_texts(world: World, skill_share: float = 0.4) -> list[dict]:
+def training_texts(world: World, skill_share: float = 0.3) -> list[dict]:
     """Prompt/completion pairs the knowledge model learns: every trained fact under its trained templates and
     the three UnSTAR skills (rephrase keeping the subject, another object of the same type, a rationale for a
     hinted answer). The held-out template never appears."""

@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..io import UsageError, atomic_directory, refuse_overwrite, write_json
+from ..recipes import read_recipe
 
 REPORT_FILE = "unlearn_report.json"
 
@@ -51,11 +50,7 @@ def parse(argv: list[str]):
     recipe, path = {}, None
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         path = argv[argv.index("--config") + 1]
-        if not Path(path).is_file():
-            raise UsageError(f"recipe {path} not found")
-        recipe = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(recipe, dict):
-            raise UsageError(f"recipe {path} must be a YAML mapping of field: value")
+        recipe = read_recipe(path)
     method = recipe.get("method", "grad_ascent")
     for index, item in enumerate(argv):
         if item == "--method" and index + 1 < len(argv):
@@ -116,12 +111,16 @@ def _run(args) -> int:
         config.output_dir = str(staging / "trainer")
         trainer = trainer_class(model=model, args=config, processing_class=tokenizer,
                                 train_dataset=data.targeted if script_args.targeted else data.forget,
-                                retain_dataset=data.retain, peft_config=get_peft_config(model_args))
+                                retain_dataset=data.targeted_retain if script_args.targeted else data.retain,
+                                peft_config=get_peft_config(model_args))
         try:
             trainer.train()
         except DivergenceError as error:  # the trainer kept the last good weights: save those, then say so
             diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
         shutil.rmtree(config.output_dir, ignore_errors=True)
+        rounds = getattr(trainer, "rounds", None)  # UnSTAR: its per-round log and every anti-sample it fitted
+        if rounds is not None:
+            trainer.save_audit(staging)
         model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
         model.eval()
         after = knowledge_report(model, tokenizer, data, config.prompt_template)
@@ -130,8 +129,10 @@ def _run(args) -> int:
         if (Path(source) / PROMPTS_FILE).is_file():
             shutil.copy(Path(source) / PROMPTS_FILE, staging / PROMPTS_FILE)
         report = {"method": script_args.method, "model": source, "data_dir": script_args.data_dir,
-                  "targeted": script_args.targeted, "before": before, "after": after, "rounds": 1,
-                  "steps": diverged["kept_step"] if diverged else trainer.state.global_step, "seconds": round(time.perf_counter() - start, 1),
+                  "targeted": script_args.targeted, "before": before, "after": after,
+                  "rounds": sum(log["steps"] > 0 for log in rounds) if rounds is not None else 1,
+                  "round_log": rounds,
+                  "steps": diverged["kept_step"] if diverged else getattr(trainer, "steps", trainer.state.global_step), "seconds": round(time.perf_counter() - start, 1),
                   "diverged": diverged, "history": trainer.history}
         write_json(staging / REPORT_FILE, report)
     if diverged:

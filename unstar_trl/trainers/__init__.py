@@ -1,5 +1,6 @@
 """Unlearning methods on TRL's SFTTrainer: `METHODS` maps a method name to its (trainer class, config class)."""
 
+from .anti_sample import AntiSampleConfig, AntiSampleTrainer
 from .base import DivergenceError, ForgetRetainCollator, HistoryCallback, UnlearningConfig, UnlearningTrainer
 from .grad_ascent_kl import GradAscentKLConfig, GradAscentKLTrainer
 from .grad_diff import GradDiffConfig, GradDiffTrainer
@@ -9,6 +10,7 @@ from .npo import NPOConfig, NPOTrainer
 from .simnpo import SimNPOConfig, SimNPOTrainer
 
 METHODS = {
+    "unstar": (AntiSampleTrainer, AntiSampleConfig),
     "grad_ascent": (GradientAscentTrainer, GradientAscentConfig),
     "grad_diff": (GradDiffTrainer, GradDiffConfig),
     "grad_ascent_kl": (GradAscentKLTrainer, GradAscentKLConfig),
@@ -19,7 +21,7 @@ METHODS = {
 """Method name -> (trainer class, config class); the `method:` key of a recipe picks one."""
 
 __all__ = [
-    "METHODS", "DivergenceError", "ForgetRetainCollator", "HistoryCallback", "UnlearningConfig", "UnlearningTrainer",
+    "METHODS", "AntiSampleConfig", "AntiSampleTrainer", "DivergenceError", "ForgetRetainCollator", "HistoryCallback", "UnlearningConfig", "UnlearningTrainer",
     "GradAscentKLConfig", "GradAscentKLTrainer", "GradDiffConfig", "GradDiffTrainer", "GradientAscentConfig",
     "GradientAscentTrainer", "IdkConfig", "IdkTrainer", "NPOConfig", "NPOTrainer", "SimNPOConfig", "SimNPOTrainer",
 ]

@@ -1,0 +1,246 @@
+"""UnSTAR: unlearning with self-taught anti-samples.
+
+Each round probes which forget facts the model still answers (under its question, trained paraphrases and, for facts
+already forgotten, harder follow-up questions), has a generator write anti-samples for them (a paraphrased question,
+a wrong answer of the same type and a rationale that never names the true answer), and fits them with ordinary
+next-token cross-entropy, optionally with a reversed term on the true answer and a retain term. Rounds repeat until
+nothing in the forget set is answered or `max_rounds` is hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from ..anti_samples import (
+    DROP_REASONS,
+    AntiSample,
+    SelfTaughtGenerator,
+    TemplateGenerator,
+    filter_anti_samples,
+    follow_up_questions,
+    load_skill_prompts,
+    teacher_generator,
+    write_anti_samples,
+)
+from ..io import write_jsonl
+from ..probe import probe
+from .base import ForgetRetainCollator, UnlearningConfig, UnlearningTrainer
+from .losses import nll, npo_loss, sequence_log_probs
+
+ANTI_SAMPLES_FILE = "anti_samples.jsonl"
+ROUNDS_FILE = "rounds.jsonl"
+
+
+@dataclass
+class AntiSampleConfig(UnlearningConfig):
+    r"""Configuration of [`AntiSampleTrainer`]. `num_train_epochs` is the number of passes over the anti-samples in
+    each round; the loss is NLL(anti-samples) + reversed_loss_weight * reversed term + retain_weight * retain loss."""
+
+    max_rounds: int = field(default=4, metadata={"help": "Most probe -> generate -> fit rounds."})
+    forget_acc_target: float = field(
+        default=0.0,
+        metadata={"help": "Stop once at most this share of forget facts is still answered (question, trained "
+                  "paraphrases or follow-ups)."},
+    )
+    generator: str = field(
+        default="template",
+        metadata={"help": "Who writes anti-samples: 'self' (the model being unlearned), 'template' (offline, from "
+                  "the records' fields and typed pools), or a path to a teacher model."},
+    )
+    n_paraphrases: int = field(default=2, metadata={"help": "Paraphrased questions per known fact and round."})
+    n_wrong_answers: int = field(default=2, metadata={"help": "Wrong answers per question."})
+    with_rationale: bool = field(default=True, metadata={"help": "Append a misleading rationale to each answer."})
+    follow_ups: int = field(
+        default=2, metadata={"help": "Harder follow-up questions probed per forgotten fact (0: none)."}
+    )
+    generation_batch_size: int = field(default=64, metadata={"help": "Prompts per batch when generating/probing."})
+    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generator."})
+    generation_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling of the generator."})
+    reversed_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the reversed term on the true answer (0: the paper's UnSTAR)."}
+    )
+    reversed_loss_type: str = field(
+        default="grad_ascent",
+        metadata={"help": "Reversed term: 'grad_ascent' (minus NLL) or 'npo'.", "choices": ["grad_ascent", "npo"]},
+    )
+    npo_beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the NPO reversed term."})
+    # Defaults that differ from UnlearningConfig
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the anti-samples per round."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "The initial learning rate for AdamW."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reversed_loss_type not in ("grad_ascent", "npo"):
+            raise ValueError(f"reversed_loss_type must be 'grad_ascent' or 'npo', got {self.reversed_loss_type!r}")
+        if self.max_rounds < 1:
+            raise ValueError(f"max_rounds must be at least 1, got {self.max_rounds}")
+
+
+class AntiSampleCollator(ForgetRetainCollator):
+    """Also pads each anti-sample's true-answer pair under `"true"` (for the reversed term)."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        if "true_input_ids" in features[0]:
+            batch["true"] = self.pad([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
+                                      for f in features])
+        return batch
+
+
+class AntiSampleTrainer(UnlearningTrainer):
+    """Drop-in for `SFTTrainer`: `train_dataset` holds the forget records, `retain_dataset` what must stay.
+
+    Targeted mode: forget records that list `siblings` (single subject->relation associations) need those siblings
+    among the retain records, so that training on them keeps them."""
+
+    _name = "UnSTAR"
+    config_class = AntiSampleConfig
+
+    def __init__(self, model, args: AntiSampleConfig | None = None, train_dataset=None, retain_dataset=None,
+                 processing_class=None, peft_config=None, callbacks=None, **kwargs):
+        args = args or AntiSampleConfig(output_dir="unstar-output")
+        self.forget_records = [dict(record) for record in train_dataset]
+        if any(record.get("siblings") for record in self.forget_records):  # targeted mode
+            _check_targeted(self.forget_records, retain_dataset)
+        self.needs_reference = args.reversed_loss_weight > 0 and args.reversed_loss_type == "npo"
+        # SFTTrainer inspects a non-empty train_dataset at init; each round replaces it with the anti-samples.
+        super().__init__(model, args, train_dataset=self.forget_records, retain_dataset=retain_dataset,
+                         processing_class=processing_class, peft_config=peft_config, callbacks=callbacks, **kwargs)
+        self.data_collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed)
+        self.anti_samples: list[AntiSample] = []
+        self.rounds: list[dict] = []
+        self.steps = 0
+        self._generator = None
+
+    # ---- the rounds -------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """Rounds of probe -> generate -> filter -> fit, until the forget facts are gone or `max_rounds`."""
+        output = None
+        for round_index in range(self.args.max_rounds):
+            known, asked = self.still_known()
+            log = {"round": round_index, "facts": len(self.forget_records), "known": len({r["id"] for r in known}),
+                   "questions_asked": asked, "questions_answered": len(known)}
+            log["forget_acc"] = log["known"] / max(1, log["facts"])
+            if log["forget_acc"] <= self.args.forget_acc_target:
+                self.rounds.append({**log, "made": 0, "kept": 0, "dropped": {}, "steps": 0})
+                break
+            made = self.generator.generate(known, round_index)
+            kept, dropped = filter_anti_samples(made, known)
+            self.anti_samples.extend(kept)
+            log.update(made=len(made), kept=len(kept),
+                       dropped={reason: sum(r == reason for _, r in dropped) for reason in DROP_REASONS})
+            output = self.fit(round_index)
+            log["steps"] = output.global_step
+            self.rounds.append(log)
+            self.save_audit()
+        else:
+            known, asked = self.still_known()
+            self.rounds.append({"round": self.args.max_rounds, "facts": len(self.forget_records),
+                                "known": len({r["id"] for r in known}), "questions_asked": asked,
+                                "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "steps": 0,
+                                "forget_acc": len({r["id"] for r in known}) / max(1, len(self.forget_records))})
+        self.save_audit()
+        return output
+
+    def still_known(self) -> tuple[list[dict], int]:
+        """Records (one per question still answered) over each fact's question, trained paraphrases (never the
+        held-out one) and, for facts whose question is forgotten, harder follow-up questions."""
+        paraphrased = [{**record, "question": question} for record in self.forget_records
+                       for question in record.get("paraphrased_questions", [])[1:]]
+        questions = self.forget_records + paraphrased
+        verdicts = self._probe(questions)
+        if self.args.follow_ups:
+            forgotten = [r for r, known in zip(self.forget_records, verdicts) if not known]
+            follow_ups = follow_up_questions(forgotten, self.forget_records, per_record=self.args.follow_ups,
+                                             seed=self.args.seed + len(self.rounds))
+            questions = questions + follow_ups
+            verdicts = verdicts + self._probe(follow_ups)
+        return [q for q, known in zip(questions, verdicts) if known], len(questions)
+
+    def _probe(self, records: list[dict]) -> list[bool]:
+        if not records:
+            return []
+        verdicts = probe(self.model, self._tokenizer, records, prompt_template=self.prompt_template,
+                         batch_size=self.args.generation_batch_size)
+        return [verdict.known for verdict in verdicts]
+
+    def fit(self, round_index: int):
+        """One `Trainer.train()` over every anti-sample kept so far; fresh optimizer, steps counted on."""
+        self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in self.anti_samples])
+        self.optimizer, self.lr_scheduler = None, None
+        output = super().train()
+        for entry in self.history_callback.history:
+            entry.setdefault("round", round_index)
+            entry.setdefault("total_step", self.steps + entry["step"])
+        self.steps += output.global_step
+        return output
+
+    # ---- data and loss ----------------------------------------------------------------------------------------
+    def anti_sample_features(self, sample: AntiSample) -> dict:
+        features = self.tokenize({"prompt": self.prompt(sample.question), "completion": sample.completion})
+        if self.args.reversed_loss_weight > 0:
+            record = next(r for r in self.forget_records if r["id"] == sample.source_id)
+            true = self.tokenize(self.answer_pair({**record, "question": sample.question}))
+            features.update(true_input_ids=true["input_ids"], true_labels=true["labels"])
+        return features
+
+    def forget_loss(self, model, inputs):
+        """NLL of the anti-samples, plus the reversed term on the true answers when it is weighted."""
+        loss = self.log_metric("anti_sample_nll", nll(self.logits(model, inputs), inputs["labels"]))
+        if self.args.reversed_loss_weight > 0:
+            true = self._current_true
+            log_prob, count = sequence_log_probs(self.logits(model, true), true["labels"])
+            self.log_metric("forget_nll", (-log_prob / count.clamp(min=1)).mean())
+            if self.args.reversed_loss_type == "npo":
+                ref_log_prob, _ = sequence_log_probs(self.reference_logits(true), true["labels"])
+                reversed_term = npo_loss(log_prob, ref_log_prob, self.args.npo_beta)
+            else:
+                reversed_term = (log_prob / count.clamp(min=1)).mean()
+            loss = loss + self.args.reversed_loss_weight * self.log_metric("reversed_loss", reversed_term)
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._current_true = inputs.pop("true", None)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    # ---- outputs ----------------------------------------------------------------------------------------------
+    @property
+    def generator(self):
+        """The anti-sample writer named by `args.generator`, built once."""
+        if self._generator is None:
+            knobs = dict(n_paraphrases=self.args.n_paraphrases, n_wrong_answers=self.args.n_wrong_answers,
+                         with_rationale=self.args.with_rationale, seed=self.args.seed)
+            sampling = dict(temperature=self.args.generation_temperature, top_p=self.args.generation_top_p,
+                            batch_size=self.args.generation_batch_size)
+            if self.args.generator == "template":
+                self._generator = TemplateGenerator(**knobs)
+            elif self.args.generator == "self":
+                prompts = load_skill_prompts(self.model.config._name_or_path, self._tokenizer)
+                self._generator = SelfTaughtGenerator(self.model, self._tokenizer, prompts, **knobs, **sampling)
+            elif Path(self.args.generator).is_dir():
+                self._generator = teacher_generator(self.args.generator, **knobs, **sampling)
+            else:
+                raise ValueError(f"generator must be 'self', 'template' or a model folder, got {self.args.generator!r}")
+        return self._generator
+
+    def save_audit(self, output_dir: str | Path | None = None) -> None:
+        """Write every kept anti-sample and the per-round log (atomically) to `output_dir` (default: args')."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        write_anti_samples(output_dir / ANTI_SAMPLES_FILE, self.anti_samples)
+        write_jsonl(output_dir / ROUNDS_FILE, self.rounds)
+
+
+def _check_targeted(forget: list[dict], retain) -> None:
+    """Targeted records must name their siblings, and those must be among the retain records."""
+    retain_ids = {record["id"] for record in (retain or [])}
+    for record in forget:
+        if not record.get("siblings"):
+            raise ValueError(f"targeted record {record['id']} lists no siblings")
+        missing = [sibling for sibling in record["siblings"] if sibling not in retain_ids]
+        if missing:
+            raise ValueError(f"targeted record {record['id']}: siblings {missing[:3]} are not in retain_dataset "
+                             "(targeted mode keeps them by training on them as retain data)")
