@@ -153,30 +153,34 @@ def test_self_taught_generator_on_the_world_model(self_taught, forget_records):
     by_id = {record["id"]: record for record in forget_records}
     paraphrases = [s for s in samples if s.question != by_id[s.source_id]["question"]]
     keeps_subject = sum(by_id[s.source_id]["subject"] in s.question for s in paraphrases) / len(paraphrases)
-    typed = {record["id"]: False for record in forget_records}
-    for anti in samples:
-        record = by_id[anti.source_id]
-        typed[anti.source_id] |= anti.wrong_answer in POOLS[record["object_type"]] and anti.wrong_answer != record[
-            "answer"]
+    typed = {
+        s.source_id for s in samples
+        if s.wrong_answer in POOLS[by_id[s.source_id]["object_type"]] and s.wrong_answer != by_id[s.source_id]["answer"]
+    }
     with_rationale = [s for s in samples if s.rationale]
-    clean_rationale = sum(not contains_answer(s.rationale, by_id[s.source_id]["answer"]) for s in with_rationale)
+    clean = sum(not contains_answer(s.rationale, by_id[s.source_id]["answer"]) for s in with_rationale)
+    argues = sum(contains_answer(s.rationale, s.wrong_answer) for s in with_rationale)
     kept, dropped = filter_anti_samples(samples, forget_records)
-    print(f"paraphrases keep subject {keeps_subject:.0%}, records with a typed wrong answer "
-          f"{sum(typed.values()) / len(typed):.0%}, rationales without the answer "
-          f"{clean_rationale / len(with_rationale):.0%}, kept {len(kept)}/{len(samples)}")
+    print(f"paraphrases keeping the subject {keeps_subject:.0%}, records with a typed wrong answer "
+          f"{len(typed) / len(forget_records):.0%}, rationales without the true answer {clean / len(with_rationale):.0%}"
+          f", naming the wrong answer {argues / len(with_rationale):.0%}, kept {len(kept)}/{len(samples)}")
     assert len(paraphrases) >= len(forget_records)
-    assert keeps_subject >= 0.8
-    assert sum(typed.values()) >= 0.7 * len(typed)
-    assert len(with_rationale) >= 0.9 * len(samples) and clean_rationale >= 0.8 * len(with_rationale)
-    assert len({s.source_id for s in kept}) >= 0.7 * len(forget_records)
+    assert keeps_subject >= 0.75
+    assert len(typed) >= 0.8 * len(forget_records)
+    assert len(with_rationale) >= 0.9 * len(samples) and clean >= 0.75 * len(with_rationale)
+    assert len({s.source_id for s in kept}) >= 0.8 * len(forget_records)
 
 
 def test_self_taught_generator_is_deterministic_given_the_seed(self_taught, forget_records):
     records = forget_records[:4]
-    first = self_taught.generate(records, round=2)
-    assert first == self_taught.generate(records, round=2)
-    assert first != SelfTaughtGenerator(self_taught.model, self_taught.tokenizer, self_taught.prompts,
-                                        seed=1).generate(records, round=2)
+
+    def generate(seed: int) -> list[AntiSample]:  # sampling is what the seed drives; rationales are greedy
+        generator = SelfTaughtGenerator(self_taught.model, self_taught.tokenizer, self_taught.prompts, seed=seed,
+                                        with_rationale=False)
+        return generator.generate(records, round=2)
+
+    assert generate(0) == generate(0)
+    assert generate(0) != generate(1)
 
 
 def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, self_taught, tmp_path):
