@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-COMMANDS = ("world", "unlearn", "eval", "tasks_path")
+COMMANDS = ("world", "unlearn", "eval", "bench", "tasks_path")
 """Modules under `unstar_trl.commands`, in the order `--help` lists them."""
 
 
