@@ -71,7 +71,7 @@ class SelfTaughtGenerator:
     `prompts` are the model's own skill prompts (`world.SKILL_PROMPTS` format: the answer is the continuation);
     None means a chat model, asked `CHAT_SKILL_PROMPTS` through its chat template. Paraphrases and wrong answers are
     sampled (seeded by `seed` and the round, `oversample` candidates per slot, first distinct ones kept); rationales
-    are greedy. Each record yields (1 + n_paraphrases) questions x n_wrong_answers anti-samples, before filtering.
+    are greedy, and one that does not name its wrong answer is left out. Each record yields (1 + n_paraphrases) questions x n_wrong_answers anti-samples, before filtering.
     """
 
     def __init__(self, model, tokenizer, prompts: dict[str, str] | None = None, *, n_paraphrases: int = 2,
@@ -107,7 +107,9 @@ class SelfTaughtGenerator:
         if self.with_rationale and pairs:
             fields = [_fields(record, question=question, wrong=wrong) for record, question, wrong in pairs]
             texts = self._complete("rationale", fields, max_new_tokens=48, batch_size=self.batch_size)
-            rationales = [_first_line(text) for text in texts]
+            # a rationale that argues for something other than its wrong answer is dropped, the pair kept
+            rationales = [line if contains_answer(line, wrong) else ""
+                          for line, (_, _, wrong) in zip(map(_first_line, texts), pairs)]
         return [AntiSample(record["id"], question, wrong, rationale, round, self.name)
                 for (record, question, wrong), rationale in zip(pairs, rationales)]
 

@@ -130,9 +130,11 @@ class AntiSampleTrainer(UnlearningTrainer):
                 break
             made = self.generator.generate(known, round_index)
             kept, dropped = filter_anti_samples(made, known)
+            kept, changed = self.keep_same_answer(kept, known)
             self.anti_samples.extend(kept)
             log.update(made=len(made), kept=len(kept),
-                       dropped={reason: sum(r == reason for _, r in dropped) for reason in DROP_REASONS})
+                       dropped={**{reason: sum(r == reason for _, r in dropped) for reason in DROP_REASONS},
+                                "changed_answer": changed})
             output = self.fit(round_index)
             log["steps"] = output.global_step
             self.rounds.append(log)
@@ -160,6 +162,16 @@ class AntiSampleTrainer(UnlearningTrainer):
             questions = questions + follow_ups
             verdicts = verdicts + self._probe(follow_ups)
         return [q for q, known in zip(questions, verdicts) if known], len(questions)
+
+    def keep_same_answer(self, samples: list[AntiSample], known: list[dict]) -> tuple[list[AntiSample], int]:
+        """Keep anti-samples whose question the model still answers with the true answer: a paraphrase that asks
+        something else (another relation, say) would teach a wrong answer to a fact that must stay."""
+        answers = {record["id"]: record["answer"] for record in known}
+        asked = list(dict.fromkeys((sample.source_id, sample.question) for sample in samples))
+        verdicts = self._probe([{"id": i, "question": q, "answer": answers[i]} for i, q in asked])
+        same = {pair for pair, known in zip(asked, verdicts) if known}
+        kept = [sample for sample in samples if (sample.source_id, sample.question) in same]
+        return kept, len(samples) - len(kept)
 
     def _probe(self, records: list[dict]) -> list[bool]:
         if not records:

@@ -1,0 +1,101 @@
+"""AntiSampleTrainer on the real world model: it forgets, keeps the rest, never trains on the truth, and is a drop-in
+TRL trainer (full fine-tuning and LoRA, template and self-taught generators, targeted mode)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from unstar_trl import AntiSampleConfig, AntiSampleTrainer
+from unstar_trl.data import load_unlearning_data
+from unstar_trl.probe import contains_answer
+from unstar_trl.report import knowledge_report
+from unstar_trl.trainers.anti_sample import ANTI_SAMPLES_FILE
+
+
+@pytest.fixture()
+def model_and_tokenizer(world_dir):
+    model_dir = world_dir / "model"
+    return AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def data(world_dir):
+    return load_unlearning_data(world_dir / "data")
+
+
+def unlearn(model, tokenizer, data, tmp_path, *, targeted=False, peft_config=None, **overrides):
+    args = AntiSampleConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=2,
+                            learning_rate=1e-3, **overrides)
+    trainer = AntiSampleTrainer(model=model, args=args, train_dataset=data.targeted if targeted else data.forget,
+                                retain_dataset=data.targeted_retain if targeted else data.retain,
+                                processing_class=tokenizer, peft_config=peft_config)
+    trainer.train()
+    return trainer
+
+
+def test_template_generator_forgets_and_keeps_retain(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    before = knowledge_report(model, tokenizer, data, "Question: {question}\nAnswer:")
+    trainer = unlearn(model, tokenizer, data, tmp_path)
+    after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
+    assert before["forget_acc"] >= 0.9
+    assert after["forget_acc"] <= 0.05
+    assert after["paraphrase_acc"] <= 0.10
+    assert after["retain_acc"] >= 0.9 * before["retain_acc"]
+    assert trainer.rounds[0]["known"] == len(data.forget) and trainer.rounds[-1]["known"] == 0
+    assert trainer.steps > 0 and {"anti_sample_nll", "retain_loss"} <= set(trainer.history[0])
+
+
+def test_audit_file_holds_every_kept_anti_sample_and_none_names_the_truth(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    trainer = unlearn(model, tokenizer, data, tmp_path, max_rounds=1)
+    rows = [json.loads(line) for line in (tmp_path / ANTI_SAMPLES_FILE).read_text().splitlines()]
+    assert len(rows) == len(trainer.anti_samples) > 0
+    answers = {record["id"]: record["answer"] for record in data.forget}
+    heldout = {record["id"]: record["paraphrased_questions"][0] for record in data.forget}
+    for row in rows:
+        assert {"question", "wrong_answer", "rationale", "round", "source_id", "generator"} <= set(row)
+        assert not contains_answer(f"{row['wrong_answer']} {row['rationale']}", answers[row["source_id"]])
+        assert row["question"] != heldout[row["source_id"]]
+
+
+def test_self_taught_generator_runs_end_to_end(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    trainer = unlearn(model, tokenizer, data, tmp_path, generator="self", max_rounds=2)
+    after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
+    assert {sample.generator for sample in trainer.anti_samples} == {"self_taught"}
+    assert trainer.rounds[0]["made"] > 0 and trainer.rounds[0]["kept"] > 0
+    assert after["forget_acc"] <= 0.5
+
+
+def test_lora_with_npo_reversed_term(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                      task_type="CAUSAL_LM")
+    trainer = unlearn(model, tokenizer, data, tmp_path, peft_config=lora, max_rounds=1, learning_rate=5e-3,
+                      reversed_loss_weight=0.5, reversed_loss_type="npo")
+    assert trainer.ref_model is None  # the reference is the adapter-disabled model
+    assert {"reversed_loss", "forget_nll"} <= set(trainer.history[0])
+    after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
+    assert after["forget_acc"] < 0.9
+
+
+def test_targeted_mode_removes_the_association_and_keeps_its_siblings(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    before = knowledge_report(model, tokenizer, data, "Question: {question}\nAnswer:")
+    trainer = unlearn(model, tokenizer, data, tmp_path, targeted=True, num_train_epochs=3,
+                      per_device_train_batch_size=8)
+    after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
+    assert after["targeted_acc"] <= 0.05
+    assert after["sibling_acc"] >= 0.85 * before["sibling_acc"]
+
+
+def test_targeted_mode_refuses_siblings_missing_from_retain(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="not in retain_dataset"):
+        AntiSampleTrainer(model=model, args=AntiSampleConfig(output_dir=str(tmp_path)), train_dataset=data.targeted,
+                          retain_dataset=data.retain[:1], processing_class=tokenizer)
