@@ -35,13 +35,14 @@ NOTES = {
     "forget_acc, paraphrase_acc, retain_acc, neighbor_acc": "greedy probe (knowledge_report) after the forget run",
     "targeted_acc, sibling_acc": "a second run of the method on the targeted split, retaining retain + siblings",
     "mcq_probe_acc": "lm-eval unstar_mcq_probe acc: true answer vs same-type distractors (holdout = chance)",
-    "mia_auc": "lm-eval unstar_mia loss_auc, forget vs holdout (0.5 = never seen)",
+    "mia_auc": "lm-eval unstar_mia loss_auc, forget vs holdout: 0.5 = never seen; far below 0.5 leaks too (the "
+               "forget answers became unusually unlikely)",
     "relearn_acc": "probe accuracy on the odd half of the forget facts after plain SFT on the even half",
     "seconds, tokens_per_second": "training wall time (without the bench's own checkpoint probes); trained tokens "
                                   "are the non-padding tokens of every batch (forget, retain and extra terms)",
     "peak_rss_mb": "peak resident memory of the bench process so far (ru_maxrss)",
 }
-LOWER_IS_BETTER = ("forget_acc", "paraphrase_acc", "targeted_acc", "mcq_probe_acc", "mia_auc", "relearn_acc")
+LOWER_IS_BETTER = ("forget_acc", "paraphrase_acc", "targeted_acc", "mcq_probe_acc", "relearn_acc")
 
 
 @dataclass(frozen=True)
@@ -260,8 +261,8 @@ def markdown_table(results: dict) -> str:
                ("MCQ probe", "mcq_probe_acc"), ("MIA AUC", "mia_auc"), ("relearn", "relearn_acc"),
                ("steps", "steps"), ("seconds", "seconds"), ("tokens/s", "tokens_per_second"),
                ("peak RSS MB", "peak_rss_mb")]
-    arrow = {key: " ↓" if key in LOWER_IS_BETTER else (" ↑" if key.endswith(("_acc", "auc")) else "")
-             for _, key in columns}
+    arrow = {key: " ↓" if key in LOWER_IS_BETTER else " ↑" if key.endswith("_acc") else "" for _, key in columns}
+    arrow["mia_auc"] = " →0.5"
     lines = ["| method | " + " | ".join(name + arrow[key] for name, key in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     rows = [("target (knowledge model)", results["target"]), *results["methods"].items()]
@@ -269,8 +270,9 @@ def markdown_table(results: dict) -> str:
         note = " (diverged)" if entry.get("diverged") else ""
         lines.append(f"| {name}{note} | " + " | ".join(_cell(key, entry.get(key)) for _, key in columns) + " |")
     notes = "\n".join(f"- {key}: {text}" for key, text in results["notes"].items())
-    return (f"# unstar bench\n\nWorld: `{results['world']}`. ↓ lower is better (forgetting), ↑ higher is better "
-            f"(keeping).\n\n" + "\n".join(lines) + f"\n\n{notes}\n")
+    settings = ", ".join(f"{key}={value}" for key, value in results["settings"].items() if value is not None)
+    return (f"# unstar bench\n\nWorld: `{results['world']}`; {settings}. ↓ lower is better (forgetting), ↑ higher "
+            f"is better (keeping).\n\n" + "\n".join(lines) + f"\n\n{notes}\n")
 
 
 def _cell(key: str, value) -> str:
