@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -41,16 +43,33 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    previous_handler = _exit_on_sigterm()
     try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    backup = path.parent / f".{path.name}.old-{os.getpid()}"
-    if path.exists():
-        os.replace(path, backup)
-    os.replace(staging, path)
-    shutil.rmtree(backup, ignore_errors=True)
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        backup = path.parent / f".{path.name}.old-{os.getpid()}"
+        if path.exists():
+            os.replace(path, backup)
+        os.replace(staging, path)
+        shutil.rmtree(backup, ignore_errors=True)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _exit_on_sigterm():
+    """Turn SIGTERM into SystemExit (so the staging folder is removed on the way out) when no one else handles it;
+    returns the handler to restore, or None when it was left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+
+    def exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, exit)
 
 
 def refuse_overwrite(output_dir: str | Path, *protected: str | Path) -> None:
