@@ -60,8 +60,12 @@ def load_model(model_dir: str | Path, adapter: str | Path | None = None, device:
         adapter, model_dir = model_dir, PeftConfig.from_pretrained(str(model_dir)).base_model_name_or_path
     if not Path(model_dir).is_dir():
         raise UsageError(f"{model_dir}: no such model folder")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(adapter if adapter and _has_tokenizer(adapter) else model_dir))
+    tokenizer_dir = adapter if adapter and _has_tokenizer(adapter) else model_dir
+    if not _has_tokenizer(tokenizer_dir):
+        raise UsageError(f"{tokenizer_dir} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
+    # safetensors only (no pickled weights) and never the folder's own code
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     if adapter is not None:
         from peft import PeftModel
 
