@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import use_adapter
 
+from ..io import UsageError
 from ..probe import format_prompt
 from .losses import kl_to_reference, nll
 
@@ -175,6 +176,9 @@ class UnlearningTrainer(SFTTrainer):
         prompt = self._tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
         completion = self._tokenizer(pair["completion"], add_special_tokens=False)["input_ids"]
         completion = completion + [self._tokenizer.eos_token_id]
+        if self.args.max_length is not None and len(prompt) >= self.args.max_length:  # nothing left to train on
+            raise UsageError(f"a prompt of {len(prompt)} tokens leaves no room for its answer within max_length "
+                             f"{self.args.max_length} ({pair['prompt'][:60]!r}...); raise max_length or shorten it")
         return {"input_ids": (prompt + completion)[: self.args.max_length],
                 "labels": ([-100] * len(prompt) + completion)[: self.args.max_length]}
 
