@@ -95,6 +95,9 @@ def _run(args) -> int:
                                 holdout_split=script_args.holdout_split)
     if script_args.targeted and not data.targeted:
         raise UsageError(f"--targeted: {script_args.data_dir} has no {script_args.targeted_split!r} split")
+    if Path(source).is_dir() and not _has_tokenizer(source):
+        raise UsageError(f"{source} holds no tokenizer (tokenizer.json or tokenizer_config.json); save the "
+                         "tokenizer beside the model")
     load = {"revision": model_args.model_revision, "trust_remote_code": config.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(source, **load)
     if tokenizer.pad_token is None:
@@ -117,6 +120,8 @@ def _run(args) -> int:
             trainer.train()
         except DivergenceError as error:  # the trainer kept the last good weights: save those, then say so
             diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
+        finally:
+            _close_progress_bar(trainer)
         shutil.rmtree(config.output_dir, ignore_errors=True)
         rounds = getattr(trainer, "rounds", None)  # UnSTAR: its per-round log and every anti-sample it fitted
         if rounds is not None:
@@ -142,6 +147,21 @@ def _run(args) -> int:
           f"{_fmt(before['retain_acc'])} -> {_fmt(after['retain_acc'])} in {report['steps']} steps; "
           f"wrote {output_dir}", file=sys.stdout)
     return 0
+
+
+def _close_progress_bar(trainer) -> None:
+    """Close a training progress bar that an exception left open, so that it does not print itself (when collected)
+    under the final message."""
+    from transformers.trainer_callback import ProgressCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
+            callback.training_bar.close()
+            callback.training_bar = None
+
+
+def _has_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
 
 
 def _fmt(value: float | None) -> str:
