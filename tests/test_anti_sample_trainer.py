@@ -28,8 +28,8 @@ def data(world_dir):
 
 
 def unlearn(model, tokenizer, data, tmp_path, *, targeted=False, peft_config=None, **overrides):
-    args = AntiSampleConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=2,
-                            learning_rate=1e-3, **overrides)
+    settings = {"per_device_train_batch_size": 16, "num_train_epochs": 2, "learning_rate": 1e-3, **overrides}
+    args = AntiSampleConfig(output_dir=str(tmp_path), **settings)
     trainer = AntiSampleTrainer(model=model, args=args, train_dataset=data.targeted if targeted else data.forget,
                                 retain_dataset=data.targeted_retain if targeted else data.retain,
                                 processing_class=tokenizer, peft_config=peft_config)

@@ -167,7 +167,7 @@ def test_self_taught_generator_on_the_world_model(self_taught, forget_records):
     assert len(paraphrases) >= len(forget_records)
     assert keeps_subject >= 0.75
     assert len(typed) >= 0.8 * len(forget_records)
-    assert len(with_rationale) >= 0.9 * len(samples) and clean >= 0.75 * len(with_rationale)
+    assert with_rationale and argues == clean == len(with_rationale)  # a rationale argues for its own wrong answer
     assert len({s.source_id for s in kept}) >= 0.8 * len(forget_records)
 
 

@@ -81,10 +81,20 @@ class AntiSampleConfig(UnlearningConfig):
 
 
 class AntiSampleCollator(ForgetRetainCollator):
-    """Also pads each anti-sample's true-answer pair under `"true"` (for the reversed term)."""
+    """Also pads each anti-sample's true-answer pair under `"true"` (for the reversed term). In targeted mode half
+    of the retain pairs are drawn from the siblings, which would otherwise be a small share of the retain set."""
+
+    def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0,
+                 siblings: list[dict] | None = None):
+        super().__init__(pad_token_id, retain, seed)
+        self.siblings = siblings
 
     def __call__(self, features: list[dict]) -> dict:
         batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        if self.siblings and "retain" in batch:
+            half = len(features) // 2
+            batch["retain"] = self.pad([self.rng.choice(self.siblings) for _ in range(half)]
+                                       + [self.rng.choice(self.retain) for _ in range(len(features) - half)])
         if "true_input_ids" in features[0]:
             batch["true"] = self.pad([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
                                       for f in features])
@@ -110,7 +120,11 @@ class AntiSampleTrainer(UnlearningTrainer):
         # SFTTrainer inspects a non-empty train_dataset at init; each round replaces it with the anti-samples.
         super().__init__(model, args, train_dataset=self.forget_records, retain_dataset=retain_dataset,
                          processing_class=processing_class, peft_config=peft_config, callbacks=callbacks, **kwargs)
-        self.data_collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed)
+        sibling_ids = {sibling for record in self.forget_records for sibling in record.get("siblings") or []}
+        siblings = [self.tokenize(self.answer_pair(record)) for record in (retain_dataset or [])
+                    if record["id"] in sibling_ids]
+        self.data_collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed,
+                                                siblings)
         self.anti_samples: list[AntiSample] = []
         self.rounds: list[dict] = []
         self.steps = 0
