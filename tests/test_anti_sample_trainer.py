@@ -88,10 +88,11 @@ def test_targeted_mode_removes_the_association_and_keeps_its_siblings(model_and_
     model, tokenizer = model_and_tokenizer
     before = knowledge_report(model, tokenizer, data, "Question: {question}\nAnswer:")
     trainer = unlearn(model, tokenizer, data, tmp_path, targeted=True, num_train_epochs=3,
-                      per_device_train_batch_size=8)
+                      per_device_train_batch_size=8, learning_rate=5e-4)
     after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
     assert after["targeted_acc"] <= 0.05
-    assert after["sibling_acc"] >= 0.85 * before["sibling_acc"]
+    assert after["sibling_acc"] >= 0.9 * before["sibling_acc"]
+    assert after["forget_acc"] >= 0.9 * before["forget_acc"]  # only the targeted associations go
 
 
 def test_targeted_mode_refuses_siblings_missing_from_retain(model_and_tokenizer, data, tmp_path):
