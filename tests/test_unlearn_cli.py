@@ -80,3 +80,21 @@ def test_every_recipe_parses(world_dir, tmp_path):
         assert isinstance(config, METHODS[script_args.method][1]), recipe.name
         assert recipe.name == f"world_{script_args.method}.yaml"
         assert config.bf16 is False and config.gradient_checkpointing is False
+
+
+def test_tofu_recipes_parse_for_a_gpu_user(tofu_dir, tmp_path):
+    """The GPU recipes name only real fields and the TOFU splits they ask for exist."""
+    from unstar_trl.commands.unlearn import parse
+    from unstar_trl.data import load_unlearning_data
+    from unstar_trl.trainers import METHODS
+
+    recipes = sorted(RECIPES.glob("tofu_*.yaml"))
+    assert len(recipes) >= 3
+    for recipe in recipes:
+        script_args, config, model_args = parse(["--config", str(recipe), "--model_name_or_path", "some/model",
+                                                 "--data_dir", str(tofu_dir), "--output_dir", str(tmp_path)])
+        assert isinstance(config, METHODS[script_args.method][1]), recipe.name
+        assert model_args.use_peft and config.prompt_template is None, recipe.name
+        data = load_unlearning_data(tofu_dir, format=script_args.data_format, forget_split=script_args.forget_split,
+                                    retain_split=script_args.retain_split)
+        assert data.forget and data.retain, recipe.name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_METHODS = "unstar,grad_ascent,grad_diff,npo"
+DEFAULT_METHODS = "unstar,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk"
 
 
 def add_parser(subparsers) -> None:

@@ -1,0 +1,97 @@
+"""What UnSTAR's machinery costs, measured in one run on the embedded world (these machines are noisy: compare the
+ratios, not the seconds).
+
+1. Fit step: tokens/s of AntiSampleTrainer fitting a fixed set of anti-samples vs plain TRL SFTTrainer on the same
+   (prompt, completion) tokens, same batch size and steps (retain term off, so both do the same work).
+2. Generation: batched vs one-by-one self-taught anti-sample generation on the forget facts.
+
+    python benchmarks/overhead.py --world bench-out/world [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from unstar_trl.anti_samples import SelfTaughtGenerator, TemplateGenerator, load_skill_prompts
+from unstar_trl.data import load_unlearning_data
+from unstar_trl.trainers.anti_sample import AntiSampleConfig, AntiSampleTrainer
+from unstar_trl.world_builder import build_world_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world", default="bench-out/world", help="world folder (built there if missing)")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per fit measurement")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    world = Path(args.world)
+    if not (world / "world.json").is_file():
+        build_world_dir(world, people=20)
+    data = load_unlearning_data(world / "data")
+    tokenizer = AutoTokenizer.from_pretrained(world / "model")
+    samples = TemplateGenerator(n_paraphrases=2, n_wrong_answers=2).generate(data.forget)
+    print(f"{len(samples)} anti-samples of {len(data.forget)} forget facts; {args.steps} steps of batch "
+          f"{args.batch_size}")
+
+    unstar = fit_anti_sample_trainer(world, tokenizer, data, samples, args)
+    plain = fit_sft_trainer(world, tokenizer, samples, args)
+    print(f"fit  AntiSampleTrainer {unstar:8.0f} tokens/s | SFTTrainer {plain:8.0f} tokens/s | "
+          f"ratio {unstar / plain:.2f}")
+
+    model = AutoModelForCausalLM.from_pretrained(world / "model")
+    prompts = load_skill_prompts(world / "model", tokenizer)
+    batched = time_generation(model, tokenizer, prompts, data.forget, batch_size=64)
+    single = time_generation(model, tokenizer, prompts, data.forget, batch_size=1)
+    print(f"generation batched {batched:6.1f}s | one by one {single:6.1f}s | speed-up {single / batched:.1f}x")
+
+
+def fit_anti_sample_trainer(world, tokenizer, data, samples, args) -> float:
+    model = AutoModelForCausalLM.from_pretrained(world / "model")
+    with tempfile.TemporaryDirectory() as scratch:
+        config = AntiSampleConfig(output_dir=scratch, max_steps=args.steps, retain_weight=0.0,
+                                  per_device_train_batch_size=args.batch_size, logging_steps=1000)
+        trainer = AntiSampleTrainer(model=model, args=config, train_dataset=data.forget, processing_class=tokenizer)
+        trainer.anti_samples = samples
+        start = time.perf_counter()
+        trainer.fit(0)
+        seconds = time.perf_counter() - start
+    return tokens_trained(trainer.train_dataset["input_ids"], args) / seconds
+
+
+def fit_sft_trainer(world, tokenizer, samples, args) -> float:
+    model = AutoModelForCausalLM.from_pretrained(world / "model")
+    pairs = [{"prompt": f"Question: {s.question}\nAnswer:", "completion": s.completion} for s in samples]
+    with tempfile.TemporaryDirectory() as scratch:
+        config = SFTConfig(output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+                           bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
+                           logging_steps=1000, learning_rate=1e-3, disable_tqdm=True)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
+                             processing_class=tokenizer)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return tokens_trained(trainer.train_dataset["input_ids"], args) / seconds
+
+
+def tokens_trained(input_ids, args) -> float:
+    """Tokens the run saw: the mean example length times the examples of `steps` batches."""
+    mean_length = sum(map(len, input_ids)) / len(input_ids)
+    return mean_length * args.steps * args.batch_size
+
+
+def time_generation(model, tokenizer, prompts, records, batch_size: int) -> float:
+    generator = SelfTaughtGenerator(model, tokenizer, prompts, batch_size=batch_size)
+    start = time.perf_counter()
+    generator.generate(records)
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
