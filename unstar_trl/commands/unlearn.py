@@ -3,8 +3,11 @@ its tokenizer and `unlearn_report.json` (what the model knew before and after) t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +113,8 @@ def _run(args) -> int:
     before = knowledge_report(model, tokenizer, data, config.prompt_template)
     trainer_class = METHODS[script_args.method][0]
     output_dir, diverged = config.output_dir, None
-    with atomic_directory(output_dir) as staging:
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch only rank 0 writes
+    with atomic_directory(output_dir) if main_process else _discarded() as staging:
         config.output_dir = str(staging / "trainer")
         trainer = trainer_class(model=model, args=config, processing_class=tokenizer,
                                 train_dataset=data.targeted if script_args.targeted else data.forget,
@@ -137,15 +141,17 @@ def _run(args) -> int:
                   "targeted": script_args.targeted, "before": before, "after": after,
                   "rounds": sum(log["steps"] > 0 for log in rounds) if rounds is not None else 1,
                   "round_log": rounds,
-                  "steps": diverged["kept_step"] if diverged else getattr(trainer, "steps", trainer.state.global_step), "seconds": round(time.perf_counter() - start, 1),
+                  "steps": diverged["kept_step"] if diverged else getattr(trainer, "steps", trainer.state.global_step),
+                  "seconds": round(time.perf_counter() - start, 1),
                   "diverged": diverged, "history": trainer.history}
         write_json(staging / REPORT_FILE, report)
     if diverged:
         raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
                          f"weights of step {diverged['kept_step']} to {output_dir}")
-    print(f"{script_args.method}: forget_acc {_fmt(before['forget_acc'])} -> {_fmt(after['forget_acc'])}, retain_acc "
-          f"{_fmt(before['retain_acc'])} -> {_fmt(after['retain_acc'])} in {report['steps']} steps; "
-          f"wrote {output_dir}", file=sys.stdout)
+    if main_process:
+        print(f"{script_args.method}: forget_acc {_fmt(before['forget_acc'])} -> {_fmt(after['forget_acc'])}, retain_acc "
+              f"{_fmt(before['retain_acc'])} -> {_fmt(after['retain_acc'])} in {report['steps']} steps; "
+              f"wrote {output_dir}", file=sys.stdout)
     return 0
 
 
@@ -162,6 +168,13 @@ def _close_progress_bar(trainer) -> None:
 
 def _has_tokenizer(folder: str | Path) -> bool:
     return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+@contextlib.contextmanager
+def _discarded():
+    """A scratch folder for the outputs of a process that is not rank 0 (removed afterwards)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        yield Path(scratch)
 
 
 def _fmt(value: float | None) -> str:
