@@ -89,12 +89,14 @@ class AntiSampleCollator(ForgetRetainCollator):
         super().__init__(pad_token_id, retain, seed)
         self.siblings = siblings
 
+    def retain_pairs(self, count: int) -> list[dict]:
+        if not self.siblings:
+            return super().retain_pairs(count)
+        half = count // 2
+        return [self.rng.choice(self.siblings) for _ in range(half)] + super().retain_pairs(count - half)
+
     def __call__(self, features: list[dict]) -> dict:
         batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-        if self.siblings and "retain" in batch:
-            half = len(features) // 2
-            batch["retain"] = self.pad([self.rng.choice(self.siblings) for _ in range(half)]
-                                       + [self.rng.choice(self.retain) for _ in range(len(features) - half)])
         if "true_input_ids" in features[0]:
             batch["true"] = self.pad([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
                                       for f in features])
@@ -133,14 +135,18 @@ class AntiSampleTrainer(UnlearningTrainer):
     # ---- the rounds -------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, **kwargs):
         """Rounds of probe -> generate -> filter -> fit, until the forget facts are gone or `max_rounds`."""
+        if resume_from_checkpoint:
+            raise NotImplementedError("AntiSampleTrainer cannot resume yet: its rounds keep state (anti-samples, "
+                                      "round log) that checkpoints do not hold; start the run again")
         output = None
-        for round_index in range(self.args.max_rounds):
+        for round_index in range(self.args.max_rounds + 1):
             known, asked = self.still_known()
-            log = {"round": round_index, "facts": len(self.forget_records), "known": len({r["id"] for r in known}),
-                   "questions_asked": asked, "questions_answered": len(known)}
-            log["forget_acc"] = log["known"] / max(1, log["facts"])
-            if log["forget_acc"] <= self.args.forget_acc_target:
-                self.rounds.append({**log, "made": 0, "kept": 0, "dropped": {}, "steps": 0})
+            facts_known = len({record["id"] for record in known})
+            log = {"round": round_index, "facts": len(self.forget_records), "known": facts_known,
+                   "forget_acc": facts_known / max(1, len(self.forget_records)), "questions_asked": asked,
+                   "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "steps": 0}
+            if log["forget_acc"] <= self.args.forget_acc_target or round_index == self.args.max_rounds:
+                self.rounds.append(log)  # the final probe: nothing left to fit, or no round left
                 break
             made = self.generator.generate(known, round_index)
             kept, dropped = filter_anti_samples(made, known)
@@ -153,12 +159,6 @@ class AntiSampleTrainer(UnlearningTrainer):
             log["steps"] = output.global_step
             self.rounds.append(log)
             self.save_audit()
-        else:
-            known, asked = self.still_known()
-            self.rounds.append({"round": self.args.max_rounds, "facts": len(self.forget_records),
-                                "known": len({r["id"] for r in known}), "questions_asked": asked,
-                                "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "steps": 0,
-                                "forget_acc": len({r["id"] for r in known}) / max(1, len(self.forget_records))})
         self.save_audit()
         return output
 

@@ -92,8 +92,12 @@ class ForgetRetainCollator:
     def __call__(self, features: list[dict]) -> dict:
         batch = {"forget": self.pad(features)}
         if self.retain:
-            batch["retain"] = self.pad([self.rng.choice(self.retain) for _ in features])
+            batch["retain"] = self.pad(self.retain_pairs(len(features)))
         return batch
+
+    def retain_pairs(self, count: int) -> list[dict]:
+        """`count` tokenized retain pairs drawn at random."""
+        return [self.rng.choice(self.retain) for _ in range(count)]
 
     def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(feature["input_ids"]) for feature in features)
