@@ -92,7 +92,8 @@ def test_tofu_recipes_parse_for_a_gpu_user(tofu_dir, tmp_path):
     assert len(recipes) >= 3
     for recipe in recipes:
         script_args, config, model_args = parse(["--config", str(recipe), "--model_name_or_path", "some/model",
-                                                 "--data_dir", str(tofu_dir), "--output_dir", str(tmp_path)])
+                                                 "--data_dir", str(tofu_dir), "--output_dir", str(tmp_path),
+                                                 "--bf16", "false"])  # the recipes ask for bf16: a GPU's
         assert isinstance(config, METHODS[script_args.method][1]), recipe.name
         assert model_args.use_peft and config.prompt_template is None, recipe.name
         data = load_unlearning_data(tofu_dir, format=script_args.data_format, forget_split=script_args.forget_split,
