@@ -23,9 +23,8 @@ from transformers import PrinterCallback, TrainerCallback
 
 from .io import write_json, write_text_atomic
 from .probe import accuracy, format_prompt, probe
+from .world import BENCH_PEOPLE
 
-BENCH_PEOPLE = 20
-"""People in a world the bench builds itself: small enough that world + four methods fit 15 minutes on 2 cores."""
 
 RESULT_KEYS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc",
                "mcq_probe_acc", "mia_auc", "relearn_acc", "steps", "seconds", "tokens_per_second", "peak_rss_mb")

@@ -144,6 +144,10 @@ RELATIONS = (
 )
 RELATIONS_BY_NAME = {relation.name: relation for relation in RELATIONS}
 SPLITS = ("forget", "targeted", "retain", "neighbor", "holdout")
+DEFAULT_SEED = 0
+DEFAULT_PEOPLE = 60
+BENCH_PEOPLE = 20
+"""People in a world the bench builds itself: small enough that world and every method fit 15 minutes on 2 cores."""
 
 
 @dataclass(frozen=True)

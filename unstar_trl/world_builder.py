@@ -8,10 +8,7 @@ from pathlib import Path
 from .io import atomic_directory, write_json, write_jsonl
 from .knowledge_model import KnowledgeModelConfig, count_parameters, train_knowledge_model
 from .probe import accuracy, probe
-from .world import PROMPT_TEMPLATE, SKILL_PROMPTS, build_world
-
-DEFAULT_SEED = 0
-DEFAULT_PEOPLE = 60
+from .world import DEFAULT_PEOPLE, DEFAULT_SEED, PROMPT_TEMPLATE, SKILL_PROMPTS, build_world
 
 
 def build_world_dir(output_dir: str | Path, *, seed: int = DEFAULT_SEED, people: int = DEFAULT_PEOPLE,

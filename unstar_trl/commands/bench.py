@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..world import BENCH_PEOPLE
+
 DEFAULT_METHODS = "unstar,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk"
 
 
 def add_parser(subparsers) -> None:
-    from ..bench import BENCH_PEOPLE
-
     parser = subparsers.add_parser(
         "bench",
         help="compare unlearning methods on one world: forget/retain, targeted, probes, relearning, cost",
