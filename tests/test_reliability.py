@@ -264,6 +264,7 @@ def test_a_failed_run_leaves_the_previous_output_as_it_was(world_dir, data, tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / "previous.txt").write_text("an earlier run")
+    (out / "unlearn_report.json").write_text("{}")  # an earlier output of ours
     before = fingerprint(out)
     _prompt_too_long(data)  # fails inside the staging folder, after the model is loaded and probed
     code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", data,
@@ -411,6 +412,7 @@ def test_an_exception_mid_training_leaves_the_previous_output(world_dir, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "previous.txt").write_text("an earlier run")
+    (out / "unlearn_report.json").write_text("{}")  # an earlier output of ours
     before = fingerprint(out)
     seen = {}
 
@@ -432,6 +434,7 @@ def test_sigterm_mid_training_leaves_the_previous_output(world_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "previous.txt").write_text("an earlier run")
+    (out / "unlearn_report.json").write_text("{}")  # an earlier output of ours
     before = fingerprint(out)
     log = tmp_path / "log.txt"
     with log.open("w") as handle:
@@ -529,3 +532,19 @@ def test_same_seed_same_run(world_dir, tmp_path, capsys, method, extra):
     if method == "unstar":
         anti_samples = [(out / "anti_samples.jsonl").read_text() for out in outputs]
         assert anti_samples[0] and anti_samples[0] == anti_samples[1]
+
+
+def test_a_folder_of_other_files_is_never_replaced(world_dir, tmp_path, capsys):
+    """An output_dir that holds someone's files (and no earlier report) is refused, and its files stay."""
+    from unstar_trl.cli import main
+
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "thesis.tex").write_text("years of work")
+    code = main(["unlearn", "--config", str(RECIPES / "world_grad_diff.yaml"), "--model_name_or_path",
+                 str(world_dir / "model"), "--data_dir", str(world_dir / "data"), "--output_dir", str(keep),
+                 "--max_steps", "1"])
+    assert code != 0 and "not an earlier output" in capsys.readouterr().err
+    assert main(["world", "--output-dir", str(keep), "--people", "10"]) != 0
+    assert [path.name for path in keep.iterdir()] == ["thesis.tex"]
+    assert (keep / "thesis.tex").read_text() == "years of work"

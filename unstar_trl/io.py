@@ -81,6 +81,15 @@ def refuse_overwrite(output_dir: str | Path, *protected: str | Path) -> None:
             raise UsageError(f"output_dir {output_dir} overlaps the input {item}; choose another output_dir")
 
 
+def refuse_foreign_folder(path: str | Path, marker: str) -> None:
+    """Refuse to replace a non-empty folder that is not an earlier output of ours (it holds no `marker` file):
+    replacing it would delete whatever the user keeps there."""
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise UsageError(f"{path} exists and holds files that are not an earlier output (no {marker}); "
+                         "choose a new or empty folder")
+
+
 def fingerprint(path: str | Path) -> dict[str, str]:
     """sha256 of every file under `path`, keyed by relative path (to prove a folder was not touched)."""
     root = Path(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .io import atomic_directory, write_json, write_jsonl
+from .io import atomic_directory, refuse_foreign_folder, write_json, write_jsonl
 from .knowledge_model import KnowledgeModelConfig, count_parameters, train_knowledge_model
 from .probe import accuracy, probe
 from .world import DEFAULT_PEOPLE, DEFAULT_SEED, PROMPT_TEMPLATE, SKILL_PROMPTS, build_world
@@ -18,6 +18,7 @@ def build_world_dir(output_dir: str | Path, *, seed: int = DEFAULT_SEED, people:
     world = build_world(seed, people)
     records = world.split_records()
     config = KnowledgeModelConfig(seed=seed) if epochs is None else KnowledgeModelConfig(seed=seed, epochs=epochs)
+    refuse_foreign_folder(output_dir, "world.json")
     with atomic_directory(output_dir) as staging:
         for split, rows in records.items():
             write_jsonl(staging / "data" / f"{split}.jsonl", rows)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import UsageError, atomic_directory, refuse_overwrite, write_json
+from ..io import UsageError, atomic_directory, refuse_foreign_folder, refuse_overwrite, write_json
 from ..recipes import read_recipe
 
 REPORT_FILE = "unlearn_report.json"
@@ -92,6 +92,7 @@ def _run(args) -> int:
     script_args, config, model_args = parse([item for item in args.extra if item != "--debug"])
     source = model_args.model_name_or_path
     refuse_overwrite(config.output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
+    refuse_foreign_folder(config.output_dir, REPORT_FILE)
     data = load_unlearning_data(script_args.data_dir, format=script_args.data_format,
                                 forget_split=script_args.forget_split, retain_split=script_args.retain_split,
                                 neighbor_split=script_args.neighbor_split, targeted_split=script_args.targeted_split,
