@@ -18,6 +18,7 @@ from unstar_trl.anti_samples import (
     load_skill_prompts,
     write_anti_samples,
 )
+from unstar_trl.data import load_records
 from unstar_trl.probe import contains_answer, normalize
 from unstar_trl.world import POOLS, SKILL_PROMPTS, build_world
 
@@ -146,6 +147,25 @@ def test_template_generator_without_world_fields(world_records):
     assert sorted(s.wrong_answer for s in samples) == ["B", "C"]
 
 
+def test_tofu_anti_samples_use_the_perturbed_answers_and_pass_the_filters(tofu_dir):
+    records = load_records(tofu_dir, split="forget01")
+    samples = TemplateGenerator(n_wrong_answers=2).generate(records)
+    kept, dropped = filter_anti_samples(samples, records)
+    assert len(samples) == 2 * len(records)
+    # a TOFU record names no subject to lose; the few dropped repeat most of a short answer's words
+    assert len(kept) >= 0.9 * len(samples) and {reason for _, reason in dropped} <= {"leaks_answer"}
+    assert all(s.wrong_answer in next(r for r in records if r["id"] == s.source_id)["perturbed_answers"]
+               for s in kept)
+
+
+def test_long_answers_are_matched_by_rouge_recall(tofu_dir):
+    record = load_records(tofu_dir, split="forget01")[0]
+    assert contains_answer(record["answer"], record["answer"])
+    assert contains_answer(record["answer"].replace("Basil", "Bazil") + " Also more.", record["answer"])
+    assert not any(contains_answer(wrong, record["answer"]) for wrong in record["perturbed_answers"])
+    assert not contains_answer("Basil Mahfouz Al-Kuwaiti.", record["answer"])  # the name alone is not the answer
+
+
 # ---------------------------------------------------------------------------------------------- self-taught
 
 def test_self_taught_generator_on_the_world_model(self_taught, forget_records):
@@ -188,6 +208,9 @@ def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, s
     assert load_skill_prompts(tmp_path, self_taught.tokenizer) == SKILL_PROMPTS
     chat = type("ChatTokenizer", (), {"chat_template": "{{ messages }}"})()
     assert load_skill_prompts(tmp_path, chat) is None
+    (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": "Q: {question}", "skill_prompts": None}))
+    with pytest.raises(ValueError, match="taught no skill prompts"):
+        load_skill_prompts(tmp_path, chat)
 
 
 def test_chat_models_get_the_paper_prompts_through_the_chat_template(self_taught, forget_records, monkeypatch):

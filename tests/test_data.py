@@ -88,12 +88,13 @@ def test_tofu_row_counts(tofu_dir):
 def test_tofu_records(tofu_dir):
     forget01 = load_records(tofu_dir, split="forget01", format="tofu")
     first = forget01[0]
-    assert first["id"] == "tofu-180-00" and first["subject"] == "tofu-author-180" and first["relation"] == "tofu_qa"
+    assert first["id"] == "tofu-180-00" and first["author"] == 180 and first["relation"] == "tofu_qa"
+    assert first["subject"] is None  # TOFU names no subject that a paraphrase must keep
     assert all(len(r["paraphrased_questions"]) == 1 and len(r["perturbed_answers"]) == 5 for r in forget01)
     assert "paraphrased_answer" in first  # kept, not dropped
-    assert {r["subject"] for r in forget01} == {"tofu-author-180", "tofu-author-181"}
+    assert {r["author"] for r in forget01} == {180, 181}
     world = load_records(tofu_dir, split="world_facts")
-    assert world[0]["id"] == "world_facts_perturbed-0" and world[0]["subject"] is None
+    assert world[0]["id"] == "world_facts_perturbed-0" and world[0]["author"] is None
 
 
 def test_tofu_splits_nest(tofu_dir):

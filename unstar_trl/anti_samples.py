@@ -135,10 +135,15 @@ class SelfTaughtGenerator:
 
 def load_skill_prompts(model_dir: str | Path, tokenizer) -> dict[str, str] | None:
     """The skill prompts of `model_dir`'s prompts file; else None (chat prompts) for a tokenizer with a chat
-    template; else `world.SKILL_PROMPTS`."""
+    template; else `world.SKILL_PROMPTS`. A prompts file that names no skills (a model taught facts only) is a
+    ValueError: such a model cannot write its own anti-samples."""
     path = Path(model_dir) / PROMPTS_FILE
     if path.is_file():
-        return json.loads(path.read_text())["skill_prompts"]
+        prompts = json.loads(path.read_text()).get("skill_prompts")
+        if not prompts:
+            raise ValueError(f"{path}: this model was taught no skill prompts, so it cannot write its own "
+                             "anti-samples; use generator 'template' or a teacher model folder")
+        return prompts
     return None if getattr(tokenizer, "chat_template", None) else dict(SKILL_PROMPTS)
 
 

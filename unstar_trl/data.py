@@ -271,8 +271,10 @@ def _open_tofu(folder: Path) -> dict[str, _Split]:
 
 
 def _read_tofu(path: Path) -> list[dict]:
-    """TOFU rows as records. The id comes from the row's position in full.jsonl (20 rows per author); a row that
-    is not there is `<file stem>-<row from 0>`; an id met again in the same file gets a `-dup<n>` suffix."""
+    """TOFU rows as records. The id comes from the row's position in full.jsonl (20 rows per author), and so does
+    `author` (that position // 20; None for a row that is not there, whose id is `<file stem>-<row from 0>`); an id
+    met again in the same file gets a `-dup<n>` suffix. `subject` stays None: TOFU names no subject to check
+    paraphrases against."""
     positions = _tofu_positions(path.parent / "full.jsonl")
     seen = Counter()
     records = []
@@ -282,10 +284,10 @@ def _read_tofu(path: Path) -> list[dict]:
         paraphrase = _field(row, "paraphrased_question", str, where)
         position = positions.get((question, answer), positions.get(question))
         if position is None:
-            id, subject = f"{path.stem}-{index}", None
+            id, author = f"{path.stem}-{index}", None
         else:
             author, k = divmod(position, TOFU_QUESTIONS_PER_AUTHOR)
-            id, subject = f"tofu-{author:03d}-{k:02d}", f"tofu-author-{author:03d}"
+            id = f"tofu-{author:03d}-{k:02d}"
         seen[id] += 1
         if seen[id] > 1:
             id = f"{id}-dup{seen[id] - 1}"
@@ -293,7 +295,7 @@ def _read_tofu(path: Path) -> list[dict]:
         records.append(_record({
             **kept,
             "id": id,
-            "subject": subject,
+            "author": author,
             "relation": "tofu_qa",
             "paraphrased_questions": [paraphrase] if paraphrase else [],
             "perturbed_answers": _field(row, "perturbed_answer", list, where),

@@ -19,14 +19,12 @@ import math
 import zlib
 
 import datasets
-from rouge_score import rouge_scorer
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
-from unstar_trl.probe import contains_answer
+from unstar_trl.probe import contains_answer, rouge_l_recall
 
 TOFU_SPLITS = {"forget": "forget10", "retain": "retain90", "neighbor": "real_authors"}
 FIELDS = ("id", "question", "answer", "perturbed_answers")
-_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
@@ -116,7 +114,7 @@ def process_qa(doc: dict, results: list[str]) -> dict:
     """Greedy answer: normalised containment of the true answer and ROUGE-L recall."""
     generation = results[0]
     return {"acc": float(contains_answer(generation, doc["answer"])),
-            "rouge_l_recall": _ROUGE.score(doc["answer"], generation)["rougeL"].recall}
+            "rouge_l_recall": rouge_l_recall(generation, doc["answer"])}
 
 
 def process_targeted(doc: dict, results: list[str]) -> dict:
