@@ -106,3 +106,17 @@ def test_divergence_guard_keeps_the_last_good_weights(world_dir, data, tmp_path)
     if error.kept_step >= 1:  # the loss of step kept_step + 1 was computed on the kept weights and passed
         assert kept == pytest.approx(logged[error.kept_step + 1], rel=1e-4)
     assert kept <= 30.0
+
+
+def test_divergence_guard_catches_a_collapse_to_uniform_output(world_dir, data, tmp_path):
+    # a huge step flattens the output: the forget NLL settles at ln(vocab), under any NLL bound, and gradients vanish
+    trainer = make(GradientAscentTrainer, world_dir, data, tmp_path, learning_rate=1000.0, max_steps=10,
+                   per_device_train_batch_size=len(data.forget))
+    start = {name: parameter.detach().clone() for name, parameter in trainer.model.named_parameters()}
+    with pytest.raises(DivergenceError, match="collapsed to uniform") as caught:
+        trainer.train()
+    assert caught.value.kept_step == caught.value.step - 1
+    logged = [entry["entropy_share"] for entry in trainer.history]
+    assert logged[0] < 0.5 and logged[-1] < 0.95  # the collapsed step raised before it was logged
+    if caught.value.kept_step == 0:  # the weights it started from
+        assert all(torch.equal(parameter, start[name]) for name, parameter in trainer.model.named_parameters())

@@ -21,7 +21,7 @@ from trl.trainer.utils import use_adapter
 
 from ..io import UsageError
 from ..probe import format_prompt
-from .losses import kl_to_reference, nll
+from .losses import entropy_share, kl_to_reference, nll
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -58,6 +58,12 @@ class UnlearningConfig(SFTConfig):
         default=30.0,
         metadata={"help": "Divergence bound: stop when the mean token NLL of the forget answers exceeds it "
                   "(NaN/inf losses always stop). None: no bound."},
+    )
+    max_entropy_share: float | None = field(
+        default=0.95,
+        metadata={"help": "Divergence bound: stop when the mean predictive entropy on the forget answers reaches "
+                  "this share of its maximum, ln(vocabulary size), i.e. the output has collapsed to uniform. "
+                  "None: no bound."},
     )
 
     # Defaults that differ from SFTConfig
@@ -187,9 +193,13 @@ class UnlearningTrainer(SFTTrainer):
                 "labels": ([-100] * len(prompt) + completion)[: self.args.max_length]}
 
     # ---- losses -----------------------------------------------------------------------------------------------
-    @staticmethod
-    def logits(model, inputs: dict) -> torch.Tensor:
-        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+    def logits(self, model, inputs: dict) -> torch.Tensor:
+        """The model's logits on a padded batch. The first call of a training step, on the forget batch, also logs
+        `entropy_share` for the divergence guard."""
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+        if model.training and "entropy_share" not in self._step_metrics:
+            self.log_metric("entropy_share", entropy_share(logits, inputs["labels"]))
+        return logits
 
     @torch.no_grad()
     def reference_logits(self, inputs: dict) -> torch.Tensor:
@@ -252,6 +262,9 @@ class UnlearningTrainer(SFTTrainer):
         forget_nll, bound = self._step_metrics.get("forget_nll"), self.args.max_forget_nll
         if bound is not None and forget_nll is not None and forget_nll > bound:
             return f"forget_nll {forget_nll:.1f} exceeds max_forget_nll {bound}"
+        share, most = self._step_metrics.get("entropy_share"), self.args.max_entropy_share
+        if most is not None and share is not None and share >= most:
+            return f"the output collapsed to uniform (entropy {share:.0%} of its maximum, max_entropy_share {most})"
         return None
 
     @property

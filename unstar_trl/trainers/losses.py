@@ -8,6 +8,8 @@ many tokens its neighbours have and gradient accumulation 1 x 4 equals 2 x 2.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -50,3 +52,13 @@ def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torc
     log_q = torch.log_softmax(ref_logits[:, :-1].float(), dim=-1)
     per_token = (log_q.exp() * (log_q - log_p)).sum(-1) * mask
     return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+@torch.no_grad()
+def entropy_share(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean predictive entropy at the unmasked positions as a share of its maximum, ln(vocabulary size): 1.0 means
+    the output is uniform (a model that no longer predicts anything)."""
+    mask = labels[:, 1:] != -100
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return (entropy * mask).sum() / mask.sum().clamp(min=1) / math.log(logits.shape[-1])
