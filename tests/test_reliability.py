@@ -66,6 +66,16 @@ def leftovers(folder: Path, name: str) -> list[Path]:
 
 
 @pytest.fixture
+def earlier_output(tmp_path) -> Path:
+    """tmp_path/out as an earlier `unstar unlearn` left it (it holds a report), with a file of its own."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "previous.txt").write_text("an earlier run")
+    (out / "unlearn_report.json").write_text("{}")
+    return out
+
+
+@pytest.fixture
 def data(world_dir, tmp_path) -> Path:
     """A copy of the world's splits, free to corrupt."""
     return Path(shutil.copytree(world_dir / "data", tmp_path / "data"))
@@ -260,12 +270,8 @@ def test_bad_recipe_model_or_output_and_the_model_is_untouched(data, model, tmp_
     assert (fingerprint(model), fingerprint(data)) == before
 
 
-def test_a_failed_run_leaves_the_previous_output_as_it_was(world_dir, data, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("an earlier run")
-    (out / "unlearn_report.json").write_text("{}")  # an earlier output of ours
-    before = fingerprint(out)
+def test_a_failed_run_leaves_the_previous_output_as_it_was(world_dir, data, tmp_path, capsys, earlier_output):
+    out, before = earlier_output, fingerprint(earlier_output)
     _prompt_too_long(data)  # fails inside the staging folder, after the model is loaded and probed
     code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", data,
                      "--output_dir", out, "--max_steps", 1], capsys)
@@ -406,14 +412,11 @@ def test_the_source_model_is_untouched_by_a_run_that_succeeds_and_one_that_fails
     assert fingerprint(model) == before
 
 
-def test_an_exception_mid_training_leaves_the_previous_output(world_dir, tmp_path, capsys, monkeypatch):
+def test_an_exception_mid_training_leaves_the_previous_output(world_dir, tmp_path, capsys, monkeypatch,
+                                                                 earlier_output):
     from unstar_trl.trainers import GradientAscentTrainer
 
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("an earlier run")
-    (out / "unlearn_report.json").write_text("{}")  # an earlier output of ours
-    before = fingerprint(out)
+    out, before = earlier_output, fingerprint(earlier_output)
     seen = {}
 
     def broken_train(self, *args, **kwargs):
@@ -430,34 +433,103 @@ def test_an_exception_mid_training_leaves_the_previous_output(world_dir, tmp_pat
     assert fingerprint(out) == before
 
 
-def test_sigterm_mid_training_leaves_the_previous_output(world_dir, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "previous.txt").write_text("an earlier run")
-    (out / "unlearn_report.json").write_text("{}")  # an earlier output of ours
-    before = fingerprint(out)
-    log = tmp_path / "log.txt"
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "unstar_trl.cli", "unlearn", "--model_name_or_path", str(world_dir / "model"),
-             "--data_dir", str(world_dir / "data"), "--output_dir", str(out), "--max_steps", "100000",
-             "--learning_rate", "1e-6", "--max_forget_nll", "1000"],
-            stdout=handle, stderr=subprocess.STDOUT, env={**ENV, "PYTHONUNBUFFERED": "1"})
-        try:
-            deadline = time.monotonic() + 240
-            while "'loss'" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert "'loss'" in log.read_text(), "training did not start in time"
-            assert len(leftovers(tmp_path, "out")) == 1  # the staging folder, training inside it
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=60)
-        finally:
-            if process.poll() is None:
-                process.kill()
+def start_long_training(world_dir, out: Path, log: Path) -> subprocess.Popen:
+    """`unstar unlearn` into `out` for far longer than any test, returned once its first step is logged (with
+    its staging folder beside `out`)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unstar_trl.cli", "unlearn", "--model_name_or_path", str(world_dir / "model"),
+         "--data_dir", str(world_dir / "data"), "--output_dir", str(out), "--max_steps", "100000",
+         "--learning_rate", "1e-6", "--max_forget_nll", "1000"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env={**ENV, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 240
+    while "'loss'" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if process.poll() is not None or "'loss'" not in log.read_text():
+        process.kill()
+        pytest.fail("training did not start in time: " + log.read_text()[-3000:])
+    assert len(leftovers(out.parent, out.name)) == 1  # the staging folder, training inside it
+    return process
+
+
+def test_sigterm_mid_training_leaves_the_previous_output(world_dir, tmp_path, earlier_output):
+    out, before = earlier_output, fingerprint(earlier_output)
+    process = start_long_training(world_dir, out, tmp_path / "log.txt")
+    try:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
     assert code != 0
     assert fingerprint(out) == before
     assert not leftovers(tmp_path, "out"), "the staging folder was left behind"
+
+
+def test_the_next_run_removes_the_staging_folder_of_a_killed_one(world_dir, tmp_path, capsys, earlier_output):
+    out, before = earlier_output, fingerprint(earlier_output)
+    process = start_long_training(world_dir, out, tmp_path / "log.txt")
+    process.kill()  # SIGKILL: nothing runs on the way out
+    process.wait(timeout=60)
+    assert fingerprint(out) == before and len(leftovers(tmp_path, "out")) == 1
+    code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
+                     "--output_dir", out, "--max_steps", 1], capsys)
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and not (out / "previous.txt").exists()
+    assert not leftovers(tmp_path, "out")
+
+
+def test_unstar_stopped_by_sigterm_after_a_round_resumes_to_the_same_end(world_dir, tmp_path, capsys):
+    """One uninterrupted run and one stopped after its first round, then resumed: same anti-samples, round log,
+    report and weights (a CPU run repeats exactly, so the tolerance is float noise)."""
+    import torch
+    from safetensors.torch import load_file
+
+    recipe = ["unlearn", "--config", RECIPES / "world_unstar.yaml", "--model_name_or_path", world_dir / "model",
+              "--data_dir", world_dir / "data", "--save_strategy", "epoch", "--num_train_epochs", 1,
+              "--learning_rate", "2e-4", "--max_rounds", 3]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    assert cli([*recipe, "--output_dir", whole], capsys)[0] == 0
+    first_round = tmp_path / "resumed.checkpoints" / "round-1"
+    process = subprocess.Popen([sys.executable, "-m", "unstar_trl.cli", *map(str, recipe), "--output_dir",
+                                str(resumed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        deadline = time.monotonic() + 300
+        while not first_round.is_dir() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) != 0, "the run ended before it could be stopped"
+    finally:
+        process.kill()
+    assert not resumed.exists() and not (tmp_path / "resumed.checkpoints" / "round-2").exists()
+    code, err = cli([*recipe, "--output_dir", resumed, "--resume_from_checkpoint", "true"], capsys)
+    assert code == 0, err
+    for name in ("anti_samples.jsonl", "rounds.jsonl"):
+        assert (resumed / name).read_text() == (whole / name).read_text(), name
+    reports = [json.loads((folder / "unlearn_report.json").read_text()) for folder in (whole, resumed)]
+    assert reports[0]["rounds"] >= 2, "too few rounds to stop between them"
+    for key in ("before", "after", "rounds", "round_log", "steps"):
+        assert reports[1][key] == reports[0][key], key
+    assert [entry["loss"] for entry in reports[1]["history"]] == pytest.approx(
+        [entry["loss"] for entry in reports[0]["history"]], rel=1e-5)
+    weights = [load_file(folder / "model.safetensors") for folder in (whole, resumed)]
+    assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
+    assert not any(tmp_path.glob("*.checkpoints")), "checkpoints of a finished run were left behind"
+
+
+def test_resuming_from_a_checkpoint_of_another_run_is_refused(world_dir, tmp_path, capsys):
+    from unstar_trl.data import load_unlearning_data
+    from unstar_trl.trainers import AntiSampleConfig, AntiSampleTrainer
+
+    data = load_unlearning_data(world_dir / "data")
+    config = AntiSampleConfig(output_dir=str(tmp_path / "kept"), save_strategy="epoch", max_rounds=1, seed=0,
+                              disable_tqdm=True)
+    AntiSampleTrainer(str(world_dir / "model"), config, train_dataset=data.forget, retain_dataset=data.retain).train()
+    assert (tmp_path / "kept" / "round-1" / "unstar_state.json").is_file()
+    out = tmp_path / "out"
+    code, err = cli(["unlearn", "--config", RECIPES / "world_unstar.yaml", "--model_name_or_path",
+                     world_dir / "model", "--data_dir", world_dir / "data", "--output_dir", out, "--max_rounds", 1,
+                     "--seed", 1, "--resume_from_checkpoint", tmp_path / "kept"], capsys)
+    assert_one_line_error(code, err, "is a checkpoint of another run: its seed is 0, this run's is 1")
+    assert not out.exists() and not leftovers(tmp_path, "out")
 
 
 # ---- divergence ---------------------------------------------------------------------------------------------------

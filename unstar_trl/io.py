@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -42,7 +43,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     whatever stood at `path` before is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    remove_abandoned_staging(path)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
     previous_handler = _exit_on_sigterm()
     try:
         try:
@@ -58,6 +60,28 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def remove_abandoned_staging(path: Path) -> list[Path]:
+    """Remove the staging folders of `path` whose process is gone (killed with SIGKILL, or a power cut: nothing
+    could clean up); return them. A folder whose process still runs is left alone."""
+    removed = []
+    for staging in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = staging.name.removeprefix(f".{path.name}.tmp-").split("-")[0]
+        if staging.is_dir() and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _exit_on_sigterm():

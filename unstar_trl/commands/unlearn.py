@@ -16,6 +16,9 @@ from ..io import UsageError, atomic_directory, refuse_foreign_folder, refuse_ove
 from ..recipes import read_recipe
 
 REPORT_FILE = "unlearn_report.json"
+CHECKPOINTS_SUFFIX = ".checkpoints"
+"""With save_strategy other than "no", checkpoints go to `<output_dir>.checkpoints`, beside output_dir, where an
+interrupted run leaves them for `--resume_from_checkpoint true`; a run that ends removes them."""
 
 
 @dataclass
@@ -115,19 +118,23 @@ def _run(args) -> int:
     trainer_class = METHODS[script_args.method][0]
     output_dir, diverged = config.output_dir, None
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch only rank 0 writes
+    resume = {"true": True, "false": None}.get(str(config.resume_from_checkpoint).lower(),
+                                               config.resume_from_checkpoint)
+    checkpoints = Path(str(output_dir) + CHECKPOINTS_SUFFIX) if config.save_strategy != "no" or resume else None
     with atomic_directory(output_dir) if main_process else _discarded() as staging:
-        config.output_dir = str(staging / "trainer")
+        config.output_dir = str(checkpoints or staging / "trainer")
         trainer = trainer_class(model=model, args=config, processing_class=tokenizer,
                                 train_dataset=data.targeted if script_args.targeted else data.forget,
                                 retain_dataset=data.targeted_retain if script_args.targeted else data.retain,
                                 peft_config=get_peft_config(model_args))
         try:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=resume)
         except DivergenceError as error:  # the trainer kept the last good weights: save those, then say so
             diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
         finally:
             _close_progress_bar(trainer)
-        shutil.rmtree(config.output_dir, ignore_errors=True)
+        if checkpoints is None:
+            shutil.rmtree(config.output_dir, ignore_errors=True)
         rounds = getattr(trainer, "rounds", None)  # UnSTAR: its per-round log and every anti-sample it fitted
         if rounds is not None:
             trainer.save_audit(staging)
@@ -146,6 +153,8 @@ def _run(args) -> int:
                   "seconds": round(time.perf_counter() - start, 1),
                   "diverged": diverged, "history": trainer.history}
         write_json(staging / REPORT_FILE, report)
+    if checkpoints is not None and main_process:  # the run ended and its output is in place
+        shutil.rmtree(checkpoints, ignore_errors=True)
     if diverged:
         raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
                          f"weights of step {diverged['kept_step']} to {output_dir}")

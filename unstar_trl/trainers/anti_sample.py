@@ -9,11 +9,15 @@ nothing in the forget set is answered or `max_rounds` is hit.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers.trainer_utils import IntervalStrategy
 
 from ..anti_samples import (
     DROP_REASONS,
@@ -26,13 +30,17 @@ from ..anti_samples import (
     teacher_generator,
     write_anti_samples,
 )
-from ..io import write_jsonl
+from ..io import atomic_directory, write_json, write_jsonl
 from ..probe import probe
 from .base import ForgetRetainCollator, UnlearningConfig, UnlearningTrainer
 from .losses import nll, npo_loss, sequence_log_probs
 
 ANTI_SAMPLES_FILE = "anti_samples.jsonl"
 ROUNDS_FILE = "rounds.jsonl"
+ROUND_CHECKPOINT = "round-{}"
+"""A checkpoint after each fitted round (with save_strategy other than "no"), under output_dir."""
+STATE_FILE = "unstar_state.json"
+RNG_FILE = "rng_state.pth"
 
 
 @dataclass
@@ -131,15 +139,21 @@ class AntiSampleTrainer(UnlearningTrainer):
         self.rounds: list[dict] = []
         self.steps = 0
         self._generator = None
+        # A round, not a Trainer step, is what UnSTAR resumes from: each round is its own Trainer.train(), whose
+        # step count starts at 0, so the Trainer's own checkpoints could not be resumed across rounds.
+        self.save_rounds = self.args.save_strategy != IntervalStrategy.NO
+        self.args.save_strategy = IntervalStrategy.NO
 
     # ---- the rounds -------------------------------------------------------------------------------------------
-    def train(self, resume_from_checkpoint=None, **kwargs):
-        """Rounds of probe -> generate -> filter -> fit, until the forget facts are gone or `max_rounds`."""
-        if resume_from_checkpoint:
-            raise NotImplementedError("AntiSampleTrainer cannot resume yet: its rounds keep state (anti-samples, "
-                                      "round log) that checkpoints do not hold; start the run again")
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Rounds of probe -> generate -> filter -> fit, until the forget facts are gone or `max_rounds`.
+        `resume_from_checkpoint`: a round checkpoint folder, a folder of them (the latest is taken) or True (the
+        latest under output_dir); the run goes on from the round after it as if it had never stopped."""
         output = None
-        for round_index in range(self.args.max_rounds + 1):
+        if resume_from_checkpoint:
+            self.load_round_checkpoint(latest_round_checkpoint(
+                self.args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint))
+        for round_index in range(len(self.rounds), self.args.max_rounds + 1):
             known, asked = self.still_known()
             facts_known = len({record["id"] for record in known})
             log = {"round": round_index, "facts": len(self.forget_records), "known": facts_known,
@@ -159,6 +173,8 @@ class AntiSampleTrainer(UnlearningTrainer):
             log["steps"] = output.global_step
             self.rounds.append(log)
             self.save_audit()
+            if self.save_rounds:
+                self.save_round_checkpoint()
         self.save_audit()
         return output
 
@@ -258,6 +274,66 @@ class AntiSampleTrainer(UnlearningTrainer):
         output_dir = Path(output_dir or self.args.output_dir)
         write_anti_samples(output_dir / ANTI_SAMPLES_FILE, self.anti_samples)
         write_jsonl(output_dir / ROUNDS_FILE, self.rounds)
+
+
+    # ---- round checkpoints ------------------------------------------------------------------------------------
+    def save_round_checkpoint(self) -> Path:
+        """Write output_dir/round-<rounds fitted>, atomically: the weights (or adapter), the anti-samples, the
+        round log, the step count and history, and the random states that the next rounds draw from."""
+        path = Path(self.args.output_dir) / ROUND_CHECKPOINT.format(len(self.rounds))
+        if not self.is_world_process_zero():
+            return path
+        with atomic_directory(path) as staging:
+            self.save_model(str(staging))
+            state = {"run": self._run_identity(), "rounds": self.rounds, "steps": self.steps,
+                     "history": self.history_callback.history,
+                     "anti_samples": [sample.to_json() for sample in self.anti_samples]}
+            write_json(staging / STATE_FILE, state)
+            torch.save({"collator": self.data_collator.rng.getstate(), "torch": torch.get_rng_state()},
+                       staging / RNG_FILE)
+        return path
+
+    def load_round_checkpoint(self, path: str | Path) -> None:
+        """Restore what `save_round_checkpoint` wrote; refuse a checkpoint of another run."""
+        path = Path(path)
+        state = json.loads((path / STATE_FILE).read_text())
+        mismatch = {key: (value, state["run"].get(key)) for key, value in self._run_identity().items()
+                    if state["run"].get(key) != value}
+        if mismatch:
+            key, (ours, theirs) = next(iter(mismatch.items()))
+            raise ValueError(f"{path} is a checkpoint of another run: its {key} is {theirs!r}, this run's is "
+                             f"{ours!r}")
+        self._load_from_checkpoint(str(path))
+        self.rounds, self.steps = state["rounds"], state["steps"]
+        self.history_callback.history[:] = state["history"]
+        self.anti_samples = [AntiSample(**row) for row in state["anti_samples"]]
+        random_states = torch.load(path / RNG_FILE, weights_only=True)
+        self.data_collator.rng.setstate(_as_tuples(random_states["collator"]))
+        torch.set_rng_state(random_states["torch"])
+
+    def _run_identity(self) -> dict:
+        """What must match for a checkpoint to be resumed by this run."""
+        facts = "\n".join(f"{r['id']}\t{r['question']}\t{r['answer']}" for r in self.forget_records)
+        return {"forget_facts": hashlib.sha256(facts.encode()).hexdigest()[:16], "seed": self.args.seed,
+                "generator": self.args.generator, "max_rounds": self.args.max_rounds}
+
+
+def latest_round_checkpoint(path: str | Path) -> Path:
+    """`path` when it is a round checkpoint, else the round checkpoint in it with the most rounds."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = sorted((int(match.group(1)), child) for child in (path.iterdir() if path.is_dir() else [])
+                   if (match := re.fullmatch(ROUND_CHECKPOINT.format(r"(\d+)"), child.name))
+                   and (child / STATE_FILE).is_file())
+    if not found:
+        raise ValueError(f"no UnSTAR round checkpoint ({ROUND_CHECKPOINT.format('N')}/{STATE_FILE}) in {path}")
+    return found[-1][1]
+
+
+def _as_tuples(value):
+    """random.Random state as saved (lists where tuples were) back to what setstate takes."""
+    return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 def _check_targeted(forget: list[dict], retain) -> None:
