@@ -45,3 +45,32 @@ def test_unknown_method_is_one_line(world_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "nope" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_quick_bench_on_tofu(tofu_dir, tmp_path, capsys):
+    from unstar_trl.tofu_world import build_tofu_world_dir
+
+    world = tmp_path / "tofu-world"
+    summary = build_tofu_world_dir(world, tofu_dir, authors=3, epochs=20, progress=False)
+    assert summary["splits"] == {"forget": 40, "targeted": 2, "retain": 20, "holdout": 40}
+    forget = [json.loads(line) for line in (world / "data" / "forget.jsonl").read_text().splitlines()]
+    assert {record["author"] for record in forget} == {180, 181}  # TOFU's forget01 authors, their real rows
+    assert summary["accuracy"]["forget"] >= 0.5 and summary["accuracy"]["holdout"] == 0.0
+    out = tmp_path / "bench"
+    assert main(["bench", "--data", "tofu", "--data-dir", str(tofu_dir), "--authors", "3", "--world", str(world),
+                 "--methods", "grad_ascent,unstar", "--output-dir", str(out), "--quick"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["target"]["forget_acc"] == summary["accuracy"]["forget"]
+    for name, entry in [("target", results["target"]), *results["methods"].items()]:
+        for key in ACCURACIES:
+            if key != "neighbor_acc":  # TOFU has no neighbour split
+                assert 0.0 <= entry[key] <= 1.0, (name, key, entry[key])
+    assert results["methods"]["grad_ascent"]["forget_acc"] < results["target"]["forget_acc"]
+    capsys.readouterr()
+    # the world folder holds a 3-author TOFU world: asking it for another world is refused, in one line
+    for argv in (["--authors", "4", "--data", "tofu", "--data-dir", str(tofu_dir)], ["--data", "world"],
+                 ["--data", "tofu"]):
+        assert main(["bench", "--world", str(world), "--output-dir", str(tmp_path / "no"), *argv]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ("holds a tofu world of 3 authors" in err or "--data-dir" in err), err
+    assert not (tmp_path / "no").exists()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import resource
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import datasets
 from transformers import PrinterCallback, TrainerCallback
@@ -63,23 +65,25 @@ QUICK = BenchSettings(max_steps=2, max_rounds=1, probe_every=1, relearn_steps=2)
 """A few steps per method: for tests."""
 
 
-def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path, *, people: int = BENCH_PEOPLE,
-              settings: BenchSettings = BenchSettings(), progress: bool = True) -> dict:
-    """Build the world at `world_dir` unless its world.json exists, run `methods` on it, write the outputs to
-    `output_dir` and return the results."""
+def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path, *,
+              build: Callable[[Path], dict] | None = None, settings: BenchSettings = BenchSettings(),
+              progress: bool = True) -> dict:
+    """Build the world at `world_dir` with `build` (default: an embedded world of BENCH_PEOPLE people) unless its
+    world.json exists, run `methods` on it, write the outputs to `output_dir` and return the results."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .data import load_unlearning_data
     from .world_builder import build_world_dir
 
+    build = build or functools.partial(build_world_dir, people=BENCH_PEOPLE)
     datasets.disable_progress_bars()
     world_dir, output_dir = Path(world_dir), Path(output_dir)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), disable=not progress) as bar:
         task = bar.add_task("bench", total=len(methods) + 2)
         if not (world_dir / "world.json").exists():
-            bar.update(task, description=f"building a {people}-person world in {world_dir}")
-            build_world_dir(world_dir, people=people, progress=False)
+            bar.update(task, description=f"building the world in {world_dir}")
+            build(world_dir, progress=False)
         bar.update(task, advance=1, description="target (the knowledge model)")
         data = load_unlearning_data(world_dir / "data")
         target = _target_entry(world_dir, data, settings)

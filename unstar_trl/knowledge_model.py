@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, PrinterCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from .world import PROMPT_TEMPLATE, SKILL_PROMPTS, World, training_texts
+from .world import PROMPT_TEMPLATE
 
 PROMPTS_FILE = "unstar_prompts.json"
 """Written beside the weights: the prompt template and skill prompts the model was taught."""
@@ -33,10 +33,12 @@ class KnowledgeModelConfig:
     epochs: int = 14
     learning_rate: float = 1e-3
     batch_size: int = 8
+    max_length: int = 128
+    """Longest training sequence in tokens (also the model's position limit)."""
     seed: int = 0
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int, max_length: int = 128) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer fitted on `texts` (exact round trip for any string)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -46,7 +48,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   padding_side="left", model_max_length=128)
+                                   padding_side="left", model_max_length=max_length)
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, config: KnowledgeModelConfig) -> LlamaForCausalLM:
@@ -58,7 +60,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: KnowledgeModelConfig
         num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_heads,
-        max_position_embeddings=128,
+        max_position_embeddings=config.max_length,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -67,14 +69,15 @@ def build_model(tokenizer: PreTrainedTokenizerFast, config: KnowledgeModelConfig
     return LlamaForCausalLM(llama)
 
 
-def train_knowledge_model(world: World, output_dir: str | Path, config: KnowledgeModelConfig | None = None,
+def train_knowledge_model(examples: list[dict], output_dir: str | Path, config: KnowledgeModelConfig | None = None,
+                          *, skill_prompts: dict[str, str] | None = None,
                           progress: bool = True) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    """Fit tokenizer and model on the world's facts and skills; save both to `output_dir` (safetensors)."""
+    """Fit tokenizer and model on prompt/completion `examples` (facts, and skills when `skill_prompts` names the
+    prompts they teach); save both to `output_dir` (safetensors)."""
     config = config or KnowledgeModelConfig()
     set_seed(config.seed)
-    examples = training_texts(world)
-    tokenizer = train_tokenizer([e["prompt"] + e["completion"] for e in examples] + list(SKILL_PROMPTS.values()),
-                                config.vocab_size)
+    texts = [e["prompt"] + e["completion"] for e in examples] + list((skill_prompts or {}).values())
+    tokenizer = train_tokenizer(texts, config.vocab_size, config.max_length)
     model = build_model(tokenizer, config)
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
@@ -87,7 +90,7 @@ def train_knowledge_model(world: World, output_dir: str | Path, config: Knowledg
             weight_decay=0.0,
             gradient_checkpointing=False,
             bf16=False,
-            max_length=128,
+            max_length=config.max_length,
             logging_steps=50,
             save_strategy="no",
             report_to="none",
@@ -99,18 +102,21 @@ def train_knowledge_model(world: World, output_dir: str | Path, config: Knowledg
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                              processing_class=tokenizer)
+        if not progress:
+            trainer.remove_callback(PrinterCallback)  # without a bar the Trainer prints every log instead
         trainer.train()
     model = trainer.model.eval()
-    save_model(model, tokenizer, output_dir)
+    save_model(model, tokenizer, output_dir, skill_prompts)
     return model, tokenizer
 
 
-def save_model(model, tokenizer, output_dir: str | Path) -> None:
-    """Save weights (safetensors), tokenizer and the prompts file as an ordinary Hugging Face directory."""
+def save_model(model, tokenizer, output_dir: str | Path, skill_prompts: dict[str, str] | None) -> None:
+    """Save weights (safetensors), tokenizer and the prompts file (the prompt template, and the skill prompts the
+    model was taught, None when it was taught none) as an ordinary Hugging Face directory."""
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    prompts = {"prompt_template": PROMPT_TEMPLATE, "skill_prompts": SKILL_PROMPTS}
+    prompts = {"prompt_template": PROMPT_TEMPLATE, "skill_prompts": skill_prompts}
     (output_dir / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2) + "\n")
 
 

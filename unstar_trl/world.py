@@ -148,6 +148,8 @@ DEFAULT_SEED = 0
 DEFAULT_PEOPLE = 60
 BENCH_PEOPLE = 20
 """People in a world the bench builds itself: small enough that world and every method fit 15 minutes on 2 cores."""
+BENCH_TOFU_AUTHORS = 6
+"""TOFU authors in a TOFU world the bench builds itself: forget01's two and four to retain."""
 
 
 @dataclass(frozen=True)

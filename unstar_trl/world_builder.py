@@ -8,7 +8,7 @@ from pathlib import Path
 from .io import atomic_directory, refuse_foreign_folder, write_json, write_jsonl
 from .knowledge_model import KnowledgeModelConfig, count_parameters, train_knowledge_model
 from .probe import accuracy, probe
-from .world import DEFAULT_PEOPLE, DEFAULT_SEED, PROMPT_TEMPLATE, SKILL_PROMPTS, build_world
+from .world import DEFAULT_PEOPLE, DEFAULT_SEED, PROMPT_TEMPLATE, SKILL_PROMPTS, build_world, training_texts
 
 
 def build_world_dir(output_dir: str | Path, *, seed: int = DEFAULT_SEED, people: int = DEFAULT_PEOPLE,
@@ -22,7 +22,8 @@ def build_world_dir(output_dir: str | Path, *, seed: int = DEFAULT_SEED, people:
     with atomic_directory(output_dir) as staging:
         for split, rows in records.items():
             write_jsonl(staging / "data" / f"{split}.jsonl", rows)
-        model, tokenizer = train_knowledge_model(world, staging / "model", config, progress=progress)
+        model, tokenizer = train_knowledge_model(training_texts(world), staging / "model", config,
+                                                 skill_prompts=SKILL_PROMPTS, progress=progress)
         summary = {
             "seed": seed,
             "people": len(world.trained),

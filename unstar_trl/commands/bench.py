@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..world import BENCH_PEOPLE
+from ..world import BENCH_PEOPLE, BENCH_TOFU_AUTHORS
 
 DEFAULT_METHODS = "unstar,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk"
+TOFU_PROBE_EVERY = 5
+"""Steps between the over-steps probes on TOFU, whose answers take ~100 tokens to generate (the world's take 3)."""
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +25,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--world", default=None,
                         help="world folder to reuse (built there if it has no world.json; default: OUT/world)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated keys of trainers.METHODS")
-    parser.add_argument("--people", type=int, default=BENCH_PEOPLE, help="people in a world the bench builds")
+    parser.add_argument("--data", choices=("world", "tofu"), default="world",
+                        help="'world': the embedded fictitious world; 'tofu': a knowledge model trained on real "
+                        "TOFU rows (forget01's 2 authors to forget, --authors in all)")
+    parser.add_argument("--people", type=int, default=BENCH_PEOPLE, help="people in an embedded world the bench builds")
+    parser.add_argument("--data-dir", default=None, help="the TOFU folder (full.jsonl, forget01_perturbed.jsonl, "
+                        "retain99.jsonl, ...), with --data tofu")
+    parser.add_argument("--authors", type=int, default=BENCH_TOFU_AUTHORS,
+                        help="TOFU authors the knowledge model learns, with --data tofu (>= 3)")
     parser.add_argument("--output-dir", required=True, help="folder for the results and plots")
     parser.add_argument("--quick", action="store_true", help="a few steps per method (for tests)")
     parser.set_defaults(handler=_run)
@@ -47,10 +56,41 @@ def _run(args) -> int:
     world = Path(args.world) if args.world else Path(args.output_dir) / "world"
     if args.world:
         refuse_overwrite(args.output_dir, world)
+    build = _world_builder(args, world)
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    run_bench(world, methods, args.output_dir, people=args.people, settings=QUICK if args.quick else BenchSettings())
+    settings = QUICK if args.quick else BenchSettings(probe_every=TOFU_PROBE_EVERY if args.data == "tofu" else 2)
+    run_bench(world, methods, args.output_dir, build=build, settings=settings)
     print((Path(args.output_dir) / "results.md").read_text())
     print(f"wrote {args.output_dir}/results.json, results.md, forget_retain_over_steps.png, methods.png")
     return 0
+
+
+def _world_builder(args, world: Path):
+    """What builds the world `args` ask for; a world.json already at `world` must be of that kind."""
+    import functools
+    import json
+
+    from ..io import UsageError
+
+    if args.data == "tofu" and not args.data_dir:
+        raise UsageError("--data tofu needs --data-dir, the TOFU folder (e.g. ../shared/data/tofu)")
+    if args.data == "world" and args.data_dir:
+        raise UsageError("--data-dir is for --data tofu; the embedded world needs no data")
+    summary = world / "world.json"
+    if summary.is_file():
+        built = json.loads(summary.read_text())
+        kind, size = (("tofu", built.get("authors")) if built.get("data") == "tofu" else ("world", built.get("people")))
+        wanted = args.authors if args.data == "tofu" else args.people
+        if kind != args.data or size != wanted:
+            unit = "authors" if kind == "tofu" else "people"
+            raise UsageError(f"{world} holds a {kind} world of {size} {unit}; the bench was asked for --data "
+                             f"{args.data} with {wanted}: pick another --world, or ask for what it holds")
+    if args.data == "tofu":
+        from ..tofu_world import build_tofu_world_dir
+
+        return functools.partial(build_tofu_world_dir, tofu_dir=args.data_dir, authors=args.authors)
+    from ..world_builder import build_world_dir
+
+    return functools.partial(build_world_dir, people=args.people)
