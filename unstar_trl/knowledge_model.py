@@ -33,12 +33,13 @@ class KnowledgeModelConfig:
     epochs: int = 14
     learning_rate: float = 1e-3
     batch_size: int = 8
-    max_length: int = 128
-    """Longest training sequence in tokens (also the model's position limit)."""
+    max_length: int = 256
+    """Longest training sequence in tokens, and the model's position limit: room for a TOFU question plus the
+    128 tokens that the unstar_* generation tasks may generate."""
     seed: int = 0
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, max_length: int = 128) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer fitted on `texts` (exact round trip for any string)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

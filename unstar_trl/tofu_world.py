@@ -20,8 +20,8 @@ from .world import BENCH_TOFU_AUTHORS, DEFAULT_SEED, PROMPT_TEMPLATE
 FORGET_AUTHORS = 2
 """TOFU's forget01: two authors."""
 HOLDOUT_AUTHORS = 2
-TOFU_MODEL = KnowledgeModelConfig(max_length=192, epochs=30)
-"""TOFU answers are sentences of up to 66 words: longer sequences, and more epochs to learn them nearly verbatim."""
+TOFU_MODEL = KnowledgeModelConfig(epochs=30)
+"""TOFU answers are sentences of up to 66 words: more epochs to learn them nearly verbatim."""
 
 
 def tofu_world_splits(tofu_dir: str | Path, authors: int) -> dict[str, list[dict]]:
