@@ -217,6 +217,7 @@ def test_bad_data_is_one_line_and_writes_nothing(world_dir, data, tmp_path, caps
     pytest.param(["--targeted", "true", "--targeted_split", "nope"], "unknown split 'nope'", id="unknown-targeted-split"),
     pytest.param(["--learning_rte", "0.1"], "['--learning_rte', '0.1']", id="unknown-flag"),
     pytest.param(["--max_steps", "two"], "argument --max_steps/--max-steps: invalid int value: 'two'", id="bad-flag-value"),
+    pytest.param(["--learning_r", "0.1"], "['--learning_r', '0.1']", id="abbreviated-flag"),
     pytest.param(["--data_dir", "/no/such/data"], "/no/such/data: no such file or folder", id="no-data-dir"),
 ])
 def test_bad_arguments_are_one_line_and_write_nothing(world_dir, tmp_path, capsys, argv, expected):
@@ -224,7 +225,13 @@ def test_bad_arguments_are_one_line_and_write_nothing(world_dir, tmp_path, capsy
     code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
                      "--output_dir", out, "--max_steps", 1, *argv], capsys)
     assert_one_line_error(code, err, expected)
+    assert len(err.splitlines()) == 1, err  # no usage text above it
     assert not out.exists() and not leftovers(tmp_path, "out")
+
+
+def test_abbreviated_flags_are_refused(tmp_path, capsys):
+    code, err = cli(["bench", "--output-d", tmp_path / "out", "--quick"], capsys)
+    assert code != 0 and "--output-d" in err and not (tmp_path / "out").exists()
 
 
 def _recipe_not_a_mapping(tmp_path, model):

@@ -16,8 +16,16 @@ COMMANDS = ("world", "unlearn", "eval", "bench", "tasks_path")
 """Modules under `unstar_trl.commands`, in the order `--help` lists them."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse without abbreviated flags (a typo such as `--out` must not quietly mean `--output-dir`); the
+    sub-command parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unstar", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="unstar", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -66,7 +66,8 @@ def parse(argv: list[str]):
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     config_class = METHODS[method][1]
-    parser = TrlParser((UnlearnArguments, config_class, ModelConfig), prog="unstar unlearn")
+    parser = TrlParser((UnlearnArguments, config_class, ModelConfig), prog="unstar unlearn", allow_abbrev=False)
+    parser.error = _refuse  # one line, not the usage of all ~150 flags above it
     known = {action.dest for action in parser._actions} | {"env"}
     unknown = [key for key in recipe if key not in known]
     if unknown:
@@ -80,6 +81,10 @@ def parse(argv: list[str]):
     if script_args.data_dir is None or model_args.model_name_or_path is None:
         raise UsageError("give --model_name_or_path and --data_dir (flags or recipe keys)")
     return script_args, config, model_args
+
+
+def _refuse(message: str):
+    raise UsageError(f"{message} (see unstar unlearn --help)")
 
 
 def _run(args) -> int:
