@@ -89,7 +89,7 @@ def train_knowledge_model(examples: list[dict], output_dir: str | Path, config: 
             lr_scheduler_type="cosine",
             warmup_steps=0.05,
             weight_decay=0.0,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,
             bf16=False,
             max_length=config.max_length,
             logging_steps=50,

@@ -40,7 +40,6 @@ def add_parser(subparsers) -> None:
 
 def _run(args) -> int:
     import logging
-    import warnings
 
     import transformers
 
@@ -58,7 +57,6 @@ def _run(args) -> int:
         refuse_overwrite(args.output_dir, world)
     build = _world_builder(args, world)
     transformers.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     settings = QUICK if args.quick else BenchSettings(probe_every=TOFU_PROBE_EVERY if args.data == "tofu" else 2)
     run_bench(world, methods, args.output_dir, build=build, settings=settings)

@@ -38,7 +38,7 @@ class DivergenceError(RuntimeError):
 @dataclass
 class UnlearningConfig(SFTConfig):
     r"""Configuration of [`UnlearningTrainer`]: `SFTConfig` plus the unlearning fields, with CPU-friendly defaults
-    (fp32, no gradient checkpointing, no reporting, logging every step, no checkpoints, constant learning rate)."""
+    (fp32, no activation checkpointing, no reporting, logging every step, no checkpoints, constant learning rate)."""
 
     prompt_template: str | None = field(
         default=PROMPT_TEMPLATE,
@@ -74,7 +74,9 @@ class UnlearningConfig(SFTConfig):
     logging_steps: float = field(default=1, metadata={"help": "Log (and record the history) every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoints; the CLI saves the final model itself."})
     report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of activation_checkpointing (off unless either is set)."}
+    )
     bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (off: slow on a CPU)."})
     max_length: int | None = field(default=256, metadata={"help": "Truncate prompt + completion to this length."})
     remove_unused_columns: bool = field(
