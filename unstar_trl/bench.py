@@ -73,7 +73,7 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .data import load_unlearning_data
-    from .world_builder import build_world_dir
+    from .world_builder import WORLD_FILE, build_world_dir
 
     build = build or functools.partial(build_world_dir, people=BENCH_PEOPLE)
     datasets.disable_progress_bars()
@@ -81,7 +81,7 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), disable=not progress) as bar:
         task = bar.add_task("bench", total=len(methods) + 2)
-        if not (world_dir / "world.json").exists():
+        if not (world_dir / WORLD_FILE).exists():
             bar.update(task, description=f"building the world in {world_dir}")
             build(world_dir, progress=False)
         bar.update(task, advance=1, description="target (the knowledge model)")

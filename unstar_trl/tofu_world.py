@@ -3,19 +3,19 @@
 TOFU's forget01 split is two authors (their 40 rows). A TOFU world of N authors holds those two as the forget split,
 the first N - 2 other authors of retain99 as the retain split, one row of each forget author as the targeted split
 (the author's other rows are its siblings) and the last two authors of retain_perturbed, never trained on, as the
-holdout split (they have perturbed answers, which the multiple-choice probe needs). The knowledge model is the world's tiny Llama, trained on the forget and retain rows with the world's prompt.
+holdout split (they have perturbed answers, which the multiple-choice probe needs). The knowledge model is the
+world's tiny Llama, trained on the forget and retain rows with the world's prompt.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from .data import DataError, load_records
-from .io import atomic_directory, refuse_foreign_folder, write_json, write_jsonl
-from .knowledge_model import KnowledgeModelConfig, count_parameters, train_knowledge_model
+from .knowledge_model import KnowledgeModelConfig
 from .probe import accuracy, probe, rouge_l_recall
 from .world import BENCH_TOFU_AUTHORS, DEFAULT_SEED, PROMPT_TEMPLATE
+from .world_builder import write_world_dir
 
 FORGET_AUTHORS = 2
 """TOFU's forget01: two authors."""
@@ -50,29 +50,16 @@ def _authors(records: list[dict]) -> list[int]:
 def build_tofu_world_dir(output_dir: str | Path, tofu_dir: str | Path, *, authors: int = BENCH_TOFU_AUTHORS,
                          seed: int = DEFAULT_SEED, epochs: int | None = None, progress: bool = True) -> dict:
     """Write a TOFU world's splits and its knowledge model to `output_dir`; return the `world.json` summary."""
-    start = time.perf_counter()
     splits = tofu_world_splits(tofu_dir, authors)
     examples = [{"prompt": PROMPT_TEMPLATE.format(question=record["question"]), "completion": " " + record["answer"]}
                 for record in splits["forget"] + splits["retain"]]
     config = KnowledgeModelConfig(**{**vars(TOFU_MODEL), "seed": seed, **({"epochs": epochs} if epochs else {})})
-    refuse_foreign_folder(output_dir, "world.json")
-    with atomic_directory(output_dir) as staging:
-        for split, rows in splits.items():
-            write_jsonl(staging / "data" / f"{split}.jsonl", rows)
-        model, tokenizer = train_knowledge_model(examples, staging / "model", config, progress=progress)
+
+    def measure(model, tokenizer) -> dict:
         verdicts = {split: probe(model, tokenizer, rows) for split, rows in splits.items()}
-        summary = {
-            "data": "tofu",
-            "tofu_dir": str(Path(tofu_dir).resolve()),
-            "authors": authors,
-            "seed": seed,
-            "splits": {split: len(rows) for split, rows in splits.items()},
-            "parameters": count_parameters(model),
-            "prompt_template": PROMPT_TEMPLATE,
-            "accuracy": {split: accuracy(found) for split, found in verdicts.items()},
-            "rouge_l_recall": {split: round(sum(rouge_l_recall(v.generation, v.answer) for v in found) / len(found), 3)
-                               for split, found in verdicts.items()},
-        }
-        summary["seconds"] = round(time.perf_counter() - start, 1)
-        write_json(staging / "world.json", summary)
-    return summary
+        return {"accuracy": {split: accuracy(found) for split, found in verdicts.items()},
+                "rouge_l_recall": {split: round(sum(rouge_l_recall(v.generation, v.answer) for v in found)
+                                                / len(found), 3) for split, found in verdicts.items()}}
+
+    about = {"data": "tofu", "tofu_dir": str(Path(tofu_dir).resolve()), "authors": authors, "seed": seed}
+    return write_world_dir(output_dir, splits, examples, config, about=about, measure=measure, progress=progress)

@@ -58,7 +58,8 @@ def _run(args) -> int:
     build = _world_builder(args, world)
     transformers.logging.set_verbosity_error()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    settings = QUICK if args.quick else BenchSettings(probe_every=TOFU_PROBE_EVERY if args.data == "tofu" else 2)
+    settings = QUICK if args.quick else BenchSettings(probe_every=TOFU_PROBE_EVERY) if args.data == "tofu" \
+        else BenchSettings()
     run_bench(world, methods, args.output_dir, build=build, settings=settings)
     print((Path(args.output_dir) / "results.md").read_text())
     print(f"wrote {args.output_dir}/results.json, results.md, forget_retain_over_steps.png, methods.png")
@@ -71,12 +72,13 @@ def _world_builder(args, world: Path):
     import json
 
     from ..io import UsageError
+    from ..world_builder import WORLD_FILE, build_world_dir
 
     if args.data == "tofu" and not args.data_dir:
         raise UsageError("--data tofu needs --data-dir, the TOFU folder (e.g. ../shared/data/tofu)")
     if args.data == "world" and args.data_dir:
         raise UsageError("--data-dir is for --data tofu; the embedded world needs no data")
-    summary = world / "world.json"
+    summary = world / WORLD_FILE
     if summary.is_file():
         built = json.loads(summary.read_text())
         kind, size = (("tofu", built.get("authors")) if built.get("data") == "tofu" else ("world", built.get("people")))
@@ -89,6 +91,4 @@ def _world_builder(args, world: Path):
         from ..tofu_world import build_tofu_world_dir
 
         return functools.partial(build_tofu_world_dir, tofu_dir=args.data_dir, authors=args.authors)
-    from ..world_builder import build_world_dir
-
     return functools.partial(build_world_dir, people=args.people)
