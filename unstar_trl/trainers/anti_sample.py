@@ -275,7 +275,6 @@ class AntiSampleTrainer(UnlearningTrainer):
         write_anti_samples(output_dir / ANTI_SAMPLES_FILE, self.anti_samples)
         write_jsonl(output_dir / ROUNDS_FILE, self.rounds)
 
-
     # ---- round checkpoints ------------------------------------------------------------------------------------
     def save_round_checkpoint(self) -> Path:
         """Write output_dir/round-<rounds fitted>, atomically: the weights (or adapter), the anti-samples, the
@@ -297,18 +296,16 @@ class AntiSampleTrainer(UnlearningTrainer):
         """Restore what `save_round_checkpoint` wrote; refuse a checkpoint of another run."""
         path = Path(path)
         state = json.loads((path / STATE_FILE).read_text())
-        mismatch = {key: (value, state["run"].get(key)) for key, value in self._run_identity().items()
-                    if state["run"].get(key) != value}
-        if mismatch:
-            key, (ours, theirs) = next(iter(mismatch.items()))
-            raise ValueError(f"{path} is a checkpoint of another run: its {key} is {theirs!r}, this run's is "
-                             f"{ours!r}")
+        for key, ours in self._run_identity().items():
+            if state["run"].get(key) != ours:
+                raise ValueError(f"{path} is a checkpoint of another run: its {key} is {state['run'].get(key)!r}, "
+                                 f"this run's is {ours!r}")
         self._load_from_checkpoint(str(path))
         self.rounds, self.steps = state["rounds"], state["steps"]
         self.history_callback.history[:] = state["history"]
         self.anti_samples = [AntiSample(**row) for row in state["anti_samples"]]
         random_states = torch.load(path / RNG_FILE, weights_only=True)
-        self.data_collator.rng.setstate(_as_tuples(random_states["collator"]))
+        self.data_collator.rng.setstate(random_states["collator"])
         torch.set_rng_state(random_states["torch"])
 
     def _run_identity(self) -> dict:
@@ -329,11 +326,6 @@ def latest_round_checkpoint(path: str | Path) -> Path:
     if not found:
         raise ValueError(f"no UnSTAR round checkpoint ({ROUND_CHECKPOINT.format('N')}/{STATE_FILE}) in {path}")
     return found[-1][1]
-
-
-def _as_tuples(value):
-    """random.Random state as saved (lists where tuples were) back to what setstate takes."""
-    return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 def _check_targeted(forget: list[dict], retain) -> None:
