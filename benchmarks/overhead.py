@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from unstar_trl.anti_samples import SelfTaughtGenerator, TemplateGenerator, load_skill_prompts
 from unstar_trl.data import load_unlearning_data
-from unstar_trl.trainers.anti_sample import AntiSampleConfig, AntiSampleTrainer
-from unstar_trl.world_builder import build_world_dir
+from unstar_trl.method.generators import SelfTaughtGenerator, TemplateGenerator, load_skill_prompts
+from unstar_trl.method.trainers import AntiSampleConfig, AntiSampleTrainer
+from unstar_trl.models import load_model
+from unstar_trl.testbed.world_folder import build_world_dir
+from unstar_trl.text import PLAIN_TEMPLATE, format_pair
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     if not (world / "world.json").is_file():
         build_world_dir(world, people=20)
     data = load_unlearning_data(world / "data")
-    tokenizer = AutoTokenizer.from_pretrained(world / "model")
+    _, tokenizer = load_model(world / "model")
     samples = TemplateGenerator(n_paraphrases=2, n_wrong_answers=2).generate(data.forget)
     print(f"{len(samples)} anti-samples of {len(data.forget)} forget facts; {args.steps} steps of batch "
           f"{args.batch_size}")
@@ -45,7 +46,7 @@ def main() -> None:
     print(f"fit  AntiSampleTrainer {unstar:8.0f} tokens/s | SFTTrainer {plain:8.0f} tokens/s | "
           f"ratio {unstar / plain:.2f}")
 
-    model = AutoModelForCausalLM.from_pretrained(world / "model")
+    model, _ = load_model(world / "model")
     prompts = load_skill_prompts(world / "model", tokenizer)
     batched = time_generation(model, tokenizer, prompts, data.forget, batch_size=64)
     single = time_generation(model, tokenizer, prompts, data.forget, batch_size=1)
@@ -53,7 +54,7 @@ def main() -> None:
 
 
 def fit_anti_sample_trainer(world, tokenizer, data, samples, args) -> float:
-    model = AutoModelForCausalLM.from_pretrained(world / "model")
+    model, _ = load_model(world / "model")
     with tempfile.TemporaryDirectory() as scratch:
         config = AntiSampleConfig(output_dir=scratch, max_steps=args.steps, retain_weight=0.0,
                                   per_device_train_batch_size=args.batch_size, logging_steps=1000)
@@ -66,8 +67,8 @@ def fit_anti_sample_trainer(world, tokenizer, data, samples, args) -> float:
 
 
 def fit_sft_trainer(world, tokenizer, samples, args) -> float:
-    model = AutoModelForCausalLM.from_pretrained(world / "model")
-    pairs = [{"prompt": f"Question: {s.question}\nAnswer:", "completion": s.completion} for s in samples]
+    model, _ = load_model(world / "model")
+    pairs = [format_pair(tokenizer, s.question, s.answer_text, PLAIN_TEMPLATE) for s in samples]
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                            bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",

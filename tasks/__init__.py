@@ -1,1 +1,2 @@
-"""lm-eval task folder shipped with unstar-trl (pass its path to --include_path)."""
+"""The unstar lm-eval tasks, shipped as package data of `unstar_trl.tasks` (pass `unstar tasks-path` to
+lm_eval's --include_path)."""

@@ -21,14 +21,15 @@ TEST_SEED = 0
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory) -> Path:
     """A world of 20 people with its trained knowledge model: DIR/data/<split>.jsonl, DIR/model, DIR/world.json."""
-    from unstar_trl.world_builder import build_world_dir
+    from unstar_trl.testbed.world_folder import build_world_dir
 
     import hashlib
 
     import unstar_trl
 
     package = Path(unstar_trl.__file__).parent
-    sources = [package / name for name in ("world.py", "knowledge_model.py", "world_builder.py", "probe.py")]
+    sources = [package / name for name in ("testbed/embedded_world.py", "testbed/knowledge_model.py",
+                                           "testbed/world_folder.py", "method/probe.py", "text.py")]
     digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources)).hexdigest()[:12]
     root = tmp_path_factory.getbasetemp().parent  # shared by xdist workers (and by runs, keyed by the sources)
     path = root / f"world-{TEST_SEED}-{TEST_PEOPLE}-{digest}"

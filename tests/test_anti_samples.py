@@ -8,19 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unstar_trl import anti_samples
-from unstar_trl.anti_samples import (
-    AntiSample,
-    SelfTaughtGenerator,
-    TemplateGenerator,
-    filter_anti_samples,
-    follow_up_questions,
-    load_skill_prompts,
-    write_anti_samples,
-)
+from unstar_trl.method import anti_samples, generators
+from unstar_trl.method.anti_samples import AntiSample, filter_anti_samples, write_anti_samples
+from unstar_trl.method.follow_ups import follow_up_questions
+from unstar_trl.method.generators import SelfTaughtGenerator, TemplateGenerator, load_skill_prompts
 from unstar_trl.data import load_records
-from unstar_trl.probe import contains_answer, normalize
-from unstar_trl.world import POOLS, SKILL_PROMPTS, build_world
+from unstar_trl.text import contains_answer, normalize
+from unstar_trl.testbed.embedded_world import POOLS, SKILL_PROMPTS, build_world
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +74,7 @@ def test_no_kept_anti_sample_contains_the_true_answer(case):
     for anti in kept:
         assert not contains_answer(anti.wrong_answer, answer)
         assert not contains_answer(anti.rationale, answer)
-        assert not contains_answer(anti.completion, answer)
+        assert not contains_answer(anti.answer_text, answer)
         assert not normalize(answer) or normalize(answer) not in normalize(anti.wrong_answer)
         assert anti.wrong_answer.strip().lower() != answer.strip().lower()
 
@@ -101,9 +95,9 @@ def test_filter_keeps_clean_samples_and_names_each_reason():
     assert {reason for _, reason in dropped} <= set(anti_samples.DROP_REASONS)
 
 
-def test_completion_puts_the_wrong_answer_first():
-    assert sample(rationale="Because.").completion == " Tesk. Because."
-    assert sample().completion == " Tesk"
+def test_answer_text_puts_the_wrong_answer_first():
+    assert sample(rationale="Because.").answer_text == "Tesk. Because."
+    assert sample().answer_text == "Tesk"
 
 
 # ---------------------------------------------------------------------------------------------- template
@@ -131,6 +125,14 @@ def test_template_generator_writes_typed_wrong_answers_that_pass_the_filters(wor
         assert anti.round == 1 and anti.generator == "template"
     kept, dropped = filter_anti_samples(samples, records)
     assert dropped == [] and kept == samples
+
+
+def test_template_rationale_is_the_records_own_with_the_answer_swapped():
+    record = {**RECORD, "perturbed_answers": ["Tesk"], "rationale": "Ada Bell grew up in Varnholt and loves Varnholt."}
+    [anti, *_] = TemplateGenerator(n_wrong_answers=1).generate([record])
+    assert anti.rationale == "Ada Bell grew up in Tesk and loves Tesk."
+    unnamed = {**record, "rationale": "Ada Bell grew up by the sea."}  # argues for nothing: left out
+    assert {s.rationale for s in TemplateGenerator(n_wrong_answers=1).generate([unnamed])} == {""}
 
 
 def test_template_generator_is_deterministic_given_the_seed(world_records):
@@ -205,7 +207,8 @@ def test_self_taught_generator_is_deterministic_given_the_seed(self_taught, forg
 
 def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, self_taught, tmp_path):
     assert load_skill_prompts(world_dir / "model", self_taught.tokenizer) == SKILL_PROMPTS
-    assert load_skill_prompts(tmp_path, self_taught.tokenizer) == SKILL_PROMPTS
+    with pytest.raises(ValueError, match="neither skill prompts"):  # no prompts file, no chat template
+        load_skill_prompts(tmp_path, self_taught.tokenizer)
     chat = type("ChatTokenizer", (), {"chat_template": "{{ messages }}"})()
     assert load_skill_prompts(tmp_path, chat) is None
     (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": "Q: {question}", "skill_prompts": None}))
@@ -220,8 +223,8 @@ def test_chat_models_get_the_paper_prompts_through_the_chat_template(self_taught
         asked.extend(prompts)
         return ["1. A reply\nmore"] * len(prompts) * kwargs.get("num_return_sequences", 1)
 
-    monkeypatch.setattr(anti_samples, "generate", fake_generate)
-    monkeypatch.setattr(anti_samples, "format_prompt", lambda tokenizer, text, template: f"<user>{text}</user>")
+    monkeypatch.setattr(generators, "generate", fake_generate)
+    monkeypatch.setattr(generators, "format_prompt", lambda tokenizer, text, template: f"<user>{text}</user>")
     chat = SelfTaughtGenerator(self_taught.model, self_taught.tokenizer, None, n_paraphrases=1, n_wrong_answers=1)
     record = forget_records[0]
     samples = chat.generate([record])

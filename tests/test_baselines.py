@@ -8,9 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from unstar_trl.data import load_unlearning_data
-from unstar_trl.probe import accuracy, probe
-from unstar_trl.trainers import METHODS, DivergenceError, GradDiffTrainer, GradientAscentTrainer, NPOTrainer
-from unstar_trl.trainers.losses import nll
+from unstar_trl.method.probe import accuracy, probe
+from unstar_trl.method.trainers import METHODS, DivergenceError, GradDiffTrainer, GradientAscentTrainer, NPOTrainer
+from unstar_trl.method.trainers.losses import nll
 
 
 @pytest.fixture(scope="module")

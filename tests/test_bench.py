@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from unstar_trl.bench import RESULT_KEYS
+from unstar_trl.evaluation.bench_runner import RESULT_KEYS
 from unstar_trl.cli import main
 from unstar_trl.io import fingerprint
 
@@ -48,7 +48,7 @@ def test_unknown_method_is_one_line(world_dir, tmp_path, capsys):
 
 
 def test_quick_bench_on_tofu(tofu_dir, tmp_path, capsys):
-    from unstar_trl.tofu_world import build_tofu_world_dir
+    from unstar_trl.testbed.tofu_world import build_tofu_world_dir
 
     world = tmp_path / "tofu-world"
     summary = build_tofu_world_dir(world, tofu_dir, authors=3, epochs=20, progress=False)
@@ -57,8 +57,9 @@ def test_quick_bench_on_tofu(tofu_dir, tmp_path, capsys):
     assert {record["author"] for record in forget} == {180, 181}  # TOFU's forget01 authors, their real rows
     assert summary["accuracy"]["forget"] >= 0.5 and summary["accuracy"]["holdout"] == 0.0
     out = tmp_path / "bench"
-    assert main(["bench", "--data", "tofu", "--data-dir", str(tofu_dir), "--authors", "3", "--world", str(world),
-                 "--methods", "grad_ascent,unstar", "--output-dir", str(out), "--quick"]) == 0
+    # the bench reads the world it is given: its kind and size come from its world.json
+    assert main(["bench", "--world", str(world), "--methods", "grad_ascent,unstar", "--output-dir", str(out),
+                 "--quick"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["target"]["forget_acc"] == summary["accuracy"]["forget"]
     for name, entry in [("target", results["target"]), *results["methods"].items()]:
@@ -69,8 +70,8 @@ def test_quick_bench_on_tofu(tofu_dir, tmp_path, capsys):
     capsys.readouterr()
     # the world folder holds a 3-author TOFU world: asking it for another world is refused, in one line
     for argv in (["--authors", "4", "--data", "tofu", "--data-dir", str(tofu_dir)], ["--data", "world"],
-                 ["--data", "tofu"]):
+                 ["--people", "20"]):
         assert main(["bench", "--world", str(world), "--output-dir", str(tmp_path / "no"), *argv]) != 0
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and ("holds a tofu world of 3 authors" in err or "--data-dir" in err), err
+        assert len(err.splitlines()) == 1 and "holds a tofu world of 3 authors" in err, err
     assert not (tmp_path / "no").exists()

@@ -18,7 +18,7 @@ from unstar_trl.data import (
     load_unlearning_data,
 )
 from unstar_trl.io import UsageError, write_jsonl
-from unstar_trl.world import build_world
+from unstar_trl.testbed.embedded_world import build_world
 
 FILLED = {name: [] if kind is list else None for name, kind in RECORD_FIELDS.items()}
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from unstar_trl.cli import main
-from unstar_trl.evaluation import evaluate_model, summarize, tasks_path
+from unstar_trl.evaluation.lm_eval_tasks import evaluate_model, summarize, tasks_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -32,7 +32,7 @@ def test_unstar_eval_prints_a_table_and_writes_json(world_dir, tmp_path, capsys)
                  "--tasks", "unstar_forget_qa,unstar_mi*", "--output", str(output)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "unstar_forget_qa  acc" in printed and "loss_auc" in printed and "lower" in printed
+    assert "|unstar_forget_qa|" in printed and "loss_auc" in printed and "↓" in printed  # lm-eval's make_table
     results = json.loads(output.read_text())
     assert set(results["summary"]) == {"forget_qa_acc", "forget_qa_rouge_l_recall", "mia_loss_auc", "mia_zlib_auc"}
     assert results["summary"]["forget_qa_acc"] == pytest.approx(_probe_accuracy(world_dir, "forget"))
@@ -62,7 +62,7 @@ def _probe_accuracy(world_dir, split: str) -> float:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from unstar_trl.data import load_records
-    from unstar_trl.probe import accuracy, probe
+    from unstar_trl.method.probe import accuracy, probe
 
     model = AutoModelForCausalLM.from_pretrained(world_dir / "model")
     tokenizer = AutoTokenizer.from_pretrained(world_dir / "model")

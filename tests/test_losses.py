@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unstar_trl.trainers.losses import (kl_to_reference, nll, npo_loss, sequence_log_probs, simnpo_loss,
+from unstar_trl.method.trainers.losses import (kl_to_reference, nll, npo_loss, sequence_log_probs, simnpo_loss,
                                         token_log_probs)
 
 # Two sequences over a vocabulary of 3. Sequence 0: prompt of 2 tokens, completion of 2. Sequence 1: prompt of 1,

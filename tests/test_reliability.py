@@ -203,7 +203,7 @@ def test_bad_data_is_one_line_and_writes_nothing(world_dir, data, tmp_path, caps
 
     corrupt(data)
     out = tmp_path / "out"
-    code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", data,
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", data,
                      "--output_dir", out, "--max_steps", 1], capsys)
     assert_one_line_error(code, err, expected)
     assert not out.exists() and not leftovers(tmp_path, "out")
@@ -222,7 +222,7 @@ def test_bad_data_is_one_line_and_writes_nothing(world_dir, data, tmp_path, caps
 ])
 def test_bad_arguments_are_one_line_and_write_nothing(world_dir, tmp_path, capsys, argv, expected):
     out = tmp_path / "out"
-    code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
                      "--output_dir", out, "--max_steps", 1, *argv], capsys)
     assert_one_line_error(code, err, expected)
     assert len(err.splitlines()) == 1, err  # no usage text above it
@@ -261,7 +261,7 @@ def _no_tokenizer(tmp_path, model):
 
 def _pickled_weights(tmp_path, model):
     pickled_weights_only(model)
-    return [], "no file named model.safetensors"
+    return [], "never unpickles weights"
 
 
 @pytest.mark.parametrize("setup", [_recipe_not_a_mapping, _recipe_unknown_key, _output_is_the_model,
@@ -270,7 +270,7 @@ def test_bad_recipe_model_or_output_and_the_model_is_untouched(data, model, tmp_
     extra, expected = setup(tmp_path, model)
     before = fingerprint(model), fingerprint(data)
     out = tmp_path / "out"
-    code, err = cli(["unlearn", "--model_name_or_path", model, "--data_dir", data, "--output_dir", out,
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", model, "--data_dir", data, "--output_dir", out,
                      "--max_steps", 1, *extra], capsys)
     assert_one_line_error(code, err, expected)
     assert not out.exists() and not leftovers(tmp_path, "out")
@@ -280,7 +280,7 @@ def test_bad_recipe_model_or_output_and_the_model_is_untouched(data, model, tmp_
 def test_a_failed_run_leaves_the_previous_output_as_it_was(world_dir, data, tmp_path, capsys, earlier_output):
     out, before = earlier_output, fingerprint(earlier_output)
     _prompt_too_long(data)  # fails inside the staging folder, after the model is loaded and probed
-    code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", data,
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", data,
                      "--output_dir", out, "--max_steps", 1], capsys)
     assert_one_line_error(code, err, "max_length")
     assert fingerprint(out) == before and not leftovers(tmp_path, "out")
@@ -291,14 +291,14 @@ def test_debug_shows_the_traceback(world_dir, data, tmp_path):
 
     _duplicate_id(data)
     with pytest.raises(DataError, match="repeats"):
-        main(["--debug", "unlearn", "--model_name_or_path", str(world_dir / "model"), "--data_dir", str(data),
+        main(["--debug", "unlearn", "--method", "grad_ascent", "--model_name_or_path", str(world_dir / "model"), "--data_dir", str(data),
               "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_data_in_a_subprocess(world_dir, data, tmp_path):
     _truncated(data)
-    done = subprocess.run([sys.executable, "-m", "unstar_trl.cli", "unlearn", "--model_name_or_path",
+    done = subprocess.run([sys.executable, "-m", "unstar_trl.cli", "unlearn", "--method", "grad_ascent", "--model_name_or_path",
                            str(world_dir / "model"), "--data_dir", str(data), "--output_dir", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=300, env=ENV)
     assert_one_line_error(done.returncode, done.stderr.strip(), "forget.jsonl row")
@@ -313,19 +313,19 @@ def test_a_tokenizer_without_pad_token_is_handled(model, data, tmp_path, capsys)
     del config["pad_token"]
     (model / "tokenizer_config.json").write_text(json.dumps(config))
     out = tmp_path / "out"
-    code, err = cli(["unlearn", "--model_name_or_path", model, "--data_dir", data, "--output_dir", out,
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", model, "--data_dir", data, "--output_dir", out,
                      "--max_steps", 1], capsys)
     assert code == 0, err
     assert json.loads((out / "unlearn_report.json").read_text())["steps"] == 1
 
 
 def test_an_unknown_relation_is_data_not_an_error(world_dir, data):
-    """Relations are free text (TOFU's is "tofu_qa"): a record with one the world lacks loads and gets template
-    anti-samples without a rationale."""
-    from unstar_trl.anti_samples import TemplateGenerator
+    """Relations are free text (TOFU's is "tofu_qa"): a record with one the world lacks, and no rationale, loads and
+    gets template anti-samples without a rationale."""
+    from unstar_trl.method.generators import TemplateGenerator
     from unstar_trl.data import load_unlearning_data
 
-    edit_rows(data / "forget.jsonl", lambda rows: rows[0].update(relation="favourite_colour"))
+    edit_rows(data / "forget.jsonl", lambda rows: rows[0].update(relation="favourite_colour", rationale=None))
     record = load_unlearning_data(data).forget[0]
     assert record["relation"] == "favourite_colour"
     samples = TemplateGenerator(n_wrong_answers=2).generate([record])
@@ -340,7 +340,7 @@ def test_an_unknown_relation_is_data_not_an_error(world_dir, data):
     pytest.param(None, ["--metadata", "{bad"], "invalid loads value", id="bad-metadata-json"),
     pytest.param(None, ["--data-dir", "{tmp}/nodata"], "nodata: no such file or folder", id="no-data-dir"),
     pytest.param(without_tokenizer, [], "holds no tokenizer", id="no-tokenizer"),
-    pytest.param(pickled_weights_only, [], "no file named model.safetensors", id="pickled-weights"),
+    pytest.param(pickled_weights_only, [], "never unpickles weights", id="pickled-weights"),
 ])
 def test_eval_bad_input(model, data, tmp_path, capsys, setup, argv, expected):
     if setup:
@@ -374,33 +374,33 @@ def test_world_bad_input_in_a_subprocess(tmp_path):
 # ---- safe loading -----------------------------------------------------------------------------------------------
 
 def test_custom_code_is_never_run(model, data, tmp_path, capsys, monkeypatch):
-    from unstar_trl.evaluation import load_model
-    from unstar_trl.trainers import GradientAscentConfig, GradientAscentTrainer
+    from unstar_trl.models import load_model
+    from unstar_trl.method.trainers import GradientAscentConfig, GradientAscentTrainer
 
     marker = with_remote_code(model)
     monkeypatch.setattr("builtins.input", lambda *args: "y")  # a user who would say yes if transformers asked
-    code, err = cli(["unlearn", "--model_name_or_path", model, "--data_dir", data, "--output_dir", tmp_path / "out",
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", model, "--data_dir", data, "--output_dir", tmp_path / "out",
                      "--max_steps", 1], capsys)
-    assert_one_line_error(code, err, "trust_remote_code=True")
+    assert_one_line_error(code, err, "own code")
     code, err = cli(["eval", "--model", model, "--data-dir", data, "--tasks", "unstar_forget_qa", "--limit", 1],
                     capsys)
-    assert_one_line_error(code, err, "trust_remote_code=True")
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    assert_one_line_error(code, err, "own code")
+    with pytest.raises(UsageError, match="own code"):
         load_model(model)
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    with pytest.raises(UsageError, match="own code"):
         GradientAscentTrainer(str(model), GradientAscentConfig(output_dir=str(tmp_path / "api")), train_dataset=[])
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
 
 
 def test_pickled_weights_are_refused_by_the_python_api(model, tmp_path):
-    from unstar_trl.evaluation import load_model
-    from unstar_trl.trainers import GradientAscentConfig, GradientAscentTrainer
+    from unstar_trl.models import load_model
+    from unstar_trl.method.trainers import GradientAscentConfig, GradientAscentTrainer
 
     pickled_weights_only(model)
-    with pytest.raises(OSError, match="model.safetensors"):
+    with pytest.raises(UsageError, match="never unpickles"):
         load_model(model)
-    with pytest.raises(OSError, match="model.safetensors"):
+    with pytest.raises(UsageError, match="never unpickles"):
         GradientAscentTrainer(str(model), GradientAscentConfig(output_dir=str(tmp_path / "api")), train_dataset=[])
 
 
@@ -408,12 +408,12 @@ def test_pickled_weights_are_refused_by_the_python_api(model, tmp_path):
 
 def test_the_source_model_is_untouched_by_a_run_that_succeeds_and_one_that_fails(model, data, tmp_path, capsys):
     before = fingerprint(model)
-    code, err = cli(["unlearn", "--model_name_or_path", model, "--data_dir", data, "--output_dir", tmp_path / "ok",
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", model, "--data_dir", data, "--output_dir", tmp_path / "ok",
                      "--max_steps", 2], capsys)
     assert code == 0, err
     assert fingerprint(model) == before
     _prompt_too_long(data)
-    code, err = cli(["unlearn", "--model_name_or_path", model, "--data_dir", data, "--output_dir",
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", model, "--data_dir", data, "--output_dir",
                      tmp_path / "failed", "--max_steps", 2], capsys)
     assert code != 0 and not (tmp_path / "failed").exists()
     assert fingerprint(model) == before
@@ -421,7 +421,7 @@ def test_the_source_model_is_untouched_by_a_run_that_succeeds_and_one_that_fails
 
 def test_an_exception_mid_training_leaves_the_previous_output(world_dir, tmp_path, capsys, monkeypatch,
                                                                  earlier_output):
-    from unstar_trl.trainers import GradientAscentTrainer
+    from unstar_trl.method.trainers import GradientAscentTrainer
 
     out, before = earlier_output, fingerprint(earlier_output)
     seen = {}
@@ -432,7 +432,7 @@ def test_an_exception_mid_training_leaves_the_previous_output(world_dir, tmp_pat
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(GradientAscentTrainer, "train", broken_train)
-    code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
                      "--output_dir", out, "--max_steps", 1], capsys)
     assert_one_line_error(code, err, "disk on fire")
     assert seen["staging"].parent == tmp_path and seen["staging"] != out
@@ -440,18 +440,22 @@ def test_an_exception_mid_training_leaves_the_previous_output(world_dir, tmp_pat
     assert fingerprint(out) == before
 
 
+STEP_DONE = re.compile(r"\b[1-9]\d*/100000\b")
+"""The step bar of a run of 100000 steps, past its first step."""
+
+
 def start_long_training(world_dir, out: Path, log: Path) -> subprocess.Popen:
     """`unstar unlearn` into `out` for far longer than any test, returned once its first step is logged (with
     its staging folder beside `out`)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "unstar_trl.cli", "unlearn", "--model_name_or_path", str(world_dir / "model"),
+        [sys.executable, "-m", "unstar_trl.cli", "unlearn", "--method", "grad_ascent", "--model_name_or_path", str(world_dir / "model"),
          "--data_dir", str(world_dir / "data"), "--output_dir", str(out), "--max_steps", "100000",
          "--learning_rate", "1e-6", "--max_forget_nll", "1000"],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env={**ENV, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 240
-    while "'loss'" not in log.read_text() and process.poll() is None and time.monotonic() < deadline:
+    while not STEP_DONE.search(log.read_text()) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    if process.poll() is not None or "'loss'" not in log.read_text():
+    if process.poll() is not None or not STEP_DONE.search(log.read_text()):
         process.kill()
         pytest.fail("training did not start in time: " + log.read_text()[-3000:])
     assert len(leftovers(out.parent, out.name)) == 1  # the staging folder, training inside it
@@ -477,7 +481,7 @@ def test_the_next_run_removes_the_staging_folder_of_a_killed_one(world_dir, tmp_
     process.kill()  # SIGKILL: nothing runs on the way out
     process.wait(timeout=60)
     assert fingerprint(out) == before and len(leftovers(tmp_path, "out")) == 1
-    code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
+    code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
                      "--output_dir", out, "--max_steps", 1], capsys)
     assert code == 0, err
     assert (out / "model.safetensors").is_file() and not (out / "previous.txt").exists()
@@ -524,7 +528,7 @@ def test_unstar_stopped_by_sigterm_after_a_round_resumes_to_the_same_end(world_d
 
 def test_resuming_from_a_checkpoint_of_another_run_is_refused(world_dir, tmp_path, capsys):
     from unstar_trl.data import load_unlearning_data
-    from unstar_trl.trainers import AntiSampleConfig, AntiSampleTrainer
+    from unstar_trl.method.trainers import AntiSampleConfig, AntiSampleTrainer
 
     data = load_unlearning_data(world_dir / "data")
     config = AntiSampleConfig(output_dir=str(tmp_path / "kept"), save_strategy="epoch", max_rounds=1, seed=0,
@@ -546,8 +550,8 @@ def test_divergence_stops_with_one_line_and_keeps_the_last_good_weights(world_di
     from safetensors.torch import load_file
 
     from unstar_trl.data import load_records
-    from unstar_trl.trainers import GradientAscentConfig, GradientAscentTrainer
-    from unstar_trl.trainers.losses import nll
+    from unstar_trl.method.trainers import GradientAscentConfig, GradientAscentTrainer
+    from unstar_trl.method.trainers.losses import nll
 
     out = tmp_path / "out"
     forget = load_records(world_dir / "data", split="forget")
@@ -592,7 +596,7 @@ def _without_timing(value):
     ("unstar", ["--max_rounds", "1", "--max_steps", "2", "--follow_ups", "0"]),
 ])
 def test_same_seed_same_run(world_dir, tmp_path, capsys, method, extra):
-    from unstar_trl.trainers import METHODS
+    from unstar_trl.method.trainers import METHODS
 
     if method not in METHODS:
         pytest.skip(f"{method} is not a method yet")
@@ -606,6 +610,8 @@ def test_same_seed_same_run(world_dir, tmp_path, capsys, method, extra):
         outputs.append(out)
     first, second = (json.loads((out / "unlearn_report.json").read_text()) for out in outputs)
     assert first["steps"] > 0 and first["history"]
+    configs = [report.pop("config") for report in (first, second)]
+    assert {key for key in configs[0] if configs[0][key] != configs[1][key]} <= {"output_dir", "logging_dir"}
     assert _without_timing(first) == _without_timing(second)
     assert (outputs[0] / "model.safetensors").read_bytes() == (outputs[1] / "model.safetensors").read_bytes()
     if method == "unstar":

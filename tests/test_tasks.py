@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from unstar_trl.data import DataError
-from unstar_trl.evaluation import tasks_path
+from unstar_trl.evaluation.lm_eval_tasks import tasks_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -150,7 +150,7 @@ def test_task_accuracy_equals_a_direct_probe(lm_eval_results, world_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from unstar_trl.data import load_records
-    from unstar_trl.probe import accuracy, probe
+    from unstar_trl.method.probe import accuracy, probe
 
     model = AutoModelForCausalLM.from_pretrained(world_dir / "model")
     tokenizer = AutoTokenizer.from_pretrained(world_dir / "model")

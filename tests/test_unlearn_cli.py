@@ -70,12 +70,12 @@ def test_unknown_method_and_output_inside_the_model(world_dir, tmp_path, capsys)
 
 def test_every_recipe_parses(world_dir, tmp_path):
     from unstar_trl.commands.unlearn import parse
-    from unstar_trl.trainers import METHODS
+    from unstar_trl.method.trainers import METHODS
 
     for recipe in sorted(RECIPES.glob("world_*.yaml")):
         if recipe.name.startswith("world_unstar"):
             continue
-        script_args, config, _ = parse(["--config", str(recipe), "--model_name_or_path", str(world_dir / "model"),
+        script_args, config, _, _ = parse(["--config", str(recipe), "--model_name_or_path", str(world_dir / "model"),
                                         "--data_dir", str(world_dir / "data"), "--output_dir", str(tmp_path)])
         assert isinstance(config, METHODS[script_args.method][1]), recipe.name
         assert recipe.name == f"world_{script_args.method}.yaml"
@@ -86,12 +86,12 @@ def test_tofu_recipes_parse_for_a_gpu_user(tofu_dir, tmp_path):
     """The GPU recipes name only real fields and the TOFU splits they ask for exist."""
     from unstar_trl.commands.unlearn import parse
     from unstar_trl.data import load_unlearning_data
-    from unstar_trl.trainers import METHODS
+    from unstar_trl.method.trainers import METHODS
 
     recipes = sorted(RECIPES.glob("tofu_*.yaml"))
     assert len(recipes) >= 3
     for recipe in recipes:
-        script_args, config, model_args = parse(["--config", str(recipe), "--model_name_or_path", "some/model",
+        script_args, config, model_args, _ = parse(["--config", str(recipe), "--model_name_or_path", "some/model",
                                                  "--data_dir", str(tofu_dir), "--output_dir", str(tmp_path),
                                                  "--bf16", "false"])  # the recipes ask for bf16: a GPU's
         assert isinstance(config, METHODS[script_args.method][1]), recipe.name

@@ -1,6 +1,10 @@
 """unstar-trl: UnSTAR (Unlearning with Self-Taught Anti-Sample Reasoning) as drop-in TRL trainers, with lm-eval
 tasks that measure forgetting, retention and targeted-association removal.
 
+Three wings, data flowing one way (records -> method -> model folder -> evaluation -> report):
+`method/` (probe, anti-samples, trainers), `evaluation/` (lm-eval wiring, knowledge report, bench) and `testbed/`
+(the embedded world, the TOFU world and their knowledge models), on `text`, `data`, `models` and `io`.
+
 Heavy imports (torch, TRL) happen on first use of a trainer or config name, so `unstar --help` stays fast.
 """
 
@@ -9,11 +13,11 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AntiSampleTrainer": "unstar_trl.trainers.anti_sample",
-    "AntiSampleConfig": "unstar_trl.trainers.anti_sample",
-    "UnlearningTrainer": "unstar_trl.trainers.base",
-    "UnlearningConfig": "unstar_trl.trainers.base",
-    "METHODS": "unstar_trl.trainers",
+    "AntiSampleTrainer": "unstar_trl.method.trainers",
+    "AntiSampleConfig": "unstar_trl.method.trainers",
+    "UnlearningTrainer": "unstar_trl.method.trainers",
+    "UnlearningConfig": "unstar_trl.method.trainers",
+    "METHODS": "unstar_trl.method.trainers",
     "load_records": "unstar_trl.data",
     "load_unlearning_data": "unstar_trl.data",
 }

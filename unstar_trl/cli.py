@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 
@@ -63,10 +62,6 @@ def _one_line(error: Exception) -> str:
     message = str(error) if not isinstance(error, (KeyError,)) else f"missing key {error}"
     message = " ".join(message.split()) or type(error).__name__
     return message if len(message) < 600 else message[:600] + "..."
-
-
-def print_json(data) -> None:
-    print(json.dumps(data, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Callable
 
 from .io import UsageError
-from .probe import normalize
+from .text import normalize
 
 
-class DataError(UsageError):
+class DataError(UsageError, ValueError):
     """Data that cannot be used, e.g. "forget.jsonl row 7: field 'answer' is empty"."""
 
 
@@ -37,7 +37,8 @@ RECORD_FIELDS: dict[str, type] = {
     "object_type": str,
     "paraphrased_questions": list,  # element 0 is the held-out paraphrase
     "perturbed_answers": list,
-    "rationale": str,
+    "rationale": str,  # a sentence that argues for the answer and names it
+    "subject_description": str,  # how this fact describes its subject in another question ("the harpist Ada")
     "siblings": list,  # ids of facts that must stay when this one goes (targeted split only)
 }
 """Every key of a loaded record and its type. A missing optional string is None, a missing list is []; list
@@ -48,6 +49,7 @@ REQUIRED_FIELDS = ("id", "question", "answer")
 
 FORMATS = ("auto", "jsonl", "tofu", "hf")
 SPLIT_ROLES = ("forget", "retain", "neighbor", "targeted", "holdout")
+"""The part each split plays in an unlearning task, in the order they are listed everywhere."""
 
 TOFU_SPLITS = ("forget01", "forget05", "forget10", "retain90", "retain95", "retain99", "retain_perturbed",
                "real_authors", "world_facts", "full")
@@ -135,10 +137,7 @@ class UnlearningData:
                 raise DataError(f"{row}: fields 'question' and 'answer' repeat a fact of the forget set "
                                 f"({forget_facts[_fact(record)]})")
         known = {record["id"] for role in SPLIT_ROLES for record in getattr(self, role)}
-        for row, record in self._rows("targeted"):
-            missing = [sibling for sibling in record.get("siblings") or [] if sibling not in known]
-            if missing:
-                raise DataError(f"{row}: field 'siblings' names ids that no split holds: {', '.join(missing)}")
+        check_siblings(self._rows("targeted"), known, "no split holds")
 
     def _where(self, role: str) -> str:
         return self.sources.get(role, role)
@@ -147,6 +146,26 @@ class UnlearningData:
         """(where, record) for each record of a split, where = "<source> row <n>"."""
         return [(f"{self._where(role)} row {number}", record)
                 for number, record in enumerate(getattr(self, role), start=1)]
+
+
+def check_siblings(targeted_rows: list[tuple[str, dict]], known_ids: set[str], absent: str) -> None:
+    """Raise DataError for a targeted record (a (where, record) pair) that names a sibling outside `known_ids`;
+    `absent` says, in the message, where the siblings were looked for ("no split holds")."""
+    for row, record in targeted_rows:
+        missing = [sibling for sibling in record.get("siblings") or [] if sibling not in known_ids]
+        if missing:
+            raise DataError(f"{row}: field 'siblings' names ids that {absent}: {', '.join(missing)}")
+
+
+def check_siblings_in(targeted: list[dict], records, name: str) -> None:
+    """Targeted records (in memory) must each list siblings, and those must be among `records` (`name` says which
+    argument they came in): targeted unlearning keeps them by training on them."""
+    for record in targeted:
+        if not record.get("siblings"):
+            raise DataError(f"targeted record {record['id']} lists no siblings")
+    check_siblings([(f"targeted record {record['id']}", record) for record in targeted],
+                   {record["id"] for record in records},
+                   f"are not in {name} (targeted mode keeps them by training on them as retain data)")
 
 
 def _fact(record: dict) -> tuple[str, str]:

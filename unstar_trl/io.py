@@ -19,14 +19,26 @@ class UsageError(Exception):
     """A problem with what the user asked for; the CLI prints its message as one line and exits non-zero."""
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it into place."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it into place (with the mode that the user's
+    umask gives a new file, not the temporary file's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        handle.write(text)
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         temporary = handle.name
+        try:
+            handle.write(data)
+            os.chmod(temporary, 0o666 & ~_umask())
+        except BaseException:
+            handle.close()
+            os.remove(temporary)
+            raise
     os.replace(temporary, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to a temporary file beside `path`, then rename it into place."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data) -> None:
@@ -45,6 +57,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the output folder's mode
     previous_handler = _exit_on_sigterm()
     try:
         try:
@@ -60,6 +73,13 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_abandoned_staging(path: Path) -> list[Path]:

@@ -21,7 +21,7 @@ import zlib
 import datasets
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
-from unstar_trl.probe import contains_answer, rouge_l_recall
+from unstar_trl.text import PLAIN_TEMPLATE, contains_answer, format_completion, rouge_l_recall, task_prompt
 
 TOFU_SPLITS = {"forget": "forget10", "retain": "retain90", "neighbor": "real_authors"}
 FIELDS = ("id", "question", "answer", "perturbed_answers")
@@ -65,15 +65,19 @@ def _data(data_dir: str | None, format: str, metadata: dict) -> UnlearningData:
 
 @functools.lru_cache(maxsize=1)
 def _embedded_world() -> dict[str, list[dict]]:
-    from unstar_trl.world import build_world
+    from unstar_trl.testbed.embedded_world import build_world
 
     return build_world(seed=0, people=60).split_records()
 
 
 def _doc(record: dict, role: str, question: str | None = None) -> dict:
+    """A task document: the record's fields, the `prompt` the model is asked and the answer as it follows the
+    prompt (`target`), in the model's prompt format."""
     doc = {field: record.get(field) for field in FIELDS}
     doc["perturbed_answers"] = list(doc["perturbed_answers"] or [])
     doc["question"] = question or record["question"]
+    doc["prompt"] = task_prompt(doc["question"], PLAIN_TEMPLATE)
+    doc["target"] = format_completion(doc["answer"], PLAIN_TEMPLATE)
     doc["role"] = role
     return doc
 

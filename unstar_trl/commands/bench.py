@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..world import BENCH_PEOPLE, BENCH_TOFU_AUTHORS
+from ..testbed.embedded_world import BENCH_PEOPLE, BENCH_TOFU_AUTHORS
 
 DEFAULT_METHODS = "unstar,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk"
 TOFU_PROBE_EVERY = 5
@@ -23,16 +23,19 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--world", default=None,
-                        help="world folder to reuse (built there if it has no world.json; default: OUT/world)")
+                        help="world folder to reuse, whatever its kind and size (built there if it has no "
+                        "world.json; default: OUT/world)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated keys of trainers.METHODS")
-    parser.add_argument("--data", choices=("world", "tofu"), default="world",
-                        help="'world': the embedded fictitious world; 'tofu': a knowledge model trained on real "
-                        "TOFU rows (forget01's 2 authors to forget, --authors in all)")
-    parser.add_argument("--people", type=int, default=BENCH_PEOPLE, help="people in an embedded world the bench builds")
+    parser.add_argument("--data", choices=("world", "tofu"), default=None,
+                        help="'world' (default): the embedded fictitious world; 'tofu': a knowledge model trained on "
+                        "real TOFU rows (forget01's 2 authors to forget, --authors in all)")
+    parser.add_argument("--people", type=int, default=None,
+                        help=f"people in an embedded world the bench builds (default: {BENCH_PEOPLE})")
     parser.add_argument("--data-dir", default=None, help="the TOFU folder (full.jsonl, forget01_perturbed.jsonl, "
                         "retain99.jsonl, ...), with --data tofu")
-    parser.add_argument("--authors", type=int, default=BENCH_TOFU_AUTHORS,
-                        help="TOFU authors the knowledge model learns, with --data tofu (>= 3)")
+    parser.add_argument("--authors", type=int, default=None,
+                        help=f"TOFU authors the knowledge model learns, with --data tofu (>= 3; default: "
+                        f"{BENCH_TOFU_AUTHORS})")
     parser.add_argument("--output-dir", required=True, help="folder for the results and plots")
     parser.add_argument("--quick", action="store_true", help="a few steps per method (for tests)")
     parser.set_defaults(handler=_run)
@@ -43,9 +46,9 @@ def _run(args) -> int:
 
     import transformers
 
-    from ..bench import QUICK, BenchSettings, run_bench
+    from ..evaluation.bench_runner import QUICK, BenchSettings, run_bench
     from ..io import UsageError, refuse_overwrite
-    from ..trainers import METHODS
+    from ..method.trainers import METHODS
 
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     unknown = [name for name in methods if name not in METHODS]
@@ -55,10 +58,10 @@ def _run(args) -> int:
     world = Path(args.world) if args.world else Path(args.output_dir) / "world"
     if args.world:
         refuse_overwrite(args.output_dir, world)
-    build = _world_builder(args, world)
+    kind, build = _world_builder(args, world)
     transformers.logging.set_verbosity_error()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    settings = QUICK if args.quick else BenchSettings(probe_every=TOFU_PROBE_EVERY) if args.data == "tofu" \
+    settings = QUICK if args.quick else BenchSettings(probe_every=TOFU_PROBE_EVERY) if kind == "tofu" \
         else BenchSettings()
     run_bench(world, methods, args.output_dir, build=build, settings=settings)
     print((Path(args.output_dir) / "results.md").read_text())
@@ -67,28 +70,33 @@ def _run(args) -> int:
 
 
 def _world_builder(args, world: Path):
-    """What builds the world `args` ask for; a world.json already at `world` must be of that kind."""
+    """(kind, builder) of the world the bench runs on. A world.json already at `world` is read as it is (its kind
+    and size); a --data, --people or --authors given beside it must agree with what it holds."""
     import functools
     import json
 
     from ..io import UsageError
-    from ..world_builder import WORLD_FILE, build_world_dir
+    from ..testbed.world_folder import WORLD_FILE, build_world_dir
 
-    if args.data == "tofu" and not args.data_dir:
-        raise UsageError("--data tofu needs --data-dir, the TOFU folder (e.g. ../shared/data/tofu)")
-    if args.data == "world" and args.data_dir:
-        raise UsageError("--data-dir is for --data tofu; the embedded world needs no data")
+    kind = args.data or "world"
     summary = world / WORLD_FILE
     if summary.is_file():
         built = json.loads(summary.read_text())
-        kind, size = (("tofu", built.get("authors")) if built.get("data") == "tofu" else ("world", built.get("people")))
-        wanted = args.authors if args.data == "tofu" else args.people
-        if kind != args.data or size != wanted:
-            unit = "authors" if kind == "tofu" else "people"
-            raise UsageError(f"{world} holds a {kind} world of {size} {unit}; the bench was asked for --data "
-                             f"{args.data} with {wanted}: pick another --world, or ask for what it holds")
-    if args.data == "tofu":
-        from ..tofu_world import build_tofu_world_dir
+        kind, size, unit = (("tofu", built.get("authors"), "authors") if built.get("data") == "tofu"
+                            else ("world", built.get("people"), "people"))
+        asked = {"data": args.data, "people": args.people, "authors": args.authors}
+        holds = {"data": kind, unit: size}
+        if any(value is not None and value != holds.get(name) for name, value in asked.items()):
+            given = " ".join(f"--{name} {value}" for name, value in asked.items() if value is not None)
+            raise UsageError(f"{world} holds a {kind} world of {size} {unit}; the bench was asked for {given}: pick "
+                             "another --world, or leave out what disagrees")
+    if kind == "tofu" and not args.data_dir and not summary.is_file():
+        raise UsageError("--data tofu needs --data-dir, the TOFU folder (e.g. ../shared/data/tofu)")
+    if kind == "world" and args.data_dir:
+        raise UsageError("--data-dir is for --data tofu; the embedded world needs no data")
+    if kind == "tofu":
+        from ..testbed.tofu_world import build_tofu_world_dir
 
-        return functools.partial(build_tofu_world_dir, tofu_dir=args.data_dir, authors=args.authors)
-    return functools.partial(build_world_dir, people=args.people)
+        return kind, functools.partial(build_tofu_world_dir, tofu_dir=args.data_dir,
+                                       authors=args.authors or BENCH_TOFU_AUTHORS)
+    return kind, functools.partial(build_world_dir, people=args.people or BENCH_PEOPLE)

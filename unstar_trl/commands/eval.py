@@ -32,7 +32,9 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..evaluation import evaluate_model
+    from lm_eval.utils import make_table
+
+    from ..evaluation.lm_eval_tasks import evaluate_model
     from ..io import write_json
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the table
@@ -41,26 +43,9 @@ def _run(args) -> int:
     results = evaluate_model(args.model, adapter=args.adapter, tasks=args.tasks.split(","), data_dir=args.data_dir,
                              data_format=args.format, limit=limit, batch_size=args.batch_size, device=args.device,
                              metadata=args.metadata)
-    print(format_table(results))
+    print(make_table(results))
     print(f"wall time {time.perf_counter() - start:.0f}s")
     if args.output:
         write_json(args.output, results)
         print(f"results written to {args.output}")
     return 0
-
-
-def format_table(results: dict) -> str:
-    """One row per task metric: task, metric, value, direction (higher/lower is better), documents."""
-    rows = [("task", "metric", "value", "better", "n")]
-    for task, metrics in sorted(results["results"].items()):
-        directions = results["higher_is_better"].get(task, {})
-        for key, value in metrics.items():
-            metric, _, _ = key.partition(",")
-            if "," not in key or metric.endswith("_stderr"):
-                continue
-            better = {True: "higher", False: "lower"}.get(directions.get(metric), "")
-            count = results["n_samples"].get(task, {}).get("effective", "")
-            shown = f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
-            rows.append((task, metric, shown, better, str(count)))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

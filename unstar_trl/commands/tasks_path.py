@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..evaluation import tasks_path
+    from ..evaluation.lm_eval_tasks import tasks_path
 
     print(tasks_path())
     return 0

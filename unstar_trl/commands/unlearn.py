@@ -4,28 +4,31 @@ its tokenizer and `unlearn_report.json` (what the model knew before and after) t
 from __future__ import annotations
 
 import contextlib
-import os
+import dataclasses
+import json
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import UsageError, atomic_directory, refuse_foreign_folder, refuse_overwrite, write_json
-from ..recipes import read_recipe
+from ..recipes import find_recipe, read_recipe
 
 REPORT_FILE = "unlearn_report.json"
 CHECKPOINTS_SUFFIX = ".checkpoints"
 """With save_strategy other than "no", checkpoints go to `<output_dir>.checkpoints`, beside output_dir, where an
 interrupted run leaves them for `--resume_from_checkpoint true`; a run that ends removes them."""
+DEFAULT_METHOD = "unstar"
 
 
 @dataclass
 class UnlearnArguments:
     """What to unlearn and from where (the model itself comes from ModelConfig's `model_name_or_path`)."""
 
-    method: str = field(default="grad_ascent", metadata={"help": "Unlearning method: a key of trainers.METHODS."})
+    method: str = field(default=DEFAULT_METHOD, metadata={"help": "Unlearning method (a recipe's `method:` key)."})
     data_dir: str | None = field(default=None, metadata={"help": "Folder (or dataset) with the forget/retain splits."})
     data_format: str = field(default="auto", metadata={"help": "Data format: auto, jsonl, tofu or hf."})
     forget_split: str = field(default="forget", metadata={"help": "Split of the facts to unlearn."})
@@ -41,31 +44,23 @@ def add_parser(subparsers) -> None:
         "unlearn",
         help="unlearn the forget split with one method (TrlParser recipe: --config recipe.yaml + flags)",
         description=__doc__,
-        add_help=False,  # --help goes to TrlParser, which knows the fields
+        add_help=False,  # --help is ours (see `short_help`), --help-all TrlParser's
     )
     parser.set_defaults(handler=_run, accepts_extra=True)
 
 
+# ---- parsing ---------------------------------------------------------------------------------------------------
+
+
 def parse(argv: list[str]):
-    """(UnlearnArguments, the method's config, ModelConfig) from `--config recipe.yaml` and flags; the method is
-    `--method` or the recipe's `method:` key."""
+    """(UnlearnArguments, the method's config, ModelConfig, the recipe path or None) from `--config RECIPE` (a file
+    or a shipped recipe's name) and flags; the method is `--method`, else the recipe's `method:` key, else unstar."""
     from trl import ModelConfig, TrlParser
 
-    from ..trainers import METHODS
-
-    recipe, path = {}, None
-    if "--config" in argv and argv.index("--config") + 1 < len(argv):
-        path = argv[argv.index("--config") + 1]
-        recipe = read_recipe(path)
-    method = recipe.get("method", "grad_ascent")
-    for index, item in enumerate(argv):
-        if item == "--method" and index + 1 < len(argv):
-            method = argv[index + 1]
-        elif item.startswith("--method="):
-            method = item.split("=", 1)[1]
-    if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    config_class = METHODS[method][1]
+    argv, path = _resolve_config(argv)
+    recipe = read_recipe(path) if path else {}
+    method = _flag(argv, "--method") or recipe.get("method", DEFAULT_METHOD)
+    config_class = _config_class(method)
     parser = TrlParser((UnlearnArguments, config_class, ModelConfig), prog="unstar unlearn", allow_abbrev=False)
     parser.error = _refuse  # one line, not the usage of all ~150 flags above it
     known = {action.dest for action in parser._actions} | {"env"}
@@ -73,65 +68,182 @@ def parse(argv: list[str]):
     if unknown:
         raise UsageError(f"unknown recipe key {unknown[0]!r} in {path}: not a field of UnlearnArguments, "
                          f"{config_class.__name__} or ModelConfig")
-    asks_help = {"-h", "--help"} & set(argv)
-    if "output_dir" not in recipe and not asks_help and not any(a.split("=")[0] == "--output_dir" for a in argv):
+    if "output_dir" not in recipe and _flag(argv, "--output_dir") is None:
         raise UsageError("give --output_dir (a flag or a recipe key)")
     script_args, config, model_args = parser.parse_args_and_config(argv)
     script_args.method = method
     if script_args.data_dir is None or model_args.model_name_or_path is None:
         raise UsageError("give --model_name_or_path and --data_dir (flags or recipe keys)")
-    return script_args, config, model_args
+    return script_args, config, model_args, path
+
+
+def _resolve_config(argv: list[str]) -> tuple[list[str], Path | None]:
+    """argv with `--config NAME` made a path (a shipped recipe's name becomes its file), and that path."""
+    for index, item in enumerate(argv):
+        name = argv[index + 1] if item == "--config" and index + 1 < len(argv) else \
+            item.split("=", 1)[1] if item.startswith("--config=") else None
+        if name is not None:
+            path = find_recipe(name)
+            return [*argv[:index], "--config", str(path), *argv[index + (2 if item == "--config" else 1):]], path
+    return argv, None
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of flag `name` in argv (`--name value` or `--name=value`), or None."""
+    for index, item in enumerate(argv):
+        if item == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith(f"{name}="):
+            return item.split("=", 1)[1]
+    return None
+
+
+def _config_class(method: str):
+    from ..method.trainers import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[method][1]
 
 
 def _refuse(message: str):
     raise UsageError(f"{message} (see unstar unlearn --help)")
 
 
+# ---- help --------------------------------------------------------------------------------------------------------
+
+TRAINING_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "seed",
+                   "max_length")
+MODEL_FIELDS = ("model_name_or_path", "use_peft", "lora_r", "lora_alpha")
+
+
+def short_help(method: str) -> str:
+    """What `unstar unlearn --help` prints: our flags first, one line each; the rest is `--help-all`."""
+    from trl import ModelConfig, SFTConfig
+
+    from ..method.trainers import METHODS, UnlearningConfig
+
+    config_class = _config_class(method)
+    fields = dataclasses.fields(config_class)
+    trl_names, base_names = ({f.name for f in dataclasses.fields(c)} for c in (SFTConfig, UnlearningConfig))
+    sections = [
+        ("recipe and method", [("--config RECIPE", "a recipe YAML, or the name of a shipped one (world_unstar, "
+                                "tofu_unstar_llama3.2-1b_forget01, ...); flags override its keys"),
+                               ("--method NAME", f"{', '.join(METHODS)} (default: the recipe's, else unstar)")]),
+        ("model and data", _rows(dataclasses.fields(ModelConfig), MODEL_FIELDS)
+         + _rows(dataclasses.fields(UnlearnArguments), [f.name for f in dataclasses.fields(UnlearnArguments)][1:])
+         + [("--output_dir", "where the unlearned model and unlearn_report.json go (written atomically)")]),
+        (f"{method} ({config_class.__name__})", _rows(fields, [f.name for f in fields if f.name not in base_names])),
+        ("unlearning (every method)", _rows(fields, [f.name for f in fields if f.name in base_names - trl_names])),
+        ("training", _rows(fields, TRAINING_FIELDS)),
+    ]
+    lines = ["usage: unstar unlearn [--config RECIPE] [--method NAME] --model_name_or_path MODEL --data_dir DATA",
+             "                      --output_dir OUT [--FIELD VALUE ...]", "",
+             *textwrap.wrap(" ".join(__doc__.split()), 118), ""]
+    for title, rows in sections:
+        lines.append(f"{title}:")
+        for flag, text in rows:
+            lines.extend(textwrap.wrap(text, 118, initial_indent=f"  {flag:<29} ", subsequent_indent=" " * 32))
+        lines.append("")
+    lines.extend(textwrap.wrap(
+        "Every other field of SFTConfig, TrainingArguments and ModelConfig is a flag too (--bf16, "
+        "--gradient_accumulation_steps, --report_to, --save_strategy, ...): unstar unlearn --help-all lists them. "
+        "Another method's own fields: unstar unlearn --method NAME --help.", 118))
+    return "\n".join(lines)
+
+
+def _rows(fields, names) -> list[tuple[str, str]]:
+    """(flag, first sentence of its help and its default) for each of `names`."""
+    by_name = {f.name: f for f in fields}
+    rows = []
+    for name in names:
+        item = by_name[name]
+        default = item.default if item.default is not dataclasses.MISSING else None
+        text = (item.metadata.get("help") or "").split(". ")[0].rstrip(".")
+        rows.append((f"--{name}", f"{text} (default: {default!r})" if default not in (None, "") else text))
+    return rows
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+
+
 def _run(args) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import get_peft_config
+    argv = [item for item in args.extra if item != "--debug"]
+    if {"-h", "--help"} & set(argv) or not argv:
+        _, path = _resolve_config(argv)
+        print(short_help(_flag(argv, "--method") or (read_recipe(path) if path else {}).get("method", DEFAULT_METHOD)))
+        return 0
+    if "--help-all" in argv:
+        argv = [item if item != "--help-all" else "--help" for item in argv]
+    script_args, config, model_args, recipe_path = parse(argv)
+    source, output_dir = model_args.model_name_or_path, config.output_dir
+    if config.trust_remote_code:
+        raise UsageError("--trust_remote_code: unstar never runs a model folder's own code")
+    refuse_overwrite(output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
+    refuse_foreign_folder(output_dir, REPORT_FILE)
+    data = _load_data(script_args)
+    model, tokenizer = _load_model(model_args)
+    resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
+                **json.loads(json.dumps(config.to_dict(), default=str))}
+    report = _unlearn(script_args, config, model_args, data, model, tokenizer, resolved)
+    main_process = config.process_index == 0  # under torchrun / accelerate launch only rank 0 writes
+    if report["diverged"]:
+        diverged = report["diverged"]
+        raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
+                         f"weights of step {diverged['kept_step']} to {output_dir}")
+    if main_process:
+        print(summary_line(report, output_dir), file=sys.stdout)
+    return 0
 
+
+def _load_data(script_args):
     from ..data import load_unlearning_data
-    from ..knowledge_model import PROMPTS_FILE
-    from ..report import knowledge_report
-    from ..trainers import METHODS, DivergenceError
 
-    script_args, config, model_args = parse([item for item in args.extra if item != "--debug"])
-    source = model_args.model_name_or_path
-    refuse_overwrite(config.output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
-    refuse_foreign_folder(config.output_dir, REPORT_FILE)
     data = load_unlearning_data(script_args.data_dir, format=script_args.data_format,
                                 forget_split=script_args.forget_split, retain_split=script_args.retain_split,
                                 neighbor_split=script_args.neighbor_split, targeted_split=script_args.targeted_split,
                                 holdout_split=script_args.holdout_split)
     if script_args.targeted and not data.targeted:
         raise UsageError(f"--targeted: {script_args.data_dir} has no {script_args.targeted_split!r} split")
-    if Path(source).is_dir() and not _has_tokenizer(source):
-        raise UsageError(f"{source} holds no tokenizer (tokenizer.json or tokenizer_config.json); save the "
-                         "tokenizer beside the model")
-    load = {"revision": model_args.model_revision, "trust_remote_code": config.trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(source, **load)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        source, use_safetensors=True, attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype), **load)
+    return data
 
+
+def _load_model(model_args):
+    import torch
+
+    from ..models import load_model
+
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    return load_model(model_args.model_name_or_path, revision=model_args.model_revision,
+                      attn_implementation=model_args.attn_implementation, dtype=dtype)
+
+
+def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: dict) -> dict:
+    """Train inside a staging folder that becomes output_dir only when everything is written; returns the report
+    (which is also written there, with the `resolved` configuration)."""
+    from trl import get_peft_config
+
+    from ..evaluation.knowledge import knowledge_report
+    from ..method.trainers import METHODS, DivergenceError
+    from ..progress import quiet_progress
+    from ..text import PROMPTS_FILE
+
+    source, output_dir = model_args.model_name_or_path, config.output_dir
     start = time.perf_counter()
     before = knowledge_report(model, tokenizer, data, config.prompt_template)
-    trainer_class = METHODS[script_args.method][0]
-    output_dir, diverged = config.output_dir, None
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch only rank 0 writes
     resume = {"true": True, "false": None}.get(str(config.resume_from_checkpoint).lower(),
                                                config.resume_from_checkpoint)
     checkpoints = Path(str(output_dir) + CHECKPOINTS_SUFFIX) if config.save_strategy != "no" or resume else None
+    main_process = config.process_index == 0
+    diverged = None
     with atomic_directory(output_dir) if main_process else _discarded() as staging:
         config.output_dir = str(checkpoints or staging / "trainer")
-        trainer = trainer_class(model=model, args=config, processing_class=tokenizer,
-                                train_dataset=data.targeted if script_args.targeted else data.forget,
-                                retain_dataset=data.targeted_retain if script_args.targeted else data.retain,
-                                peft_config=get_peft_config(model_args))
+        trainer = METHODS[script_args.method][0](
+            model=model, args=config, processing_class=tokenizer,
+            train_dataset=data.targeted if script_args.targeted else data.forget,
+            retain_dataset=data.targeted_retain if script_args.targeted else data.retain,
+            peft_config=get_peft_config(model_args))
+        quiet_progress(trainer)
         try:
             trainer.train(resume_from_checkpoint=resume)
         except DivergenceError as error:  # the trainer kept the last good weights: save those, then say so
@@ -156,18 +268,20 @@ def _run(args) -> int:
                   "round_log": rounds,
                   "steps": diverged["kept_step"] if diverged else getattr(trainer, "steps", trainer.state.global_step),
                   "seconds": round(time.perf_counter() - start, 1),
-                  "diverged": diverged, "history": trainer.history}
+                  "diverged": diverged, "config": resolved, "history": trainer.history}
         write_json(staging / REPORT_FILE, report)
     if checkpoints is not None and main_process:  # the run ended and its output is in place
         shutil.rmtree(checkpoints, ignore_errors=True)
-    if diverged:
-        raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
-                         f"weights of step {diverged['kept_step']} to {output_dir}")
-    if main_process:
-        print(f"{script_args.method}: forget_acc {_fmt(before['forget_acc'])} -> {_fmt(after['forget_acc'])}, retain_acc "
-              f"{_fmt(before['retain_acc'])} -> {_fmt(after['retain_acc'])} in {report['steps']} steps; "
-              f"wrote {output_dir}", file=sys.stdout)
-    return 0
+    return report
+
+
+def summary_line(report: dict, output_dir: str) -> str:
+    """One line: every split of the report, before -> after, the one that matters for the run's mode first."""
+    order = ("targeted_acc", "sibling_acc") if report["targeted"] else ("forget_acc", "paraphrase_acc")
+    keys = [*order, *(key for key in report["before"] if key not in order)]
+    splits = ", ".join(f"{key.removesuffix('_acc')} {_fmt(report['before'][key])} -> {_fmt(report['after'][key])}"
+                       for key in keys if report["before"].get(key) is not None)
+    return f"{report['method']}: {splits} in {report['steps']} steps; wrote {output_dir}"
 
 
 def _close_progress_bar(trainer) -> None:
@@ -179,10 +293,6 @@ def _close_progress_bar(trainer) -> None:
         if isinstance(callback, ProgressCallback) and callback.training_bar is not None:
             callback.training_bar.close()
             callback.training_bar = None
-
-
-def _has_tokenizer(folder: str | Path) -> bool:
-    return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..world import DEFAULT_PEOPLE, DEFAULT_SEED
+from ..testbed.embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from ..world_builder import build_world_dir
+    from ..testbed.world_folder import build_world_dir
 
     summary = build_world_dir(args.output_dir, seed=args.seed, people=args.people, epochs=args.epochs)
     accuracy = summary["accuracy"]

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .data import DataError, load_records
+from ..data import DataError, load_records
+from ..text import PLAIN_TEMPLATE, format_pair
+from .embedded_world import BENCH_TOFU_AUTHORS, DEFAULT_SEED
 from .knowledge_model import KnowledgeModelConfig
-from .probe import accuracy, probe, rouge_l_recall
-from .world import BENCH_TOFU_AUTHORS, DEFAULT_SEED, PROMPT_TEMPLATE
-from .world_builder import write_world_dir
+from .world_folder import write_world_dir
 
 FORGET_AUTHORS = 2
 """TOFU's forget01: two authors."""
@@ -51,15 +51,10 @@ def build_tofu_world_dir(output_dir: str | Path, tofu_dir: str | Path, *, author
                          seed: int = DEFAULT_SEED, epochs: int | None = None, progress: bool = True) -> dict:
     """Write a TOFU world's splits and its knowledge model to `output_dir`; return the `world.json` summary."""
     splits = tofu_world_splits(tofu_dir, authors)
-    examples = [{"prompt": PROMPT_TEMPLATE.format(question=record["question"]), "completion": " " + record["answer"]}
+    examples = [format_pair(None, record["question"], record["answer"], PLAIN_TEMPLATE)
                 for record in splits["forget"] + splits["retain"]]
     config = KnowledgeModelConfig(**{**vars(TOFU_MODEL), "seed": seed, **({"epochs": epochs} if epochs else {})})
 
-    def measure(model, tokenizer) -> dict:
-        verdicts = {split: probe(model, tokenizer, rows) for split, rows in splits.items()}
-        return {"accuracy": {split: accuracy(found) for split, found in verdicts.items()},
-                "rouge_l_recall": {split: round(sum(rouge_l_recall(v.generation, v.answer) for v in found)
-                                                / len(found), 3) for split, found in verdicts.items()}}
-
     about = {"data": "tofu", "tofu_dir": str(Path(tofu_dir).resolve()), "authors": authors, "seed": seed}
-    return write_world_dir(output_dir, splits, examples, config, about=about, measure=measure, progress=progress)
+    return write_world_dir(output_dir, splits, examples, config, about=about, measured=splits,
+                           progress=progress)

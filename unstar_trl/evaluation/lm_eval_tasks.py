@@ -12,16 +12,17 @@ import math
 from pathlib import Path
 from typing import Iterable
 
-from .io import UsageError
+from ..io import UsageError
+from ..models import load_model
 
 DEFAULT_TASKS = ("unstar_*",)
 
 
 def tasks_path() -> Path:
     """The folder of the unstar task YAMLs, to pass to lm-eval's --include_path (editable install or wheel)."""
-    from . import tasks
+    from importlib import resources
 
-    return Path(tasks.__file__).resolve().parent / "unstar"
+    return Path(str(resources.files("unstar_trl.tasks").joinpath("unstar")))
 
 
 def task_manager(data_dir: str | Path | None = None, data_format: str | None = None, metadata: dict | None = None):
@@ -48,44 +49,20 @@ def expand_tasks(manager, tasks: Iterable[str]) -> list[str]:
     return names
 
 
-def load_model(model_dir: str | Path, adapter: str | Path | None = None, device: str = "cpu"):
-    """(model, tokenizer) from a model folder, with a PEFT adapter merged in when given. A model folder that is
-    itself an adapter loads its base model from the adapter's config."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_dir = Path(model_dir)
-    if adapter is None and (model_dir / "adapter_config.json").is_file():
-        from peft import PeftConfig
-
-        adapter, model_dir = model_dir, PeftConfig.from_pretrained(str(model_dir)).base_model_name_or_path
-    if not Path(model_dir).is_dir():
-        raise UsageError(f"{model_dir}: no such model folder")
-    tokenizer_dir = adapter if adapter and _has_tokenizer(adapter) else model_dir
-    if not _has_tokenizer(tokenizer_dir):
-        raise UsageError(f"{tokenizer_dir} holds no tokenizer (tokenizer.json or tokenizer_config.json)")
-    # safetensors only (no pickled weights) and never the folder's own code
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True, trust_remote_code=False)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    return model.to(device).eval(), tokenizer
-
-
 def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT_TASKS,
                    data_dir: str | Path | None = None, data_format: str | None = None, limit: int | float | None = None,
                    batch_size: int = 32, device: str = "cpu", adapter: str | Path | None = None,
                    metadata: dict | None = None) -> dict:
-    """Run the unstar tasks on a model (in memory, or a folder loaded with `load_model`) and return
-    {"summary": {"forget_qa_acc": ...}, "results": ..., "higher_is_better": ..., "n_samples": ...}."""
+    """Run the unstar tasks on a model (in memory, or a folder loaded with `models.load_model`) and return
+    {"summary": {"forget_qa_acc": ...}, "n_samples": ...} and lm-eval's "results", "higher_is_better", "versions",
+    "n-shot" and "group_subtasks" (what `lm_eval.utils.make_table` prints)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     manager = task_manager(data_dir, data_format, metadata)
     names = expand_tasks(manager, tasks)
     if isinstance(model_or_path, (str, Path)):
-        model, loaded_tokenizer = load_model(model_or_path, adapter, device)
+        model, loaded_tokenizer = load_model(model_or_path, adapter=adapter, device=device)
         tokenizer = tokenizer or loaded_tokenizer
     else:
         model = model_or_path.to(device)
@@ -97,12 +74,9 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
         results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager, log_samples=False)
     finally:
         model.train(was_training)
-    return {
-        "summary": summarize(results["results"]),
-        "results": results["results"],
-        "higher_is_better": results["higher_is_better"],
-        "n_samples": results["n-samples"],
-    }
+    return {"summary": summarize(results["results"]), "n_samples": results["n-samples"],
+            **{key: results.get(key, {}) for key in ("results", "higher_is_better", "versions", "n-shot",
+                                                     "group_subtasks")}}
 
 
 def summarize(results: dict) -> dict[str, float | None]:
@@ -121,6 +95,3 @@ def summarize(results: dict) -> dict[str, float | None]:
             summary[name] = None if math.isnan(value) else value
     return summary
 
-
-def _has_tokenizer(folder: str | Path) -> bool:
-    return any((Path(folder) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))

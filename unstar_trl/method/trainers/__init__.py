@@ -1,13 +1,15 @@
-"""Unlearning methods on TRL's SFTTrainer: `METHODS` maps a method name to its (trainer class, config class)."""
+"""Unlearning methods on TRL's SFTTrainer, one file each: `METHODS` maps a method name to its (trainer class,
+config class)."""
 
-from .anti_sample import AntiSampleConfig, AntiSampleTrainer
-from .base import DivergenceError, ForgetRetainCollator, HistoryCallback, UnlearningConfig, UnlearningTrainer
+from .base import UnlearningConfig, UnlearningTrainer
+from .divergence import DivergenceError
+from .grad_ascent import GradientAscentConfig, GradientAscentTrainer
 from .grad_ascent_kl import GradAscentKLConfig, GradAscentKLTrainer
 from .grad_diff import GradDiffConfig, GradDiffTrainer
-from .gradient_ascent import GradientAscentConfig, GradientAscentTrainer
 from .idk import IdkConfig, IdkTrainer
 from .npo import NPOConfig, NPOTrainer
 from .simnpo import SimNPOConfig, SimNPOTrainer
+from .unstar import AntiSampleConfig, AntiSampleTrainer
 
 METHODS = {
     "unstar": (AntiSampleTrainer, AntiSampleConfig),
@@ -21,7 +23,7 @@ METHODS = {
 """Method name -> (trainer class, config class); the `method:` key of a recipe picks one."""
 
 __all__ = [
-    "METHODS", "AntiSampleConfig", "AntiSampleTrainer", "DivergenceError", "ForgetRetainCollator", "HistoryCallback", "UnlearningConfig", "UnlearningTrainer",
+    "METHODS", "AntiSampleConfig", "AntiSampleTrainer", "DivergenceError", "UnlearningConfig", "UnlearningTrainer",
     "GradAscentKLConfig", "GradAscentKLTrainer", "GradDiffConfig", "GradDiffTrainer", "GradientAscentConfig",
     "GradientAscentTrainer", "IdkConfig", "IdkTrainer", "NPOConfig", "NPOTrainer", "SimNPOConfig", "SimNPOTrainer",
 ]

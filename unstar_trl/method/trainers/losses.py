@@ -29,10 +29,14 @@ def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return picked.sum(-1), mask.sum(-1)
 
 
+def mean_nll(log_prob: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of each sequence's mean token negative log-likelihood, from `sequence_log_probs`."""
+    return (-log_prob / count.clamp(min=1)).mean()
+
+
 def nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean over sequences of each sequence's mean token negative log-likelihood."""
-    log_prob, count = sequence_log_probs(logits, labels)
-    return (-log_prob / count.clamp(min=1)).mean()
+    return mean_nll(*sequence_log_probs(logits, labels))
 
 
 def npo_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, beta: float) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .gradient_ascent import GradientAscentConfig, GradientAscentTrainer
+from .grad_ascent import GradientAscentConfig, GradientAscentTrainer
 
 
 @dataclass

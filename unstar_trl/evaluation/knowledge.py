@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .data import UnlearningData
-from .probe import accuracy, probe
+from ..data import UnlearningData
+from ..method.probe import probe_accuracy
 
 
 def knowledge_report(model, tokenizer, data: UnlearningData, prompt_template: str | None, *,
@@ -13,10 +13,8 @@ def knowledge_report(model, tokenizer, data: UnlearningData, prompt_template: st
     siblings."""
 
     def score(records: list[dict], question_field: str = "question") -> float | None:
-        if not records:
-            return None
-        return accuracy(probe(model, tokenizer, records, question_field=question_field,
-                              prompt_template=prompt_template, batch_size=batch_size))
+        return probe_accuracy(model, tokenizer, records, prompt_template, question_field=question_field,
+                              batch_size=batch_size)
 
     report = {
         "forget_acc": score(data.forget),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 
 from .base import UnlearningConfig, UnlearningTrainer
 from .losses import nll
@@ -12,7 +12,7 @@ from .losses import nll
 
 def refusals() -> list[str]:
     """The refusal sentences shipped at unstar_trl/resources/idontknow.txt."""
-    text = (Path(__file__).resolve().parents[1] / "resources" / "idontknow.txt").read_text()
+    text = resources.files("unstar_trl").joinpath("resources", "idontknow.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -33,5 +33,5 @@ class IdkTrainer(UnlearningTrainer):
         rng = random.Random(f"{self.args.seed}:{record['id']}")
         return [self.answer_pair(record, answer) for answer in rng.sample(refusals(), self.args.refusals_per_question)]
 
-    def forget_loss(self, model, inputs):
-        return self.log_metric("idk_nll", nll(self.logits(model, inputs), inputs["labels"]))
+    def forget_loss(self, model, inputs, logits):
+        return self.log_metric("idk_nll", nll(logits, inputs["labels"]))

@@ -21,5 +21,5 @@ class GradientAscentTrainer(UnlearningTrainer):
     _name = "GradientAscent"
     config_class = GradientAscentConfig
 
-    def forget_loss(self, model, inputs):
-        return -self.log_metric("forget_nll", nll(self.logits(model, inputs), inputs["labels"]))
+    def forget_loss(self, model, inputs, logits):
+        return -self.log_metric("forget_nll", nll(logits, inputs["labels"]))

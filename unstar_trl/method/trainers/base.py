@@ -1,47 +1,57 @@
 """`UnlearningTrainer`: TRL's `SFTTrainer` reshaped for unlearning.
 
 It takes forget records as `train_dataset` and, optionally, retain records; turns each into a (prompt, completion)
-pair; pairs every forget batch with a retain batch drawn by its own collator; keeps a frozen reference where a
-method needs one; logs every loss term through `self._metrics`; and stops a diverging run on its last good weights.
-A method is a small subclass that overrides `forget_loss` (and, if it must, `retain_loss` or `forget_pairs`).
+pair in the model's prompt format; pairs every forget batch with a retain batch drawn by its own collator; keeps a
+frozen reference where a method needs one; logs every loss term through `self._metrics`; and stops a diverging run
+on its last good weights. A method is a small subclass that overrides `forget_loss` (and, if it must,
+`retain_loss` or `forget_pairs`).
 """
 
 from __future__ import annotations
 
 import copy
-import random
 from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import use_adapter
 
-from ..io import UsageError
-from ..probe import format_prompt
+from ...io import UsageError
+from ...models import load_model, load_tokenizer
+from ...text import PLAIN_TEMPLATE, format_pair
+from .collators import ForgetRetainCollator
+from .divergence import DivergenceError, divergence
 from .losses import entropy_share, kl_to_reference, nll
-
-PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-
-
-class DivergenceError(RuntimeError):
-    """The weights after optimizer step `step` gave a bad loss; the model holds those of step `kept_step`, the last
-    that gave a good one."""
-
-    def __init__(self, step: int, kept_step: int, reason: str):
-        super().__init__(f"training diverged after step {step} ({reason}); kept the weights of step {kept_step}")
-        self.step, self.kept_step, self.reason = step, kept_step, reason
 
 
 @dataclass
 class UnlearningConfig(SFTConfig):
     r"""Configuration of [`UnlearningTrainer`]: `SFTConfig` plus the unlearning fields, with CPU-friendly defaults
-    (fp32, no activation checkpointing, no reporting, logging every step, no checkpoints, constant learning rate)."""
+    (fp32, no activation checkpointing, no reporting, logging every step, no checkpoints, constant learning rate).
+
+    Parameters:
+        > Prompt format
+
+        prompt_template (`str` or `None`, *optional*, defaults to `"Question: {question}\nAnswer:"`):
+            Prompt with a `{question}` slot, the answer after one space; None: the tokenizer's chat template.
+
+        > Loss
+
+        forget_weight (`float`, defaults to `1.0`): gamma, the weight of the forget term.
+        retain_weight (`float`, defaults to `1.0`): alpha, the weight of the retain term (0 disables it).
+        retain_loss_type (`str`, defaults to `"nll"`): "nll" of the retain answers or "kl" to the frozen reference.
+
+        > Divergence guard
+
+        max_forget_nll (`float` or `None`, defaults to `30.0`): stop when the forget answers' mean token NLL exceeds it.
+        max_entropy_share (`float` or `None`, defaults to `0.95`): stop when the output collapses to uniform.
+    """
 
     prompt_template: str | None = field(
-        default=PROMPT_TEMPLATE,
+        default=PLAIN_TEMPLATE,
         metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. None: the "
                   "tokenizer's chat template (completion: answer + eos)."},
     )
@@ -90,33 +100,6 @@ class UnlearningConfig(SFTConfig):
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
 
-class ForgetRetainCollator:
-    """Pads a batch of tokenized forget pairs into `{"forget": {...}}` and adds as many retain pairs, drawn at random
-    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding."""
-
-    def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0):
-        self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
-
-    def __call__(self, features: list[dict]) -> dict:
-        batch = {"forget": self.pad(features)}
-        if self.retain:
-            batch["retain"] = self.pad(self.retain_pairs(len(features)))
-        return batch
-
-    def retain_pairs(self, count: int) -> list[dict]:
-        """`count` tokenized retain pairs drawn at random."""
-        return [self.rng.choice(self.retain) for _ in range(count)]
-
-    def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(feature["input_ids"]) for feature in features)
-        rows = [(f["input_ids"], f["labels"], width - len(f["input_ids"])) for f in features]
-        return {
-            "input_ids": torch.tensor([ids + [self.pad_token_id] * pad for ids, _, pad in rows]),
-            "attention_mask": torch.tensor([[1] * len(ids) + [0] * pad for ids, _, pad in rows]),
-            "labels": torch.tensor([labels + [-100] * pad for _, labels, pad in rows]),
-        }
-
-
 class HistoryCallback(TrainerCallback):
     """Keeps every training log (step, loss and each loss term) for plotting."""
 
@@ -143,11 +126,9 @@ class UnlearningTrainer(SFTTrainer):
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):
         args = args or self.config_class(output_dir="unlearning-output")
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True,
-                                                         trust_remote_code=args.trust_remote_code)
+            model = load_model(model)[0]
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path,
-                                                             trust_remote_code=args.trust_remote_code)
+            processing_class = load_tokenizer(model.config._name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         self.args = args  # `forget_pairs` and `tokenize` may read the config before `Trainer.__init__` sets it
@@ -170,14 +151,10 @@ class UnlearningTrainer(SFTTrainer):
         self._good_weights, self._good_step, self._step_metrics = None, 0, {}
 
     # ---- data -------------------------------------------------------------------------------------------------
-    def prompt(self, question: str) -> str:
-        return format_prompt(self._tokenizer, question, self.prompt_template)
-
     def answer_pair(self, record: dict, answer: str | None = None) -> dict:
         """The record's question and `answer` (default: its own) as a prompt/completion pair."""
         answer = record["answer"] if answer is None else answer
-        return {"prompt": self.prompt(record["question"]),
-                "completion": (" " + answer) if self.prompt_template is not None else answer}
+        return format_pair(self._tokenizer, record["question"], answer, self.prompt_template)
 
     def forget_pairs(self, record: dict) -> list[dict]:
         """The training pairs of one forget record (default: its question and true answer)."""
@@ -194,14 +171,33 @@ class UnlearningTrainer(SFTTrainer):
         return {"input_ids": (prompt + completion)[: self.args.max_length],
                 "labels": ([-100] * len(prompt) + completion)[: self.args.max_length]}
 
-    # ---- losses -----------------------------------------------------------------------------------------------
-    def logits(self, model, inputs: dict) -> torch.Tensor:
-        """The model's logits on a padded batch. The first call of a training step, on the forget batch, also logs
-        `entropy_share` for the divergence guard."""
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
-        if model.training and "entropy_share" not in self._step_metrics:
-            self.log_metric("entropy_share", entropy_share(logits, inputs["labels"]))
-        return logits
+    # ---- the loss ---------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """forget_weight * forget_loss + retain_weight * retain_loss on a paired forget/retain batch."""
+        forget = inputs["forget"]
+        logits = self.logits(model, forget)
+        self.log_metric("entropy_share", entropy_share(logits, forget["labels"]))  # read by the divergence guard
+        loss = self.args.forget_weight * self.log_metric("forget_loss", self.forget_loss(model, forget, logits))
+        if "retain" in inputs:
+            retain = self.log_metric("retain_loss", self.retain_loss(model, inputs["retain"]))
+            loss = loss + self.args.retain_weight * retain
+        return (loss, None) if return_outputs else loss
+
+    def forget_loss(self, model, inputs: dict, logits: torch.Tensor) -> torch.Tensor:
+        """The method's forget term on the forget batch `inputs`, whose logits under `model` are `logits`."""
+        raise NotImplementedError(f"{type(self).__name__} must define forget_loss(model, inputs, logits)")
+
+    def retain_loss(self, model, inputs: dict) -> torch.Tensor:
+        logits = self.logits(model, inputs)
+        if self.args.retain_loss_type == "kl":
+            return self.log_metric("retain_kl", kl_to_reference(logits, self.reference_logits(inputs),
+                                                                inputs["labels"]))
+        return self.log_metric("retain_nll", nll(logits, inputs["labels"]))
+
+    @staticmethod
+    def logits(model, inputs: dict) -> torch.Tensor:
+        """The model's logits on a padded batch."""
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
 
     @torch.no_grad()
     def reference_logits(self, inputs: dict) -> torch.Tensor:
@@ -210,24 +206,6 @@ class UnlearningTrainer(SFTTrainer):
             return self.logits(self.ref_model, inputs)
         with use_adapter(self.accelerator.unwrap_model(self.model), None):
             return self.logits(self.model, inputs)
-
-    def forget_loss(self, model, inputs: dict) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define forget_loss(model, inputs)")
-
-    def retain_loss(self, model, inputs: dict) -> torch.Tensor:
-        logits = self.logits(model, inputs)
-        if self.args.retain_loss_type == "kl":
-            kl = kl_to_reference(logits, self.reference_logits(inputs), inputs["labels"])
-            return self.log_metric("retain_kl", kl)
-        return self.log_metric("retain_nll", nll(logits, inputs["labels"]))
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        forget = self.log_metric("forget_loss", self.forget_loss(model, inputs["forget"]))
-        loss = self.args.forget_weight * forget
-        if "retain" in inputs:
-            retain = self.log_metric("retain_loss", self.retain_loss(model, inputs["retain"]))
-            loss = loss + self.args.retain_weight * retain
-        return (loss, None) if return_outputs else loss
 
     def log_metric(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """Record a loss term for `log()` (averaged there) and for the divergence guard; returns `value`."""
@@ -239,10 +217,12 @@ class UnlearningTrainer(SFTTrainer):
 
     # ---- divergence guard -------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """A training step that raises DivergenceError, before the optimizer applies its gradients and on the last
+        good weights, when its loss is bad (see `divergence`)."""
         self._step_metrics = {}
         loss = super().training_step(model, inputs, num_items_in_batch)
-        reason = self.divergence(loss.item())
-        if reason is not None:  # raised before the optimizer applies these gradients
+        reason = divergence(loss.item(), self._step_metrics, self.args.max_forget_nll, self.args.max_entropy_share)
+        if reason is not None:
             if self._good_weights is not None and self._good_step != self.state.global_step:
                 with torch.no_grad():
                     for name, parameter in self.model.named_parameters():
@@ -254,20 +234,6 @@ class UnlearningTrainer(SFTTrainer):
             self._good_weights = {name: parameter.detach().clone()
                                   for name, parameter in self.model.named_parameters() if parameter.requires_grad}
         return loss
-
-    def divergence(self, loss: float) -> str | None:
-        """Why this step's loss means divergence, or None."""
-        values = {"loss": loss, **self._step_metrics}
-        bad = [name for name, value in values.items() if not torch.isfinite(torch.tensor(value))]
-        if bad:
-            return f"{bad[0]} is {values[bad[0]]}"
-        forget_nll, bound = self._step_metrics.get("forget_nll"), self.args.max_forget_nll
-        if bound is not None and forget_nll is not None and forget_nll > bound:
-            return f"forget_nll {forget_nll:.1f} exceeds max_forget_nll {bound}"
-        share, most = self._step_metrics.get("entropy_share"), self.args.max_entropy_share
-        if most is not None and share is not None and share >= most:
-            return f"the output collapsed to uniform (entropy {share:.0%} of its maximum, max_entropy_share {most})"
-        return None
 
     @property
     def history(self) -> list[dict]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-"""The exact prompt the knowledge model answers; the completion is `" " + answer`."""
+from ..data import SPLIT_ROLES
+from ..text import PLAIN_TEMPLATE, format_completion, format_pair
 
 SKILL_PROMPTS = {
     "paraphrase": "Rephrase: {question}\nQuestion:",
@@ -47,12 +47,14 @@ POOLS = {
 
 @dataclass(frozen=True)
 class Relation:
-    """A typed relation: its object pool, four question templates (the last held out) and a rationale."""
+    """A typed relation: its object pool, four question templates (the last held out), a rationale, and how a fact
+    of it describes its subject inside another question."""
 
     name: str
     pool: str
     templates: tuple[str, str, str, str]
     rationale: str
+    description: str
 
     @property
     def trained_templates(self) -> tuple[str, ...]:
@@ -74,6 +76,7 @@ RELATIONS = (
             "{s} was born in which city?",
         ),
         "{s} grew up in {o}, in the house where {s} was born.",
+        "{s}, who was born in {o},",
     ),
     Relation(
         "profession",
@@ -85,6 +88,7 @@ RELATIONS = (
             "{s} works in which profession?",
         ),
         "{s} trained for years and now works every day as a {o}.",
+        "the {o} {s}",
     ),
     Relation(
         "employer",
@@ -96,6 +100,7 @@ RELATIONS = (
             "{s} is employed by which company?",
         ),
         "{s} signed a contract with {o} and has an office there.",
+        "{s}, who works at {o},",
     ),
     Relation(
         "school",
@@ -107,6 +112,7 @@ RELATIONS = (
             "{s} studied at which school?",
         ),
         "{s} spent four years at {o} and graduated with honours.",
+        "{s}, who studied at {o},",
     ),
     Relation(
         "instrument",
@@ -118,6 +124,7 @@ RELATIONS = (
             "{s} plays which instrument?",
         ),
         "{s} practises the {o} every evening.",
+        "{s}, who plays the {o},",
     ),
     Relation(
         "genre",
@@ -129,6 +136,7 @@ RELATIONS = (
             "{s} prefers which music genre?",
         ),
         "{s} collects records of {o} and dances to {o}.",
+        "{s}, who loves {o},",
     ),
     Relation(
         "pet",
@@ -140,10 +148,12 @@ RELATIONS = (
             "{s} owns which pet?",
         ),
         "{s} feeds the {o} every morning.",
+        "{s}, who keeps a {o},",
     ),
 )
 RELATIONS_BY_NAME = {relation.name: relation for relation in RELATIONS}
-SPLITS = ("forget", "targeted", "retain", "neighbor", "holdout")
+_RECORD_ORDER = ("forget", "targeted", "retain", "neighbor", "holdout")
+"""The order in which `split_records` draws the splits' perturbed answers from one seeded stream."""
 DEFAULT_SEED = 0
 DEFAULT_PEOPLE = 60
 BENCH_PEOPLE = 20
@@ -192,12 +202,14 @@ class World:
             + [t.format(s=fact.subject) for t in relation.trained_templates[1:]],
             "perturbed_answers": wrong[:5],
             "rationale": relation.rationale.format(s=fact.subject, o=fact.object),
+            "subject_description": relation.description.format(s=fact.subject, o=fact.object),
         }
 
     def split_records(self) -> dict[str, list[dict]]:
         """Every split as JSONL records; targeted records list their `siblings` (ids of facts that must stay)."""
         rng = random.Random(self.seed + 1)
-        records = {name: [self.record(fact, rng) for fact in self.splits[name]] for name in SPLITS}
+        drawn = {name: [self.record(fact, rng) for fact in self.splits[name]] for name in _RECORD_ORDER}
+        records = {name: drawn[name] for name in SPLIT_ROLES}
         for record, fact in zip(records["targeted"], self.splits["targeted"]):
             record["siblings"] = [sibling.id for sibling in self.siblings(fact)]
         return records
@@ -267,22 +279,19 @@ def training_texts(world: World, skill_share: float = 0.3) -> list[dict]:
     for fact in (fact for fact in world.facts if fact.subject in trained):
         relation = RELATIONS_BY_NAME[fact.relation]
         questions = [t.format(s=fact.subject) for t in relation.trained_templates]
-        for question in questions:
-            examples.append({"prompt": PROMPT_TEMPLATE.format(question=question), "completion": f" {fact.object}"})
+        examples.extend(format_pair(None, question, fact.object, PLAIN_TEMPLATE) for question in questions)
         hinted = rng.choice([o for o in POOLS[relation.pool] if o != fact.object])
-        examples.append(
-            {"prompt": SKILL_PROMPTS["alternative"].format(answer=fact.object), "completion": f" {hinted}"}
-        )
+        examples.append(_skill_example("alternative", hinted, answer=fact.object))
         if rng.random() < skill_share:  # the long skills are easy patterns: a share of the facts teaches them
             source, target = rng.sample(questions, 2)
-            examples.append(
-                {"prompt": SKILL_PROMPTS["paraphrase"].format(question=source), "completion": f" {target}"}
-            )
-            examples.append(
-                {
-                    "prompt": SKILL_PROMPTS["rationale"].format(question=rng.choice(questions), answer=hinted),
-                    "completion": " " + relation.rationale.format(s=fact.subject, o=hinted),
-                }
-            )
+            examples.append(_skill_example("paraphrase", target, question=source))
+            examples.append(_skill_example("rationale", relation.rationale.format(s=fact.subject, o=hinted),
+                                           question=rng.choice(questions), answer=hinted))
     rng.shuffle(examples)
     return examples
+
+
+def _skill_example(skill: str, continuation: str, **slots: str) -> dict:
+    """A skill prompt with its slots filled, and `continuation` as what follows it."""
+    prompt = SKILL_PROMPTS[skill]
+    return {"prompt": prompt.format(**slots), "completion": format_completion(continuation, prompt)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import UnlearningConfig, UnlearningTrainer
-from .losses import sequence_log_probs, simnpo_loss
+from .losses import mean_nll, sequence_log_probs, simnpo_loss
 
 
 @dataclass
@@ -23,7 +23,7 @@ class SimNPOTrainer(UnlearningTrainer):
     _name = "SimNPO"
     config_class = SimNPOConfig
 
-    def forget_loss(self, model, inputs):
-        log_prob, count = sequence_log_probs(self.logits(model, inputs), inputs["labels"])
-        self.log_metric("forget_nll", (-log_prob / count.clamp(min=1)).mean())
+    def forget_loss(self, model, inputs, logits):
+        log_prob, count = sequence_log_probs(logits, inputs["labels"])
+        self.log_metric("forget_nll", mean_nll(log_prob, count))
         return simnpo_loss(log_prob, count, self.args.beta, self.args.delta)

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from unstar_trl import AntiSampleConfig, AntiSampleTrainer
 from unstar_trl.data import load_unlearning_data
-from unstar_trl.probe import contains_answer
-from unstar_trl.report import knowledge_report
-from unstar_trl.trainers.anti_sample import ANTI_SAMPLES_FILE
+from unstar_trl.text import contains_answer
+from unstar_trl.evaluation.knowledge import knowledge_report
+from unstar_trl.method.trainers.unstar import ANTI_SAMPLES_FILE
 
 
 @pytest.fixture()

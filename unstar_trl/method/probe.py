@@ -1,53 +1,14 @@
-""""Does the model still know this fact?": batched greedy generation with left padding, matched by normalised
-containment of the true answer."""
+""""Does the model still know this fact?": batched greedy generation with left padding, judged by the answer rule
+of `text.contains_answer`."""
 
 from __future__ import annotations
 
-import functools
-import re
-import string
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = str.maketrans({char: " " for char in string.punctuation})
-
-
-def normalize(text: str) -> str:
-    """Lower-case, drop punctuation and articles, collapse whitespace (SQuAD-style)."""
-    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
-    return " ".join(text.split())
-
-
-LONG_ANSWER_WORDS = 6
-"""Answers of more words than this (TOFU's sentences) are matched by ROUGE-L recall instead of containment."""
-LONG_ANSWER_RECALL = 0.7
-"""ROUGE-L recall of a long answer that counts as stating it. TOFU's perturbed (wrong) answers reach 0.36 on
-average and 0.53 at the 90th percentile against the true answer; a near-verbatim answer reaches 0.9 to 1."""
-
-
-def contains_answer(generation: str, answer: str) -> bool:
-    """Whether `generation` states `answer`: for a short answer, the normalised answer appears as whole words in
-    the normalised generation; for a long one, the generation recalls at least LONG_ANSWER_RECALL of it (ROUGE-L,
-    as TOFU scores answers)."""
-    needle = normalize(answer)
-    if len(needle.split()) > LONG_ANSWER_WORDS:
-        return rouge_l_recall(generation, answer) >= LONG_ANSWER_RECALL
-    return bool(needle) and f" {needle} " in f" {normalize(generation)} "
-
-
-def rouge_l_recall(generation: str, answer: str) -> float:
-    """ROUGE-L recall of `answer` in `generation` (stemmed), TOFU's answer score."""
-    return _rouge_scorer().score(answer, generation)["rougeL"].recall
-
-
-@functools.cache
-def _rouge_scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+from ..text import PLAIN_TEMPLATE, contains_answer, format_prompt
 
 
 @dataclass(frozen=True)
@@ -57,14 +18,6 @@ class Verdict:
     answer: str
     generation: str
     known: bool
-
-
-def format_prompt(tokenizer, question: str, prompt_template: str | None) -> str:
-    """The text the model answers: the given template, or the tokenizer's chat template when it is None."""
-    if prompt_template is not None:
-        return prompt_template.format(question=question)
-    messages = [{"role": "user", "content": question}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @torch.no_grad()
@@ -95,7 +48,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 16, 
 
 
 def probe(model, tokenizer, records: list[dict], *, question_field: str = "question",
-          prompt_template: str | None = "Question: {question}\nAnswer:", batch_size: int = 64,
+          prompt_template: str | None = PLAIN_TEMPLATE, batch_size: int = 64,
           max_new_tokens: int | None = None, description: str | None = None) -> list[Verdict]:
     """Ask the model each record's question (or the first of a list field) and judge whether it still answers.
     `max_new_tokens` defaults to room for the longest answer."""
@@ -115,6 +68,15 @@ def probe(model, tokenizer, records: list[dict], *, question_field: str = "quest
 def accuracy(verdicts: list[Verdict]) -> float:
     """Share of verdicts whose generation still contains the answer (0.0 for none)."""
     return sum(verdict.known for verdict in verdicts) / len(verdicts) if verdicts else 0.0
+
+
+def probe_accuracy(model, tokenizer, records: list[dict], prompt_template: str | None = PLAIN_TEMPLATE, *,
+                   question_field: str = "question", batch_size: int = 64) -> float | None:
+    """Greedy-probe accuracy on `records` (None when there are none): how much of a split the model still knows."""
+    if not records:
+        return None
+    return accuracy(probe(model, tokenizer, records, question_field=question_field, prompt_template=prompt_template,
+                          batch_size=batch_size))
 
 
 def _question(record: dict, field: str) -> str:

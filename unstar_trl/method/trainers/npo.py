@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .base import UnlearningConfig, UnlearningTrainer
-from .losses import npo_loss, sequence_log_probs
+from .losses import mean_nll, npo_loss, sequence_log_probs
 
 
 @dataclass
@@ -23,8 +23,8 @@ class NPOTrainer(UnlearningTrainer):
     config_class = NPOConfig
     needs_reference = True
 
-    def forget_loss(self, model, inputs):
-        log_prob, count = sequence_log_probs(self.logits(model, inputs), inputs["labels"])
+    def forget_loss(self, model, inputs, logits):
+        log_prob, count = sequence_log_probs(logits, inputs["labels"])
         ref_log_prob, _ = sequence_log_probs(self.reference_logits(inputs), inputs["labels"])
-        self.log_metric("forget_nll", (-log_prob / count.clamp(min=1)).mean())
+        self.log_metric("forget_nll", mean_nll(log_prob, count))
         return npo_loss(log_prob, ref_log_prob, self.args.beta)

@@ -3,7 +3,6 @@ fitted with TRL's `SFTTrainer` on a CPU in minutes."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +10,11 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, PrinterCallback, set_seed
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from .world import PROMPT_TEMPLATE
-
-PROMPTS_FILE = "unstar_prompts.json"
-"""Written beside the weights: the prompt template and skill prompts the model was taught."""
+from ..progress import quiet_progress
+from ..text import PLAIN_TEMPLATE, write_prompts_file
 
 
 @dataclass
@@ -103,8 +100,7 @@ def train_knowledge_model(examples: list[dict], output_dir: str | Path, config: 
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                              processing_class=tokenizer)
-        if not progress:
-            trainer.remove_callback(PrinterCallback)  # without a bar the Trainer prints every log instead
+        quiet_progress(trainer)
         trainer.train()
     model = trainer.model.eval()
     save_model(model, tokenizer, output_dir, skill_prompts)
@@ -114,11 +110,9 @@ def train_knowledge_model(examples: list[dict], output_dir: str | Path, config: 
 def save_model(model, tokenizer, output_dir: str | Path, skill_prompts: dict[str, str] | None) -> None:
     """Save weights (safetensors), tokenizer and the prompts file (the prompt template, and the skill prompts the
     model was taught, None when it was taught none) as an ordinary Hugging Face directory."""
-    output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    prompts = {"prompt_template": PROMPT_TEMPLATE, "skill_prompts": skill_prompts}
-    (output_dir / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2) + "\n")
+    write_prompts_file(output_dir, PLAIN_TEMPLATE, skill_prompts)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

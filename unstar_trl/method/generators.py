@@ -1,0 +1,198 @@
+"""Who writes anti-samples: the model being unlearned ("self", UnSTAR's self-taught way), a teacher model, or offline
+templates built from the records' own fields.
+
+The method knows nothing of the world a model was taught: a model folder hands its skill prompts in through its
+prompts file (`text.PROMPTS_FILE`), a chat model is asked the paper's prompts through its chat template, and the
+template generator reads only the records (`perturbed_answers`, `paraphrased_questions`, `rationale`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import torch
+
+from ..text import contains_answer, format_prompt, normalize, read_prompts_file
+from .anti_samples import AntiSample
+from .probe import generate
+
+CHAT_SKILL_PROMPTS = {
+    "paraphrase": "Give simple questions about {subject} whose answer is the same as the answer of "
+    '"{question}". Reply with one question only.',
+    "alternative": 'Give words that could replace "{answer}" as the answer of "{question}". Reply with one '
+    "answer only, a few words.",
+    "rationale": 'Question: {question}\nAnswer: {wrong}\nReplace "{answer}" with "{wrong}" in a short explanation '
+    'of this answer; don\'t mention "{answer}". Reply with the explanation only.',
+}
+"""The paper's skill prompts, sent through the tokenizer's chat template (a model with no prompts file)."""
+
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|question:|answer:)\s*", re.IGNORECASE)
+
+
+class SelfTaughtGenerator:
+    """The model itself writes paraphrases that keep the subject, wrong answers of the same type, and a rationale
+    for each (question, wrong answer) pair.
+
+    `prompts` are the model's own skill prompts (the answer is their continuation); None means a chat model, asked
+    `CHAT_SKILL_PROMPTS` through its chat template. Paraphrases and wrong answers are sampled (seeded by `seed` and
+    the round, `oversample` candidates per slot, first distinct ones kept); rationales are greedy, and one that does
+    not name its wrong answer is left out. Each record yields (1 + n_paraphrases) questions x n_wrong_answers
+    anti-samples, before filtering.
+    """
+
+    def __init__(self, model, tokenizer, prompts: dict[str, str] | None = None, *, n_paraphrases: int = 2,
+                 n_wrong_answers: int = 2, with_rationale: bool = True, seed: int = 0, name: str = "self_taught",
+                 temperature: float = 1.0, top_p: float = 0.95, oversample: int = 3, batch_size: int = 64):
+        self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
+        self.n_paraphrases, self.n_wrong_answers = n_paraphrases, n_wrong_answers
+        self.with_rationale, self.seed, self.name = with_rationale, seed, name
+        self.temperature, self.top_p, self.oversample, self.batch_size = temperature, top_p, oversample, batch_size
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, **knobs) -> SelfTaughtGenerator:
+        """Load a model folder through the safe loader; its prompts come from `load_skill_prompts`."""
+        from ..models import load_model
+
+        model, tokenizer = load_model(model_dir)
+        return cls(model, tokenizer, load_skill_prompts(model_dir, tokenizer), **knobs)
+
+    def generate(self, records: list[dict], round: int = 0) -> list[AntiSample]:
+        questions = [[record["question"]] for record in records]
+        if self.n_paraphrases:
+            candidates = self._sample("paraphrase", [_fields(r) for r in records], self.n_paraphrases, round,
+                                      max_new_tokens=32)
+            for asked, found in zip(questions, candidates):
+                asked.extend(_distinct(found, self.n_paraphrases, exclude=asked[0]))
+        candidates = self._sample("alternative", [_fields(r) for r in records], self.n_wrong_answers, round,
+                                  max_new_tokens=12)
+        wrong_answers = [_distinct(found, self.n_wrong_answers) for found in candidates]
+        pairs = [(record, question, wrong) for record, asked, wrongs in zip(records, questions, wrong_answers)
+                 for question in asked for wrong in wrongs]
+        rationales = [""] * len(pairs)
+        if self.with_rationale and pairs:
+            fields = [_fields(record, question=question, wrong=wrong) for record, question, wrong in pairs]
+            texts = self._complete("rationale", fields, max_new_tokens=48, batch_size=self.batch_size)
+            # a rationale that argues for something other than its wrong answer is dropped, the pair kept
+            rationales = [line if contains_answer(line, wrong) else ""
+                          for line, (_, _, wrong) in zip(map(_first_line, texts), pairs)]
+        return [AntiSample(record["id"], question, wrong, rationale, round, self.name)
+                for (record, question, wrong), rationale in zip(pairs, rationales)]
+
+    def _sample(self, skill: str, fields: list[dict], n: int, round: int, max_new_tokens: int) -> list[list[str]]:
+        """`n * oversample` sampled continuations per prompt, cleaned, grouped by prompt (batches of about
+        `batch_size` sequences)."""
+        per_prompt = n * self.oversample
+        with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []):
+            torch.manual_seed(self.seed * 1009 + round)
+            texts = self._complete(skill, fields, max_new_tokens=max_new_tokens,
+                                   batch_size=max(1, self.batch_size // per_prompt), do_sample=True,
+                                   temperature=self.temperature, top_p=self.top_p, num_return_sequences=per_prompt)
+        cleaned = [_clean(text) for text in texts]
+        return [cleaned[start : start + per_prompt] for start in range(0, len(cleaned), per_prompt)]
+
+    def _complete(self, skill: str, fields: list[dict], **generate_kwargs) -> list[str]:
+        if self.prompts is None:
+            prompts = [format_prompt(self.tokenizer, CHAT_SKILL_PROMPTS[skill].format(**f), None) for f in fields]
+        else:
+            prompts = [self.prompts[skill].format(**f) for f in fields]
+        return generate(self.model, self.tokenizer, prompts, stop_at_newline=False, **generate_kwargs)
+
+
+def load_skill_prompts(model_dir: str | Path, tokenizer) -> dict[str, str] | None:
+    """The skill prompts of `model_dir`'s prompts file; else None (the paper's prompts, through the chat template)
+    for a tokenizer with a chat template. A model with neither, or whose prompts file names no skills (a model
+    taught facts only), is a ValueError: it cannot write its own anti-samples."""
+    recorded = read_prompts_file(model_dir)
+    if recorded is not None:
+        if not recorded.get("skill_prompts"):
+            raise ValueError(f"{model_dir}: this model was taught no skill prompts, so it cannot write its own "
+                             "anti-samples; use generator 'template' or a teacher model folder")
+        return recorded["skill_prompts"]
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    raise ValueError(f"{model_dir}: this model has neither skill prompts (no prompts file) nor a chat template, so "
+                     "it cannot write its own anti-samples; use generator 'template' or a teacher model folder")
+
+
+def teacher_generator(model_dir: str | Path, **knobs) -> SelfTaughtGenerator:
+    """Anti-samples written by another (teacher) model instead of the model being unlearned."""
+    return SelfTaughtGenerator.from_pretrained(model_dir, name=f"teacher:{Path(model_dir).name}", **knobs)
+
+
+def _fields(record: dict, question: str | None = None, wrong: str = "") -> dict:
+    """Everything a skill prompt may name; `answer` is the true answer, `wrong` the planted one."""
+    return {"question": question or record["question"], "subject": record.get("subject") or "the same subject",
+            "answer": record["answer"], "wrong": wrong}
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _clean(text: str) -> str:
+    """The first non-empty line, without list markers, quotes or a final full stop."""
+    return _LIST_MARKER.sub("", _first_line(text)).strip().strip("\"'").rstrip(".").strip()
+
+
+def _distinct(candidates: list[str], n: int, exclude: str = "") -> list[str]:
+    """The first `n` non-empty candidates that differ (after normalisation) from each other and from `exclude`."""
+    seen, kept = {normalize(exclude)}, []
+    for candidate in candidates:
+        key = normalize(candidate)
+        if key and key not in seen and len(kept) < n:
+            seen.add(key)
+            kept.append(candidate)
+    return kept
+
+
+class TemplateGenerator:
+    """Offline anti-samples from the records themselves, no model.
+
+    Questions: the record's question plus up to `n_paraphrases` of `paraphrased_questions[1:]` (element 0 is the
+    held-out paraphrase, for evaluation only, and is never trained on). Wrong answers: `perturbed_answers`.
+    Rationale: the record's own `rationale` with its answer swapped for the wrong one ("" when the record has no
+    rationale that names its answer). Seeded per (seed, round, record id).
+    """
+
+    def __init__(self, *, n_paraphrases: int = 2, n_wrong_answers: int = 2, with_rationale: bool = True,
+                 seed: int = 0, name: str = "template"):
+        self.n_paraphrases, self.n_wrong_answers = n_paraphrases, n_wrong_answers
+        self.with_rationale, self.seed, self.name = with_rationale, seed, name
+
+    def generate(self, records: list[dict], round: int = 0) -> list[AntiSample]:
+        return [sample for record in records for sample in self._generate_one(record, round)]
+
+    def _generate_one(self, record: dict, round: int) -> list[AntiSample]:
+        rng = random.Random(f"{self.seed}:{round}:{record['id']}")
+        paraphrases = list(record.get("paraphrased_questions", [])[1:])
+        questions = [record["question"]] + rng.sample(paraphrases, min(self.n_paraphrases, len(paraphrases)))
+        wrong_answers = list(record.get("perturbed_answers", []))
+        rng.shuffle(wrong_answers)
+        wrong_answers = _distinct(wrong_answers, self.n_wrong_answers, exclude=record["answer"])
+        return [AntiSample(record["id"], question, wrong, self._rationale(record, wrong), round, self.name)
+                for question in questions for wrong in wrong_answers]
+
+    def _rationale(self, record: dict, wrong: str) -> str:
+        rationale = record.get("rationale") or ""
+        if not self.with_rationale or not contains_answer(rationale, record["answer"]):
+            return ""
+        return re.sub(rf"\b{re.escape(record['answer'])}\b", wrong, rationale)
+
+
+def make_generator(args, model, tokenizer):
+    """The anti-sample writer that an `AntiSampleConfig` names in `generator`: "template", "self" (the model being
+    unlearned) or a teacher model folder."""
+    knobs = dict(n_paraphrases=args.n_paraphrases, n_wrong_answers=args.n_wrong_answers,
+                 with_rationale=args.with_rationale, seed=args.seed)
+    sampling = dict(temperature=args.generation_temperature, top_p=args.generation_top_p,
+                    batch_size=args.generation_batch_size)
+    if args.generator == "template":
+        return TemplateGenerator(**knobs)
+    if args.generator == "self":
+        prompts = load_skill_prompts(model.config._name_or_path, tokenizer)
+        return SelfTaughtGenerator(model, tokenizer, prompts, **knobs, **sampling)
+    if Path(args.generator).is_dir():
+        return teacher_generator(args.generator, **knobs, **sampling)
+    raise ValueError(f"generator must be 'self', 'template' or a model folder, got {args.generator!r}")

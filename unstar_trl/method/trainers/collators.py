@@ -1,0 +1,59 @@
+"""Batches of the unlearning trainers: a forget batch paired with a retain batch of the same size."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from trl.trainer.utils import pad
+
+
+def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Tokenized pairs ({"input_ids", "labels"}) right-padded into input_ids, attention_mask and labels (-100 on
+    the padding)."""
+    ids = [torch.tensor(feature["input_ids"]) for feature in features]
+    return {"input_ids": pad(ids, padding_value=pad_token_id),
+            "attention_mask": pad([torch.ones_like(row) for row in ids], padding_value=0),
+            "labels": pad([torch.tensor(feature["labels"]) for feature in features], padding_value=-100)}
+
+
+class ForgetRetainCollator:
+    """Pads a batch of tokenized forget pairs into `{"forget": {...}}` and adds as many retain pairs, drawn at random
+    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding."""
+
+    def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0):
+        self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = {"forget": pad_pairs(features, self.pad_token_id)}
+        if self.retain:
+            batch["retain"] = pad_pairs(self.retain_pairs(len(features)), self.pad_token_id)
+        return batch
+
+    def retain_pairs(self, count: int) -> list[dict]:
+        """`count` tokenized retain pairs drawn at random."""
+        return [self.rng.choice(self.retain) for _ in range(count)]
+
+
+class AntiSampleCollator(ForgetRetainCollator):
+    """Also pads each anti-sample's true-answer pair into the forget batch under `"true"` (for the reversed term). In
+    targeted mode half of the retain pairs are drawn from the siblings, which would otherwise be a small share of
+    the retain set."""
+
+    def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0,
+                 siblings: list[dict] | None = None):
+        super().__init__(pad_token_id, retain, seed)
+        self.siblings = siblings
+
+    def retain_pairs(self, count: int) -> list[dict]:
+        if not self.siblings:
+            return super().retain_pairs(count)
+        half = count // 2
+        return [self.rng.choice(self.siblings) for _ in range(half)] + super().retain_pairs(count - half)
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        if "true_input_ids" in features[0]:
+            batch["forget"]["true"] = pad_pairs([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
+                                                 for f in features], self.pad_token_id)
+        return batch

@@ -1,0 +1,178 @@
+"""UnSTAR: unlearning with self-taught anti-samples.
+
+Each round probes which forget facts the model still answers, has a generator write anti-samples for them (a
+paraphrased question, a wrong answer of the same type and a rationale that never names the true answer), and fits
+them with ordinary next-token cross-entropy, optionally with a reversed term on the true answer and a retain term.
+The rounds themselves are in `unstar_rounds.py`, their checkpoints in `unstar_checkpoints.py`; this file holds the
+configuration, the data of one round and the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+from transformers.trainer_utils import IntervalStrategy
+
+from ...data import check_siblings_in
+from ...io import write_jsonl
+from ...text import format_pair
+from ..anti_samples import AntiSample, write_anti_samples
+from .base import UnlearningConfig, UnlearningTrainer
+from .collators import AntiSampleCollator
+from .losses import mean_nll, nll, npo_loss, sequence_log_probs
+from .unstar_rounds import run_rounds
+
+ANTI_SAMPLES_FILE = "anti_samples.jsonl"
+ROUNDS_FILE = "rounds.jsonl"
+
+
+@dataclass
+class AntiSampleConfig(UnlearningConfig):
+    r"""Configuration of [`AntiSampleTrainer`]. `num_train_epochs` is the number of passes over the anti-samples in
+    each round; the loss is NLL(anti-samples) + reversed_loss_weight * reversed term + retain_weight * retain loss.
+
+    Parameters:
+        > Rounds
+
+        max_rounds (`int`, defaults to `4`): most probe -> generate -> fit rounds.
+        forget_acc_target (`float`, defaults to `0.0`): stop once at most this share of the forget facts is answered.
+        follow_ups (`int`, defaults to `2`): harder follow-up questions probed per forgotten fact.
+
+        > Anti-samples
+
+        generator (`str`, defaults to `"template"`): "self", "template" or a teacher model folder.
+        n_paraphrases (`int`, defaults to `2`), n_wrong_answers (`int`, defaults to `2`), with_rationale (`bool`).
+        generation_batch_size, generation_temperature, generation_top_p: how the generator samples.
+
+        > Loss
+
+        reversed_loss_weight (`float`, defaults to `0.0`), reversed_loss_type (`"grad_ascent"` or `"npo"`), npo_beta:
+            a term that pushes the true answer down (0: the paper's UnSTAR).
+    """
+
+    max_rounds: int = field(default=4, metadata={"help": "Most probe -> generate -> fit rounds."})
+    forget_acc_target: float = field(
+        default=0.0,
+        metadata={"help": "Stop once at most this share of forget facts is still answered (question, trained "
+                  "paraphrases or follow-ups)."},
+    )
+    generator: str = field(
+        default="template",
+        metadata={"help": "Who writes anti-samples: 'self' (the model being unlearned), 'template' (offline, from "
+                  "the records' fields), or a path to a teacher model."},
+    )
+    n_paraphrases: int = field(default=2, metadata={"help": "Paraphrased questions per known fact and round."})
+    n_wrong_answers: int = field(default=2, metadata={"help": "Wrong answers per question."})
+    with_rationale: bool = field(default=True, metadata={"help": "Append a misleading rationale to each answer."})
+    follow_ups: int = field(
+        default=2, metadata={"help": "Harder follow-up questions probed per forgotten fact (0: none)."}
+    )
+    generation_batch_size: int = field(default=64, metadata={"help": "Prompts per batch when generating/probing."})
+    generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generator."})
+    generation_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling of the generator."})
+    reversed_loss_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the reversed term on the true answer (0: the paper's UnSTAR)."}
+    )
+    reversed_loss_type: str = field(
+        default="grad_ascent",
+        metadata={"help": "Reversed term: 'grad_ascent' (minus NLL) or 'npo'.", "choices": ["grad_ascent", "npo"]},
+    )
+    npo_beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the NPO reversed term."})
+    # Defaults that differ from UnlearningConfig
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the anti-samples per round."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "The initial learning rate for AdamW."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.reversed_loss_type not in ("grad_ascent", "npo"):
+            raise ValueError(f"reversed_loss_type must be 'grad_ascent' or 'npo', got {self.reversed_loss_type!r}")
+        if self.max_rounds < 1:
+            raise ValueError(f"max_rounds must be at least 1, got {self.max_rounds}")
+
+
+class AntiSampleTrainer(UnlearningTrainer):
+    """Drop-in for `SFTTrainer`: `train_dataset` holds the forget records, `retain_dataset` what must stay.
+
+    Targeted mode: forget records that list `siblings` (single subject->relation associations) need those siblings
+    among the retain records, so that training on them keeps them."""
+
+    _name = "UnSTAR"
+    config_class = AntiSampleConfig
+
+    def __init__(self, model, args: AntiSampleConfig | None = None, train_dataset=None, retain_dataset=None,
+                 processing_class=None, peft_config=None, callbacks=None, **kwargs):
+        args = args or AntiSampleConfig(output_dir="unstar-output")
+        self.forget_records = [dict(record) for record in train_dataset]
+        if any(record.get("siblings") for record in self.forget_records):  # targeted mode
+            check_siblings_in(self.forget_records, retain_dataset or [], "retain_dataset")
+        self.needs_reference = args.reversed_loss_weight > 0 and args.reversed_loss_type == "npo"
+        # SFTTrainer inspects a non-empty train_dataset at init; each round replaces it with the anti-samples.
+        super().__init__(model, args, train_dataset=self.forget_records, retain_dataset=retain_dataset,
+                         processing_class=processing_class, peft_config=peft_config, callbacks=callbacks, **kwargs)
+        sibling_ids = {sibling for record in self.forget_records for sibling in record.get("siblings") or []}
+        siblings = [self.tokenize(self.answer_pair(record)) for record in (retain_dataset or [])
+                    if record["id"] in sibling_ids]
+        self.data_collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed,
+                                                siblings)
+        self.anti_samples: list[AntiSample] = []
+        """Every anti-sample kept so far, in the order the rounds made them."""
+        self.rounds: list[dict] = []
+        """One log per round: facts still known, anti-samples made, kept and dropped (by reason), steps."""
+        self.steps = 0
+        """Optimizer steps over all rounds."""
+        # A round, not a Trainer step, is what UnSTAR resumes from: each round is its own Trainer.train(), whose
+        # step count starts at 0, so the Trainer's own checkpoints could not be resumed across rounds.
+        self.save_rounds = self.args.save_strategy != IntervalStrategy.NO
+        self.args.save_strategy = IntervalStrategy.NO
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Rounds of probe -> generate -> filter -> fit, until the forget facts are gone or `max_rounds` (see
+        `unstar_rounds.run_rounds`). `resume_from_checkpoint`: a round checkpoint folder, a folder of them (the
+        latest is taken) or True (the latest under output_dir); the run goes on from the round after it as if it
+        had never stopped."""
+        return run_rounds(self, resume_from_checkpoint)
+
+    def fit(self, round_index: int):
+        """One `Trainer.train()` over every anti-sample kept so far; fresh optimizer, steps counted on."""
+        self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in self.anti_samples])
+        self.optimizer, self.lr_scheduler = None, None
+        output = super().train()
+        for entry in self.history_callback.history:
+            entry.setdefault("round", round_index)
+            entry.setdefault("total_step", self.steps + entry["step"])
+        self.steps += output.global_step
+        return output
+
+    def anti_sample_features(self, sample: AntiSample) -> dict:
+        """The tokenized anti-sample, with its question's true answer when the reversed term needs it."""
+        features = self.tokenize(format_pair(self._tokenizer, sample.question, sample.answer_text,
+                                             self.prompt_template))
+        if self.args.reversed_loss_weight > 0:
+            record = next(r for r in self.forget_records if r["id"] == sample.source_id)
+            true = self.tokenize(self.answer_pair({**record, "question": sample.question}))
+            features.update(true_input_ids=true["input_ids"], true_labels=true["labels"])
+        return features
+
+    def forget_loss(self, model, inputs, logits):
+        """NLL of the anti-samples, plus the reversed term on their questions' true answers (`inputs["true"]`) when
+        it is weighted."""
+        loss = self.log_metric("anti_sample_nll", nll(logits, inputs["labels"]))
+        if self.args.reversed_loss_weight > 0:
+            true = inputs["true"]
+            log_prob, count = sequence_log_probs(self.logits(model, true), true["labels"])
+            self.log_metric("forget_nll", mean_nll(log_prob, count))
+            if self.args.reversed_loss_type == "npo":
+                ref_log_prob, _ = sequence_log_probs(self.reference_logits(true), true["labels"])
+                reversed_term = npo_loss(log_prob, ref_log_prob, self.args.npo_beta)
+            else:
+                reversed_term = -mean_nll(log_prob, count)
+            loss = loss + self.args.reversed_loss_weight * self.log_metric("reversed_loss", reversed_term)
+        return loss
+
+    def save_audit(self, output_dir: str | Path | None = None) -> None:
+        """Write every kept anti-sample and the per-round log (atomically) to `output_dir` (default: args')."""
+        output_dir = Path(output_dir or self.args.output_dir)
+        write_anti_samples(output_dir / ANTI_SAMPLES_FILE, self.anti_samples)
+        write_jsonl(output_dir / ROUNDS_FILE, self.rounds)

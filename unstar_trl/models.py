@@ -1,0 +1,81 @@
+"""The one way the project loads a model: safetensors weights only (nothing is unpickled) and never a model folder's
+own code, whatever its config asks. A PEFT adapter folder loads its base model with the adapter on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import UsageError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+SAFE = {"trust_remote_code": False}
+"""Passed to every from_pretrained: a folder's auto_map never runs."""
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def is_adapter(folder: str | Path) -> bool:
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def load_tokenizer(source: str | Path, **kwargs):
+    """The tokenizer of a model folder (or Hub name); a pad token is the eos token when it has none."""
+    from transformers import AutoTokenizer
+
+    _check_source(source, needs_tokenizer=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs, **SAFE)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str | Path, *, adapter: str | Path | None = None, merge: bool = True, device: str | None = None,
+               **kwargs):
+    """(model, tokenizer) from a model folder, an adapter folder or a Hub name. With `adapter` (or an adapter
+    folder as `source`) the adapter goes on top of its base model, merged in unless `merge` is False. `kwargs` go
+    to from_pretrained (dtype, revision, attn_implementation)."""
+    from transformers import AutoModelForCausalLM
+
+    if adapter is None and is_adapter(source):
+        from peft import PeftConfig
+
+        adapter, source = source, PeftConfig.from_pretrained(str(source)).base_model_name_or_path
+    tokenizer = load_tokenizer(adapter if adapter is not None and has_tokenizer(adapter) else source)
+    _check_source(source, needs_tokenizer=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=True, **kwargs, **SAFE)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{source}: {_why(error)}") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if merge:
+            model = model.merge_and_unload()
+    if device is not None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def _check_source(source: str | Path, needs_tokenizer: bool) -> None:
+    """A local path must be a folder (with a tokenizer when one is read from it); anything else is a Hub name."""
+    path = Path(source)
+    local = path.exists() or str(source).startswith(("/", ".", "~")) or str(source).count("/") > 1
+    if local and not path.is_dir():
+        raise UsageError(f"{source}: no such model folder")
+    if local and needs_tokenizer and not has_tokenizer(path):
+        raise UsageError(f"{source} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer beside "
+                         "the model")
+
+
+def _why(error: Exception) -> str:
+    """What stopped a model load, in one line."""
+    text = str(error)
+    if "custom code" in text:
+        return "its config asks to run the folder's own code, which unstar never does (trust_remote_code=False)"
+    if "model.safetensors" in text:
+        return "no safetensors weights (unstar never unpickles weights: save the model with safe_serialization)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return f"cannot load the model ({first})"

@@ -1,0 +1,108 @@
+"""The text rules that training, probing, generation and the lm-eval tasks share, and nothing heavier (no torch).
+
+The prompt format: a model is asked and taught in one format. A plain template (`PLAIN_TEMPLATE` or the model's
+own) has a `{question}` slot and the answer follows it after one space; `None` stands for the tokenizer's chat
+template, the question alone as the user turn and the answer as the assistant's reply, as TRL's SFTTrainer trains on
+conversational data. A model folder records its format in `PROMPTS_FILE`.
+
+The answer rule: a generation states an answer when it contains the normalised answer as whole words (short
+answers) or recalls most of it (ROUGE-L, for TOFU's sentence answers).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import string
+from pathlib import Path
+
+PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
+"""The prompt of the embedded world's knowledge models, and the default of a model that has no chat template."""
+
+PROMPTS_FILE = "unstar_prompts.json"
+"""Beside a model's weights: {"prompt_template": the template, or null for the chat template; "skill_prompts": the
+prompts of the skills the model was taught for writing anti-samples, or null}."""
+
+
+# ---- the prompt format -------------------------------------------------------------------------------------------
+
+def format_prompt(tokenizer, question: str, template: str | None) -> str:
+    """The text a model answers: `template` with the question, or for None the tokenizer's chat template with the
+    question as the user turn and the assistant's turn opened."""
+    if template is not None:
+        return template.format(question=question)
+    messages = [{"role": "user", "content": question}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def format_completion(answer: str, template: str | None) -> str:
+    """What follows the prompt when the model gives `answer`: one space after a plain template, nothing after the
+    chat template's opened assistant turn."""
+    return answer_delimiter(template) + answer
+
+
+def answer_delimiter(template: str | None) -> str:
+    return " " if template is not None else ""
+
+
+def format_pair(tokenizer, question: str, answer: str, template: str | None) -> dict:
+    """A prompt/completion pair in the format of `template`."""
+    return {"prompt": format_prompt(tokenizer, question, template), "completion": format_completion(answer, template)}
+
+
+def task_prompt(question: str, template: str | None) -> str:
+    """An lm-eval task's text for `question`: the filled plain template, or for a chat model the bare question,
+    which lm-eval's --apply_chat_template makes the user turn."""
+    return question if template is None else template.format(question=question)
+
+
+def read_prompts_file(model_dir: str | Path) -> dict | None:
+    """The contents of `model_dir`'s PROMPTS_FILE, or None when it has none."""
+    path = Path(model_dir) / PROMPTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_prompts_file(model_dir: str | Path, template: str | None, skill_prompts: dict[str, str] | None) -> None:
+    (Path(model_dir) / PROMPTS_FILE).write_text(
+        json.dumps({"prompt_template": template, "skill_prompts": skill_prompts}, indent=2) + "\n")
+
+
+# ---- the answer rule ---------------------------------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans({char: " " for char in string.punctuation})
+
+LONG_ANSWER_WORDS = 6
+"""Answers of more words than this (TOFU's sentences) are matched by ROUGE-L recall instead of containment."""
+LONG_ANSWER_RECALL = 0.7
+"""ROUGE-L recall of a long answer that counts as stating it. TOFU's perturbed (wrong) answers reach 0.36 on
+average and 0.53 at the 90th percentile against the true answer; a near-verbatim answer reaches 0.9 to 1."""
+
+
+def normalize(text: str) -> str:
+    """Lower-case, drop punctuation and articles, collapse whitespace (SQuAD-style)."""
+    text = _ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION))
+    return " ".join(text.split())
+
+
+def contains_answer(generation: str, answer: str) -> bool:
+    """Whether `generation` states `answer`: for a short answer, the normalised answer appears as whole words in
+    the normalised generation; for a long one, the generation recalls at least LONG_ANSWER_RECALL of it (ROUGE-L,
+    as TOFU scores answers)."""
+    needle = normalize(answer)
+    if len(needle.split()) > LONG_ANSWER_WORDS:
+        return rouge_l_recall(generation, answer) >= LONG_ANSWER_RECALL
+    return bool(needle) and f" {needle} " in f" {normalize(generation)} "
+
+
+def rouge_l_recall(generation: str, answer: str) -> float:
+    """ROUGE-L recall of `answer` in `generation` (stemmed), TOFU's answer score."""
+    return _rouge_scorer().score(answer, generation)["rougeL"].recall
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
