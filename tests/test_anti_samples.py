@@ -37,7 +37,8 @@ def sample(question="Where was Ada Bell born?", wrong="Tesk", rationale="", sour
 
 
 RECORD = {"id": "f", "subject": "Ada Bell", "question": "Where was Ada Bell born?", "answer": "Varnholt",
-          "paraphrased_questions": ["Ada Bell was born in which city?", "In which city was Ada Bell born?"]}
+          "paraphrased_questions": ["Ada Bell was born in which city?", "In which city was Ada Bell born?"],
+          "eval_distractors": ["Olmira", "Essling"]}
 
 
 # ---------------------------------------------------------------------------------------------- filters
@@ -84,6 +85,7 @@ def test_filter_keeps_clean_samples_and_names_each_reason():
     cases = {
         "empty": sample(wrong=" . "),
         "leaks_answer": sample(wrong="old Varnholt town"),
+        "eval_distractor": sample(wrong="olmira."),
         "heldout_paraphrase": sample(question="Ada Bell was born in which city?"),
         "lost_subject": sample(question="Where was she born?"),
         "duplicate": sample(rationale="Ada Bell grew up in Tesk!"),

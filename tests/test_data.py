@@ -20,7 +20,7 @@ from unstar_trl.data import (
 from unstar_trl.io import UsageError, write_jsonl
 from unstar_trl.testbed.embedded_world import build_world
 
-FILLED = {name: [] if kind is list else None for name, kind in RECORD_FIELDS.items()}
+FILLED = {name: {list: [], bool: False}.get(kind) for name, kind in RECORD_FIELDS.items()}
 
 
 def fact(id: str, question: str | None = None, answer: str = "Paris", **fields) -> dict:
@@ -49,6 +49,24 @@ def test_round_trip(tmp_path, world_records):
         write_jsonl(tmp_path / "again" / f"{split}.jsonl", getattr(data, split))
         assert load_records(tmp_path / "again", split=split) == getattr(data, split)
     assert data.sources["forget"] == str(tmp_path / "forget.jsonl")
+
+
+def test_the_world_holds_no_contradictory_siblings_and_holds_out_what_it_scores(world_records, tmp_path):
+    data = load_unlearning_data(write_splits(tmp_path, **world_records))  # validation refuses contradictions
+    removed = {record["id"] for record in data.forget + data.targeted}
+    assert data.siblings and not removed & {record["id"] for record in data.siblings}
+    trained = {record["id"] for record in data.targeted_retain}
+    assert data.siblings_eval and not trained & {record["id"] for record in data.siblings_eval}
+    assert data.retain_eval and not trained & {record["id"] for record in data.retain_eval}
+    assert not trained & {record["id"] for record in data.neighbor}
+    for record in data.forget + data.retain + data.neighbor + data.targeted + data.holdout:
+        assert len(record["eval_distractors"]) == 3 and record["answer"] not in record["eval_distractors"]
+        assert not set(record["eval_distractors"]) & set(record["perturbed_answers"])
+
+
+def test_the_world_of_sixty_people_is_valid_too(tmp_path):
+    records = build_world(seed=0, people=60).split_records()
+    assert load_unlearning_data(write_splits(tmp_path, **records)).siblings
 
 
 def test_siblings_are_the_named_records_once(tmp_path, world_records):
@@ -90,7 +108,8 @@ def test_tofu_records(tofu_dir):
     first = forget01[0]
     assert first["id"] == "tofu-180-00" and first["author"] == 180 and first["relation"] == "tofu_qa"
     assert first["subject"] is None  # TOFU names no subject that a paraphrase must keep
-    assert all(len(r["paraphrased_questions"]) == 1 and len(r["perturbed_answers"]) == 5 for r in forget01)
+    assert all(len(r["paraphrased_questions"]) == 1 and len(r["perturbed_answers"]) == 2 and len(r["eval_distractors"]) == 3
+               for r in forget01)
     assert "paraphrased_answer" in first  # kept, not dropped
     assert {r["author"] for r in forget01} == {180, 181}
     world = load_records(tofu_dir, split="world_facts")
@@ -210,6 +229,19 @@ SPLIT_ERRORS = {
                         "targeted.jsonl row 1: field 'siblings' names ids that no split holds: gone"),
     "siblings outside targeted": ({"forget": [fact("a", siblings=["a"])]},
                                   "forget.jsonl row 1: field 'siblings' belongs in the targeted split only"),
+    "sibling is itself": ({"forget": [fact("a")], "targeted": [fact("t", siblings=["t"])]},
+                          "targeted.jsonl row 1: field 'siblings' names itself"),
+    "sibling is another targeted fact": ({"forget": [fact("a")], "retain": [fact("r")],
+                                          "targeted": [fact("t", siblings=["r"]), fact("u", siblings=["r", "t"])]},
+                                         "targeted.jsonl row 2: field 'siblings' names a targeted fact (t)"),
+    "sibling is a forget fact": ({"forget": [fact("a")], "targeted": [fact("t", siblings=["a"])]},
+                                 "targeted.jsonl row 1: field 'siblings' names a forget fact (a)"),
+    "eval_only outside retain": ({"forget": [fact("a", eval_only=True)]},
+                                 "forget.jsonl row 1: field 'eval_only' belongs in the retain split only"),
+    "eval_only not a bool": ({"forget": [fact("a")], "retain": [fact("r", eval_only="yes")]},
+                             "retain.jsonl row 1: field 'eval_only' must be true or false, got a string"),
+    "distractor is the answer": ({"forget": [fact("a", eval_distractors=["Lyon", "paris."])]},
+                                 "forget.jsonl row 1: field 'eval_distractors' holds the answer 'Paris'"),
 }
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unstar_trl.data import DataError
+from unstar_trl.data import DataError, load_records
 from unstar_trl.evaluation.lm_eval_tasks import tasks_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -30,9 +30,9 @@ utils = _load_utils()
 
 # ---- metrics on constructed cases -------------------------------------------------------------------------------
 
-def test_truth_ratio_is_mean_of_perturbed_over_true_normalised_probabilities():
-    true, perturbed = math.log(0.8), [math.log(0.2), math.log(0.4)]
-    assert utils.truth_ratio(true, perturbed) == pytest.approx((0.2 / 0.8 + 0.4 / 0.8) / 2)
+def test_truth_ratio_is_the_geometric_mean_of_distractor_over_true_normalised_probabilities():
+    true, distractors = math.log(0.8), [math.log(0.2), math.log(0.4)]
+    assert utils.truth_ratio(true, distractors) == pytest.approx(math.sqrt(0.2 * 0.4) / 0.8)
     assert utils.truth_ratio(0.0, [0.0, 0.0]) == pytest.approx(1.0)
 
 
@@ -41,10 +41,16 @@ def test_truth_ratio_is_reported_as_tofu_reports_the_forget_set():
 
 
 def test_process_prob_normalises_by_answer_length():
-    doc = {"choices": ["two words", "one"]}
+    doc = {"choices": ["two words", "one"], "distractors": 1}
     scores = utils.process_prob(doc, [(2 * math.log(0.5), True), (math.log(0.25), False)])
     assert scores["prob"] == pytest.approx(0.5)
     assert scores["truth_ratio"] == pytest.approx(0.25 / 0.5)
+
+
+def test_truth_ratio_uses_the_paraphrased_answer_where_the_record_has_one():
+    doc = {"choices": ["true", "wrong", "the true one"], "distractors": 1}
+    scores = utils.process_prob(doc, [(math.log(0.9), True), (math.log(0.1), False), (3 * math.log(0.5), False)])
+    assert scores["prob"] == pytest.approx(0.9) and scores["truth_ratio"] == pytest.approx(0.1 / 0.5)
 
 
 @pytest.mark.parametrize(("items", "expected"), [
@@ -81,8 +87,28 @@ def test_process_qa_and_mcq():
     assert scores["acc"] == 1.0 and scores["rouge_l_recall"] == 1.0
     assert utils.process_qa({"answer": "Tesk"}, [" Teskville"])["acc"] == 0.0
     doc = {"choices": ["Tesk", "Olmira", "Quessel"], "role": "holdout"}
-    assert utils.process_mcq(doc, [(-1.0, True), (-2.0, False), (-3.0, False)]) == {"holdout_acc": 1.0}
-    assert utils.process_mcq({**doc, "role": "forget"}, [(-2.0, False), (-1.0, True), (-3.0, False)]) == {"acc": 0.0}
+    holdout = utils.process_mcq(doc, [(-1.0, True), (-2.0, False), (-3.0, False)])
+    assert holdout["holdout_acc"] == 1.0 and holdout["holdout_chance"] == pytest.approx(1 / 3)
+    forget = utils.process_mcq({**doc, "role": "forget"}, [(-2.0, False), (-1.0, True), (-3.0, False)])
+    assert forget["acc"] == 0.0 and 0 < forget["entropy"] < 1
+
+
+def test_mcq_ties_count_as_a_random_pick_and_uniform_choices_have_entropy_one():
+    doc = {"choices": ["Tesk", "Olmira", "Quessel", "Hestia"], "role": "forget"}
+    tied = utils.process_mcq(doc, [(-1.0, False)] * 4)
+    assert tied == {"acc": pytest.approx(0.25), "chance": 0.25, "entropy": pytest.approx(1.0)}
+    two_tied = utils.process_mcq(doc, [(-1.0, False), (-1.0, False), (-5.0, False), (-5.0, False)])
+    assert two_tied["acc"] == pytest.approx(0.5) and two_tied["entropy"] < 1
+
+
+def test_planted_share_is_the_probability_on_the_taught_answer():
+    doc = {"choices": ["Tesk", "Olmira", "Quessel", "Varnholt"], "distractors": 2}
+    shares = utils.process_planted(doc, [(math.log(0.1), False), (math.log(0.1), False), (math.log(0.2), False),
+                                         (math.log(0.6), False)])
+    assert shares["planted_share"] == pytest.approx(0.6) and shares["true_share"] == pytest.approx(0.1)
+    assert shares["distractor_share"] == pytest.approx(0.15)
+    nothing_planted = utils.process_planted({**doc, "choices": doc["choices"][:3]}, [(math.log(0.3), False)] * 3)
+    assert math.isnan(nothing_planted["planted_share"]) and utils.nanmean([math.nan, 0.5, 0.7]) == pytest.approx(0.6)
 
 
 # ---- views ----------------------------------------------------------------------------------------------------------
@@ -106,9 +132,38 @@ def test_targeted_view_keeps_siblings_that_must_stay(world_dir):
     assert len(siblings) == len(set(siblings)) and not forget & set(siblings)
 
 
+def test_choices_offer_only_evaluation_distractors(world_dir):
+    docs = utils.load("choices", data_dir=str(world_dir / "data"))["test"].to_list()
+    records = {r["id"]: r for r in load_records(world_dir / "data", split="forget")}
+    for doc in docs:
+        record = records[doc["id"]]
+        assert doc["choices"] == [record["answer"], *record["eval_distractors"]]
+        assert not set(doc["choices"]) & set(record["perturbed_answers"])
+
+
+def test_planted_view_offers_the_answer_the_audit_taught_most(world_dir, tmp_path):
+    forget = load_records(world_dir / "data", split="forget")
+    audit = tmp_path / "anti_samples.jsonl"
+    rows = [{"source_id": forget[0]["id"], "wrong_answer": wrong} for wrong in ("Tesk", "Olmira", "Olmira")]
+    audit.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    docs = utils.load("planted", data_dir=str(world_dir / "data"), anti_samples=str(audit))["test"].to_list()
+    assert docs[0]["choices"][-1] == "Olmira" and len(docs[1]["choices"]) == 1 + docs[1]["distractors"]
+    found = utils.load("planted", data_dir=str(world_dir / "data"), pretrained=str(tmp_path))["test"].to_list()
+    assert found == docs  # the audit beside the model is found by itself
+
+
+def test_retain_and_sibling_views_score_what_no_run_trains_on(world_dir):
+    data = str(world_dir / "data")
+    retain = utils.load("retain", data_dir=data)["test"].to_list()
+    eval_only = {r["id"] for r in load_records(world_dir / "data", split="retain") if r["eval_only"]}
+    assert retain and {doc["id"] for doc in retain} == eval_only
+    siblings = {doc["id"] for doc in utils.load("targeted", data_dir=data)["test"] if doc["role"] == "sibling"}
+    assert siblings and siblings <= eval_only
+
+
 def test_tofu_views(tofu_dir):
     docs = utils.load("choices", data_dir=str(tofu_dir), format="tofu", forget_split="forget01")["test"]
-    assert len(docs) == 40 and len(docs[0]["choices"]) == 6
+    assert len(docs) == 40 and len(docs[0]["choices"]) == 5  # the truth, 3 distractors, the paraphrased answer
     assert len(utils.load("neighbor", data_dir=str(tofu_dir), format="tofu")["test"]) > 0  # real_authors
     with pytest.raises(DataError, match="holdout_split"):
         utils.load("membership", data_dir=str(tofu_dir), format="tofu")
@@ -141,21 +196,20 @@ def _metric(results: dict, task: str, metric: str) -> float:
 def test_lm_eval_cli_runs_every_task(lm_eval_results):
     assert set(lm_eval_results["results"]) == {
         "unstar_forget_qa", "unstar_paraphrase_qa", "unstar_retain_qa", "unstar_neighbor_qa", "unstar_targeted",
-        "unstar_forget_prob", "unstar_mcq_probe", "unstar_mia"}
+        "unstar_forget_prob", "unstar_mcq_probe", "unstar_planted", "unstar_mia"}
+    assert math.isnan(_metric(lm_eval_results, "unstar_planted", "planted_share"))  # the target was taught no lie
     assert lm_eval_results["higher_is_better"]["unstar_retain_qa"] == {"acc": True, "rouge_l_recall": True}
     assert lm_eval_results["higher_is_better"]["unstar_forget_qa"]["acc"] is False
 
 
 def test_task_accuracy_equals_a_direct_probe(lm_eval_results, world_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from unstar_trl.data import load_records
     from unstar_trl.method.probe import accuracy, probe
+    from unstar_trl.models import load_model
 
-    model = AutoModelForCausalLM.from_pretrained(world_dir / "model")
-    tokenizer = AutoTokenizer.from_pretrained(world_dir / "model")
+    model, tokenizer = load_model(world_dir / "model")
     for split in ("forget", "retain"):
         records = load_records(world_dir / "data", split=split)
+        records = [record for record in records if record["eval_only"]] or records  # retain: the eval-only part
         direct = accuracy(probe(model, tokenizer, records))
         assert _metric(lm_eval_results, f"unstar_{split}_qa", "acc") == pytest.approx(direct), split
     assert _metric(lm_eval_results, "unstar_forget_qa", "acc") >= 0.8
@@ -168,8 +222,9 @@ def test_trained_model_figures_make_sense(lm_eval_results):
     assert metric("targeted", "removal_score") < 0.5  # nothing was removed yet
     assert metric("forget_prob", "prob") > 0.5
     assert metric("forget_prob", "truth_ratio") < 0.5  # the truth stands far above the perturbed answers
-    assert metric("mcq_probe", "acc") >= 0.8
-    assert metric("mcq_probe", "holdout_acc") <= 0.5  # never-trained facts: near chance (1/6)
+    assert metric("mcq_probe", "acc") >= 0.8 and metric("mcq_probe", "chance") == pytest.approx(0.25)
+    assert metric("mcq_probe", "holdout_acc") <= 0.5  # never-trained facts: near chance (1/4)
+    assert metric("mcq_probe", "entropy") < metric("mcq_probe", "holdout_entropy")
     assert metric("mia", "loss_auc") >= 0.8 and metric("mia", "zlib_auc") >= 0.8
 
 

@@ -97,6 +97,6 @@ def test_targeted_mode_removes_the_association_and_keeps_its_siblings(model_and_
 
 def test_targeted_mode_refuses_siblings_missing_from_retain(model_and_tokenizer, data, tmp_path):
     model, tokenizer = model_and_tokenizer
-    with pytest.raises(ValueError, match="not in retain_dataset"):
+    with pytest.raises(ValueError, match="none of its siblings"):
         AntiSampleTrainer(model=model, args=AntiSampleConfig(output_dir=str(tmp_path)), train_dataset=data.targeted,
                           retain_dataset=data.retain[:1], processing_class=tokenizer)

@@ -36,13 +36,15 @@ RECORD_FIELDS: dict[str, type] = {
     "relation": str,
     "object_type": str,
     "paraphrased_questions": list,  # element 0 is the held-out paraphrase
-    "perturbed_answers": list,
+    "perturbed_answers": list,  # same-type wrong answers that anti-sample generators may use
+    "eval_distractors": list,  # same-type wrong answers for the multiple-choice probe and truth ratio only
+    "eval_only": bool,  # a retain fact that is scored as kept knowledge but never trained on by an unlearning run
     "rationale": str,  # a sentence that argues for the answer and names it
     "subject_description": str,  # how this fact describes its subject in another question ("the harpist Ada")
     "siblings": list,  # ids of facts that must stay when this one goes (targeted split only)
 }
-"""Every key of a loaded record and its type. A missing optional string is None, a missing list is []; list
-items are non-empty strings."""
+"""Every key of a loaded record and its type. A missing optional string is None, a missing list is [], a missing
+bool is False; list items are non-empty strings."""
 
 REQUIRED_FIELDS = ("id", "question", "answer")
 """Non-empty strings in every record."""
@@ -55,6 +57,9 @@ TOFU_SPLITS = ("forget01", "forget05", "forget10", "retain90", "retain95", "reta
                "real_authors", "world_facts", "full")
 """TOFU split names; each reads `<name>_perturbed.jsonl` when it exists, else `<name>.jsonl`."""
 TOFU_QUESTIONS_PER_AUTHOR = 20
+TOFU_EVAL_DISTRACTORS = 3
+"""Of a TOFU row's five perturbed answers, the first three are evaluation distractors (multiple choice, truth
+ratio) and the last two the perturbed answers that generators may use: no probe offers what was trained."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,17 @@ class UnlearningData:
     """Where each split was read from, for error messages."""
 
     @property
+    def retain_train(self) -> list[dict]:
+        """The retain records an unlearning run may train on (all but the eval-only ones)."""
+        return [record for record in self.retain if not record.get("eval_only")]
+
+    @property
+    def retain_eval(self) -> list[dict]:
+        """The retain records kept knowledge is scored on: the eval-only ones, which nothing trains on; all of them
+        when none is marked (then the score is on trained facts)."""
+        return [record for record in self.retain if record.get("eval_only")] or self.retain
+
+    @property
     def siblings(self) -> list[dict]:
         """The records the targeted records name as siblings (facts that must stay), each once."""
         by_id = {record["id"]: record for role in SPLIT_ROLES for record in getattr(self, role)}
@@ -108,15 +124,24 @@ class UnlearningData:
         return [by_id[sibling] for sibling in ids]
 
     @property
+    def siblings_eval(self) -> list[dict]:
+        """The siblings that sibling accuracy is scored on: the eval-only ones; all of them when none is marked."""
+        return [record for record in self.siblings if record.get("eval_only")] or self.siblings
+
+    @property
     def targeted_retain(self) -> list[dict]:
-        """What targeted unlearning keeps by training on it: the retain records, then the siblings not among them."""
-        retain_ids = {record["id"] for record in self.retain}
-        return self.retain + [record for record in self.siblings if record["id"] not in retain_ids]
+        """What targeted unlearning keeps by training on it: the trainable retain records, then the trainable
+        siblings not among them."""
+        retain_ids = {record["id"] for record in self.retain_train}
+        return self.retain_train + [record for record in self.siblings
+                                    if record["id"] not in retain_ids and not record.get("eval_only")]
 
     def validate(self) -> None:
         """Raise DataError for an empty forget set, an id twice in a split, siblings outside the targeted split,
-        a fact in both forget and retain (same id, or same normalised question and answer) and a sibling id that
-        no split holds."""
+        eval_only outside the retain split, an evaluation distractor that is the answer, a fact in both forget and
+        retain (same id, or same normalised question and answer), a sibling id that no split holds, and a sibling
+        that is the targeted fact itself, another targeted fact or a forget fact (a fact to keep that another run
+        must remove)."""
         if not self.forget:
             raise DataError(f"{self._where('forget')}: the forget set is empty")
         for role in SPLIT_ROLES:
@@ -127,6 +152,10 @@ class UnlearningData:
                 first[record["id"]] = row
                 if role != "targeted" and record.get("siblings"):
                     raise DataError(f"{row}: field 'siblings' belongs in the targeted split only")
+                if role != "retain" and record.get("eval_only"):
+                    raise DataError(f"{row}: field 'eval_only' belongs in the retain split only")
+                if normalize(record["answer"]) in map(normalize, record.get("eval_distractors") or []):
+                    raise DataError(f"{row}: field 'eval_distractors' holds the answer {record['answer']!r}")
         forget_ids = {record["id"]: row for row, record in self._rows("forget")}
         forget_facts = {_fact(record): row for row, record in self._rows("forget")}
         for row, record in self._rows("retain"):
@@ -138,6 +167,13 @@ class UnlearningData:
                                 f"({forget_facts[_fact(record)]})")
         known = {record["id"] for role in SPLIT_ROLES for record in getattr(self, role)}
         check_siblings(self._rows("targeted"), known, "no split holds")
+        removed = {record["id"]: role for role in ("forget", "targeted") for record in getattr(self, role)}
+        for row, record in self._rows("targeted"):
+            clash = next((sibling for sibling in record.get("siblings") or [] if sibling in removed), None)
+            if clash is not None:
+                what = "itself" if clash == record["id"] else f"a {removed[clash]} fact ({clash})"
+                raise DataError(f"{row}: field 'siblings' names {what}: a fact to keep cannot be one that unlearning "
+                                "removes")
 
     def _where(self, role: str) -> str:
         return self.sources.get(role, role)
@@ -158,14 +194,17 @@ def check_siblings(targeted_rows: list[tuple[str, dict]], known_ids: set[str], a
 
 
 def check_siblings_in(targeted: list[dict], records, name: str) -> None:
-    """Targeted records (in memory) must each list siblings, and those must be among `records` (`name` says which
-    argument they came in): targeted unlearning keeps them by training on them."""
+    """Targeted records (in memory) must each list siblings, and some of them must be among `records` (`name` says
+    which argument they came in): targeted unlearning keeps them by training on them (the eval-only ones stay out,
+    to score what was kept)."""
+    ids = {record["id"] for record in records}
     for record in targeted:
         if not record.get("siblings"):
             raise DataError(f"targeted record {record['id']} lists no siblings")
-    check_siblings([(f"targeted record {record['id']}", record) for record in targeted],
-                   {record["id"] for record in records},
-                   f"are not in {name} (targeted mode keeps them by training on them as retain data)")
+        if not ids & set(record["siblings"]):
+            raise DataError(f"targeted record {record['id']}: none of its siblings ({', '.join(record['siblings'][:3])}"
+                            f"{', ...' if len(record['siblings']) > 3 else ''}) is in {name}: targeted mode keeps them "
+                            "by training on them as retain data")
 
 
 def _fact(record: dict) -> tuple[str, str]:
@@ -256,7 +295,11 @@ def _field(row: dict, name: str, kind: type, where: str):
     if value is None:
         if required:
             raise DataError(f"{where}: field {name!r} is missing")
-        return [] if kind is list else None
+        return {list: [], bool: False}.get(kind)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise DataError(f"{where}: field {name!r} must be true or false, got {_kind(value)}")
+        return value
     if kind is str:
         if not isinstance(value, str):
             raise DataError(f"{where}: field {name!r} must be a string, got {_kind(value)}")
@@ -317,9 +360,15 @@ def _read_tofu(path: Path) -> list[dict]:
             "author": author,
             "relation": "tofu_qa",
             "paraphrased_questions": [paraphrase] if paraphrase else [],
-            "perturbed_answers": _field(row, "perturbed_answer", list, where),
+            **split_perturbed(_field(row, "perturbed_answer", list, where)),
         }, where))
     return records
+
+
+def split_perturbed(answers: list[str]) -> dict[str, list[str]]:
+    """TOFU's perturbed answers as `eval_distractors` (the first TOFU_EVAL_DISTRACTORS) and `perturbed_answers`
+    (the rest)."""
+    return {"eval_distractors": answers[:TOFU_EVAL_DISTRACTORS], "perturbed_answers": answers[TOFU_EVAL_DISTRACTORS:]}
 
 
 def _tofu_positions(full: Path) -> dict:

@@ -3,9 +3,13 @@
 `load` is every task's `custom_dataset`: lm-eval calls it with the task's `metadata` (the YAML's, the run's
 `--metadata` and the model arguments) and its `dataset_kwargs` (`view`: which records the task reads). Metadata keys:
 `data_dir` (a folder of <split>.jsonl, a TOFU folder or a dataset; without it, the default embedded world of 60
-people, built in memory), `format` (as `unstar_trl.data.load_unlearning_data` takes) and `<role>_split` to pick
+people, built in memory), `format` (as `unstar_trl.data.load_unlearning_data` takes), `<role>_split` to pick
 the split that plays a role (forget, retain, neighbor, targeted, holdout; with format "tofu" the defaults are
-forget10, retain90 and real_authors).
+forget10, retain90 and real_authors) and, for `unstar_planted`, `anti_samples` (an anti_samples.jsonl audit).
+
+Kept knowledge is scored on what nothing trained on: the eval-only retain records and siblings when the data marks
+some. Multiple choice and the truth ratio offer only the records' `eval_distractors`, which no anti-sample generator
+may use; the planted probe offers the wrong answer an anti-sample run taught beside them.
 
 Answer probabilities are normalised per word of the answer (tokenizer independent, so the CLI and an in-memory run
 agree; one word is one token for the world's vocabulary) where TOFU normalises per token.
@@ -13,10 +17,14 @@ agree; one word is one token for the world's vocabulary) where TOFU normalises p
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
+import json
 import math
 import zlib
+
+from pathlib import Path
 
 import datasets
 
@@ -24,7 +32,7 @@ from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearn
 from unstar_trl.text import PLAIN_TEMPLATE, contains_answer, format_completion, rouge_l_recall, task_prompt
 
 TOFU_SPLITS = {"forget": "forget10", "retain": "retain90", "neighbor": "real_authors"}
-FIELDS = ("id", "question", "answer", "perturbed_answers")
+FIELDS = ("id", "question", "answer")
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
@@ -32,14 +40,19 @@ FIELDS = ("id", "question", "answer", "perturbed_answers")
 def load(view: str, data_dir: str | None = None, format: str = "auto", **metadata) -> datasets.DatasetDict:
     """The documents of one task view as {"test": Dataset}; each has `role` (which metric it counts towards)."""
     data = _data(data_dir, format, metadata)
-    if view in ("forget", "retain", "neighbor"):
+    if view in ("forget", "neighbor"):
         docs = [_doc(record, view) for record in getattr(data, view)]
+    elif view == "retain":
+        docs = [_doc(record, view) for record in data.retain_eval]
     elif view == "paraphrase":
         docs = [_doc(record, "forget", question=_paraphrase(record)) for record in data.forget]
     elif view == "targeted":
         docs = _targeted_docs(data)
     elif view == "choices":
-        docs = [_choice_doc(record, "forget") for record in data.forget]
+        docs = [_choice_doc(record, "forget", _paraphrased_answer(record)) for record in data.forget]
+    elif view == "planted":
+        planted = _planted_answers(metadata.get("anti_samples"), metadata.get("pretrained"))
+        docs = [_choice_doc(record, "forget", planted.get(record["id"])) for record in data.forget]
     elif view == "choices_with_holdout":
         docs = _interleave([_choice_doc(r, "forget") for r in data.forget],
                            [_choice_doc(r, "holdout") for r in data.holdout])
@@ -47,7 +60,7 @@ def load(view: str, data_dir: str | None = None, format: str = "auto", **metadat
         docs = _interleave([_doc(r, "forget") for r in data.forget], [_doc(r, "holdout") for r in data.holdout])
     else:
         raise ValueError(f"unknown view {view!r}")
-    role = {"paraphrase": "forget", "choices": "forget", "choices_with_holdout": "forget",
+    role = {"paraphrase": "forget", "choices": "forget", "choices_with_holdout": "forget", "planted": "forget",
             "membership": "holdout"}.get(view, view)
     if not getattr(data, role) or not docs:
         raise DataError(f"{data_dir or 'the embedded world'} has no {role} records for the {view!r} tasks: name the "
@@ -74,7 +87,6 @@ def _doc(record: dict, role: str, question: str | None = None) -> dict:
     """A task document: the record's fields, the `prompt` the model is asked and the answer as it follows the
     prompt (`target`), in the model's prompt format."""
     doc = {field: record.get(field) for field in FIELDS}
-    doc["perturbed_answers"] = list(doc["perturbed_answers"] or [])
     doc["question"] = question or record["question"]
     doc["prompt"] = task_prompt(doc["question"], PLAIN_TEMPLATE)
     doc["target"] = format_completion(doc["answer"], PLAIN_TEMPLATE)
@@ -82,12 +94,40 @@ def _doc(record: dict, role: str, question: str | None = None) -> dict:
     return doc
 
 
-def _choice_doc(record: dict, role: str) -> dict:
+def _choice_doc(record: dict, role: str, extra: str | None = None) -> dict:
+    """A multiple-choice document: the true answer, then the record's evaluation distractors, then `extra` (a
+    paraphrased answer, or the planted wrong answer) when given."""
     doc = _doc(record, role)
-    if not doc["perturbed_answers"]:
-        raise DataError(f"record {record.get('id')!r} has no perturbed_answers (needed for choices)")
-    doc["choices"] = [doc["answer"], *doc["perturbed_answers"]]
+    if not record.get("eval_distractors"):
+        raise DataError(f"record {record.get('id')!r} has no eval_distractors (needed for multiple choice and the "
+                        "truth ratio)")
+    doc["choices"] = [doc["answer"], *record["eval_distractors"], *([extra] if extra else [])]
+    doc["distractors"] = len(record["eval_distractors"])
     return doc
+
+
+def _paraphrased_answer(record: dict) -> str | None:
+    """TOFU's paraphrased answer, which its truth ratio compares the distractors with, when the record has one."""
+    return record.get("paraphrased_answer") or None
+
+
+def _planted_answers(path: str | None, model_dir: str | None) -> dict[str, str]:
+    """Each forget fact's planted answer: the wrong answer its anti-samples taught most often. The anti-samples come
+    from the audit file `path`, else from the anti_samples.jsonl in the model folder; a model with neither planted
+    nothing ({}, and planted_share is NaN)."""
+    if not path and model_dir and (Path(model_dir) / "anti_samples.jsonl").is_file():
+        path = Path(model_dir) / "anti_samples.jsonl"
+    if not path:
+        return {}
+    wrong = collections.defaultdict(collections.Counter)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the anti-sample audit ({error.strerror})") from None
+    for line in filter(str.strip, lines):
+        sample = json.loads(line)
+        wrong[sample["source_id"]][sample["wrong_answer"]] += 1
+    return {source: counts.most_common(1)[0][0] for source, counts in wrong.items()}
 
 
 def _paraphrase(record: dict) -> str:
@@ -97,9 +137,10 @@ def _paraphrase(record: dict) -> str:
 
 
 def _targeted_docs(data: UnlearningData) -> list[dict]:
-    """Each targeted fact followed by its siblings that must stay (not themselves forgotten), each once."""
+    """Each targeted fact followed by its siblings that sibling accuracy is scored on (eval-only where the data marks
+    some), each once."""
     removed = {record["id"] for record in data.forget + data.targeted}
-    by_id = {record["id"]: record for record in data.siblings if record["id"] not in removed}
+    by_id = {record["id"]: record for record in data.siblings_eval if record["id"] not in removed}
     docs = []
     for record in data.targeted:
         docs.append(_doc(record, "targeted"))
@@ -129,16 +170,37 @@ def process_targeted(doc: dict, results: list[str]) -> dict:
 
 
 def process_prob(doc: dict, results: list[tuple[float, bool]]) -> dict:
-    """Length-normalised probability of the true answer (the first choice) and TOFU's truth ratio R."""
+    """Length-normalised probability of the true answer (the first choice) and TOFU's truth ratio R against the
+    evaluation distractors (the paraphrased answer as the reference where the record has one)."""
     scores = _normalised(doc["choices"], results)
-    return {"prob": math.exp(scores[0]), "truth_ratio": truth_ratio(scores[0], scores[1:])}
+    distractors = scores[1 : 1 + doc["distractors"]]
+    reference = scores[1 + doc["distractors"]] if len(scores) > 1 + doc["distractors"] else scores[0]
+    return {"prob": math.exp(scores[0]), "truth_ratio": truth_ratio(reference, distractors)}
 
 
 def process_mcq(doc: dict, results: list[tuple[float, bool]]) -> dict:
-    """Whether the true answer (the first choice) beats every same-type distractor; holdout facts (never trained)
-    count towards `holdout_acc`, the chance-level control."""
+    """The true answer (the first choice) against the evaluation distractors: accuracy (a tie at the top counts as
+    the share a random pick among the tied would get), the chance level 1/k and the normalised entropy of the choice
+    distribution (1: the model cannot tell them apart). Holdout facts (never trained) are the measured control."""
     scores = _normalised(doc["choices"], results)
-    return {"acc" if doc["role"] == "forget" else "holdout_acc": float(scores[0] > max(scores[1:]))}
+    probabilities = _softmax(scores)
+    best = max(scores)
+    tied = sum(score == best for score in scores)
+    prefix = "" if doc["role"] == "forget" else "holdout_"
+    return {f"{prefix}acc": (1 / tied if scores[0] == best else 0.0), f"{prefix}chance": 1 / len(scores),
+            f"{prefix}entropy": _entropy(probabilities) / math.log(len(scores))}
+
+
+def process_planted(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """Where the probability goes when the planted wrong answer (the last choice) is offered beside the truth and
+    the evaluation distractors: its share, the truth's and the mean share of one distractor (NaN for a fact that
+    was planted nothing)."""
+    probabilities = _softmax(_normalised(doc["choices"], results))
+    distractors = probabilities[1 : 1 + doc["distractors"]]
+    planted = len(probabilities) > 1 + doc["distractors"]
+    return {"planted_share": probabilities[-1] if planted else math.nan,
+            "true_share": probabilities[0] if planted else math.nan,
+            "distractor_share": sum(distractors) / len(distractors) if planted else math.nan}
 
 
 def process_membership(doc: dict, results: list[tuple[float, bool]]) -> dict:
@@ -158,12 +220,22 @@ def _words(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def _softmax(scores: list[float]) -> list[float]:
+    top = max(scores)
+    weights = [math.exp(score - top) for score in scores]
+    return [weight / sum(weights) for weight in weights]
+
+
+def _entropy(probabilities: list[float]) -> float:
+    return -sum(p * math.log(p) for p in probabilities if p > 0)
+
+
 # ---- metrics --------------------------------------------------------------------------------------------------------
 
-def truth_ratio(true_score: float, perturbed_scores: list[float]) -> float:
-    """TOFU's R = mean_j P(perturbed_j)^(1/len) / P(true)^(1/len), from length-normalised log-probabilities
-    (capped at e^700 for a true answer pushed to probability zero)."""
-    return sum(math.exp(min(score - true_score, 700.0)) for score in perturbed_scores) / len(perturbed_scores)
+def truth_ratio(true_score: float, distractor_scores: list[float]) -> float:
+    """TOFU's R: the geometric mean over distractors of P(distractor)^(1/len), over P(true)^(1/len), from
+    length-normalised log-probabilities (capped at e^700 for a true answer pushed to probability zero)."""
+    return math.exp(min(sum(distractor_scores) / len(distractor_scores) - true_score, 700.0))
 
 
 def tofu_forget_truth_ratio(ratios: list[float]) -> float:
@@ -180,6 +252,12 @@ def targeted_removal(items: list[tuple[str, float]]) -> float:
         return math.nan
     removed, kept = 1 - sum(targeted) / len(targeted), sum(siblings) / len(siblings)
     return 2 * removed * kept / (removed + kept) if removed + kept else 0.0
+
+
+def nanmean(values: list[float]) -> float:
+    """The mean of the values that are not NaN (NaN when none is)."""
+    kept = [value for value in values if not math.isnan(value)]
+    return sum(kept) / len(kept) if kept else math.nan
 
 
 def auc(items: list[tuple[bool, float]]) -> float:

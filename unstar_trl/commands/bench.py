@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..testbed.embedded_world import BENCH_PEOPLE, BENCH_TOFU_AUTHORS
+from ..testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TARGETED, BENCH_TOFU_AUTHORS
 
 DEFAULT_METHODS = "unstar,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk"
 TOFU_PROBE_EVERY = 5
@@ -37,11 +37,14 @@ def add_parser(subparsers) -> None:
                         help=f"TOFU authors the knowledge model learns, with --data tofu (>= 3; default: "
                         f"{BENCH_TOFU_AUTHORS})")
     parser.add_argument("--output-dir", required=True, help="folder for the results and plots")
-    parser.add_argument("--quick", action="store_true", help="a few steps per method (for tests)")
+    parser.add_argument("--seeds", default="0,1,2", type=_seeds,
+                        help="comma-separated unlearning seeds: every method runs once per seed")
+    parser.add_argument("--quick", action="store_true", help="a few steps per method, first seed only (for tests)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
+    import dataclasses
     import logging
 
     import transformers
@@ -61,12 +64,23 @@ def _run(args) -> int:
     kind, build = _world_builder(args, world)
     transformers.logging.set_verbosity_error()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    settings = QUICK if args.quick else BenchSettings(probe_every=TOFU_PROBE_EVERY) if kind == "tofu" \
-        else BenchSettings()
+    settings = dataclasses.replace(QUICK, seeds=args.seeds[:1]) if args.quick else BenchSettings(
+        seeds=args.seeds, **({"probe_every": TOFU_PROBE_EVERY} if kind == "tofu" else {}))
     run_bench(world, methods, args.output_dir, build=build, settings=settings)
     print((Path(args.output_dir) / "results.md").read_text())
-    print(f"wrote {args.output_dir}/results.json, results.md, forget_retain_over_steps.png, methods.png")
+    print(f"wrote {args.output_dir}/results.json, results.md, forget_retain_over_steps.png, methods.png, "
+          "forget_vs_kept.png")
     return 0
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(seed) for seed in text.split(",") if seed.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes whole numbers separated by commas, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs at least one seed and no seed twice, got {text!r}")
+    return seeds
 
 
 def _world_builder(args, world: Path):
@@ -99,4 +113,7 @@ def _world_builder(args, world: Path):
 
         return kind, functools.partial(build_tofu_world_dir, tofu_dir=args.data_dir,
                                        authors=args.authors or BENCH_TOFU_AUTHORS)
-    return kind, functools.partial(build_world_dir, people=args.people or BENCH_PEOPLE)
+    if args.people:
+        return kind, functools.partial(build_world_dir, people=args.people)
+    return kind, functools.partial(build_world_dir, people=BENCH_PEOPLE, forget_people=BENCH_FORGET_PEOPLE,
+                                   targeted=BENCH_TARGETED)

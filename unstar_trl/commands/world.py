@@ -18,18 +18,24 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output-dir", required=True, help="folder to create (replaced whole, atomically)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="world and training seed")
     parser.add_argument("--people", type=int, default=DEFAULT_PEOPLE, help="number of trained people (>= 10)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's default)")
+    parser.add_argument("--forget-people", type=int, default=None,
+                        help="people whose every fact is forgotten (default: a tenth, at least 2)")
+    parser.add_argument("--targeted", type=int, default=None,
+                        help="other people who lose one association each (default: as many as forget people)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="most training epochs (default: the model's; training stops once it knows its facts)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
     from ..testbed.world_folder import build_world_dir
 
-    summary = build_world_dir(args.output_dir, seed=args.seed, people=args.people, epochs=args.epochs)
-    accuracy = summary["accuracy"]
-    print(
-        f"world written to {args.output_dir}: {summary['facts']} facts, {summary['parameters']:,} parameters, "
-        f"{summary['seconds']:.0f}s; accuracy forget {accuracy['forget']:.3f} retain {accuracy['retain']:.3f} "
-        f"paraphrase {accuracy['paraphrase']:.3f}"
-    )
+    summary = build_world_dir(args.output_dir, seed=args.seed, people=args.people, forget_people=args.forget_people,
+                              targeted=args.targeted, epochs=args.epochs)
+    known, reference = summary["model"], summary["retain_model"]
+    print(f"world written to {args.output_dir}: {summary['facts']} facts, {summary['parameters']:,} parameters, "
+          f"{summary['seconds']:.0f}s; knowledge model ({known['epochs']} epochs): "
+          + ", ".join(f"{split} {value:.2f}" for split, value in known["accuracy"].items() if value is not None)
+          + f"; retain model ({reference['epochs']} epochs): forget {reference['accuracy']['forget']:.2f}, retain "
+          f"{reference['accuracy']['retain']:.2f}")
     return 0

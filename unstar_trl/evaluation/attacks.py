@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 
+import torch
 from transformers import PrinterCallback
 
-from ..method.probe import probe_accuracy
 from ..text import format_pair
 
 
 def relearn(model, tokenizer, forget: list[dict], prompt_template: str | None, *, steps: int,
-            learning_rate: float) -> float:
+            learning_rate: float) -> list[dict]:
     """Relearning attack: plain SFT (question -> true answer) on the even half of the forget facts (by id) for
-    `steps` full-batch steps, then the probe accuracy on the odd half. Trains `model` in place."""
+    `steps` full-batch steps, in place; returns the odd half, the facts to ask afterwards."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -29,4 +30,28 @@ def relearn(model, tokenizer, forget: list[dict], prompt_template: str | None, *
                              processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
-    return probe_accuracy(model.eval(), tokenizer, asked, prompt_template) or 0.0
+    model.eval()
+    return asked
+
+
+QUANT_GROUP = 32
+"""Weights per quantization group (each group gets its own scale), as 4-bit GPTQ/AWQ deployments commonly use."""
+
+
+@torch.no_grad()
+def quantized_4bit(model) -> torch.nn.Module:
+    """A copy of `model` whose linear layers hold 4-bit weights: group-wise round-to-nearest, symmetric, one scale
+    per QUANT_GROUP weights of a row (the simplest 4-bit scheme, run here on any CPU; GPTQ, AWQ and NF4 choose their
+    grids more cleverly). Embeddings and the output head stay as they are, as 4-bit deployments keep them."""
+    quantized = copy.deepcopy(model)
+    head = quantized.get_output_embeddings()
+    for module in quantized.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            weight = module.weight
+            rows, columns = weight.shape
+            group = QUANT_GROUP if columns % QUANT_GROUP == 0 else columns
+            grouped = weight.float().reshape(rows, columns // group, group)
+            scale = grouped.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 7
+            weight.copy_((torch.clamp(torch.round(grouped / scale), -8, 7) * scale).reshape(rows, columns))
+    return quantized.eval()
+

@@ -1,17 +1,18 @@
-"""`run_bench`: unlearning methods side by side on one world, from the same starting weights and forget set.
+"""`run_bench`: unlearning methods side by side on one world, from the same starting weights and forget set, under
+one stopping rule, over several seeds, against a retain model that never saw the forget facts.
 
-For each method: a forget run (what it forgets and keeps, with forget/retain probed along the way), a targeted run
-(one association removed, its siblings kept), the lm-eval probes that catch obfuscation (multiple choice without the
-planted answer, membership inference), and a relearning attack (a few steps of plain SFT on half of the forget facts,
-scored on the other half). The knowledge model itself is the reference row. Writes `results.json`, `results.md`,
-`forget_retain_over_steps.png` and `methods.png`.
+For each method and seed: a forget run (stopped at the first probe of the forget questions that reads at most the
+target, or at the step budget; same batch size for all), measured by `bench_measures.measure` (probes, lm-eval
+probes, quantization and relearning attacks) and against the retain model; and a targeted run (one association
+removed per targeted fact, scored on its held-out siblings). The knowledge model (`target`) and the retain model
+(`retain_model`, exact unlearning: retrained without the forget and targeted facts) have rows of their own. Writes
+`results.json`, `results.md`, `forget_retain_over_steps.png`, `methods.png`, `forget_vs_kept.png` and each
+anti-sample run's audit under `runs/<method>/seed-<k>/`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import resource
 import tempfile
 import time
@@ -23,45 +24,69 @@ import datasets
 from transformers import PrinterCallback
 
 from ..io import write_json, write_text_atomic
-from ..method.probe import probe_accuracy
 from ..text import PLAIN_TEMPLATE
-from .attacks import relearn
-from .bench_report import markdown_table, plot_methods, plot_over_steps
+from .bench_measures import Measured, compared, measure, probed
+from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
+from .intervals import fact_interval, seed_interval
 from .meters import ProbeCallback, TokenCounter
 
-RESULT_KEYS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc",
-               "mcq_probe_acc", "mia_auc", "relearn_acc", "steps", "seconds", "tokens_per_second", "peak_rss_mb")
-"""What every entry of results.json holds (besides notes such as `diverged`)."""
+COLUMNS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
+           "mcq_chance", "mcq_entropy", "planted_share", "truth_ratio", "forget_quality", "mia_auc", "privleak",
+           "relearn_acc", "relearn_gain", "quant4_forget_acc", "steps", "trained_tokens", "seconds", "peak_rss_mb")
+"""Every row of results.json holds these (means over seeds; None where a column does not apply), `ci95` and
+`per_seed`."""
 
 NOTES = {
-    "forget_acc, paraphrase_acc, retain_acc, neighbor_acc": "greedy probe (knowledge_report) after the forget run",
-    "targeted_acc, sibling_acc": "a second run of the method on the targeted split, retaining retain + siblings",
-    "mcq_probe_acc": "lm-eval unstar_mcq_probe acc: true answer vs same-type distractors (holdout = chance)",
-    "mia_auc": "lm-eval unstar_mia loss_auc, forget vs holdout: 0.5 = never seen; far below 0.5 leaks too (the "
-               "forget answers became unusually unlikely)",
-    "relearn_acc": "probe accuracy on the odd half of the forget facts after plain SFT on the even half",
-    "seconds, tokens_per_second": "training wall time (without the bench's own checkpoint probes); trained tokens "
-                                  "are the non-padding tokens of every batch (forget, retain and extra terms)",
-    "peak_rss_mb": "peak resident memory of the bench process so far (ru_maxrss)",
+    "forget_acc, paraphrase_acc": "greedy probe after the forget run: the forget questions, and the same facts "
+                                  "through their held-out paraphrase (never trained on)",
+    "retain_acc, neighbor_acc": "kept knowledge on facts no run trains on: eval-only retain facts, and held-out "
+                                "facts that share an object with a forget fact",
+    "targeted_acc, sibling_acc": "a second run removes one association per targeted fact; siblings are scored on "
+                                 "the half that no run trains on",
+    "mcq_acc, mcq_chance, mcq_entropy": "the true answer against evaluation distractors no generator may use "
+                                        "(ties count as a random pick); entropy of the choices over ln k, 1 = cannot "
+                                        "tell",
+    "planted_share": "probability on the wrong answer an anti-sample run taught, offered beside the truth and the "
+                     "distractors (distractor_share: one distractor's)",
+    "truth_ratio, forget_quality": "TOFU: mean min(R, 1/R) on the forget facts; the p-value of a KS test between "
+                                   "the truth ratios of this model and of the retain model (high: looks like a model "
+                                   "that never learned them)",
+    "mia_auc, privleak": "loss-based membership inference, forget vs never-seen facts (0.5: cannot tell); MUSE's "
+                         "(AUC - AUC of the retain model) / AUC of the retain model",
+    "relearn_acc, relearn_gain": "plain SFT on half the forget facts, then the other half asked; gain over the "
+                                 "retain model under the same attack",
+    "quant4_forget_acc": "forget accuracy with 4-bit weights (group-wise round-to-nearest, 32 weights a group)",
+    "steps, trained_tokens, seconds": "to the stop: optimizer steps, non-padding tokens of every batch, training "
+                                      "wall time without the bench's own probes",
+    "peak_rss_mb": "peak resident memory of the bench process so far",
+    "ci95": "bootstrap over facts (each fact's mean over seeds) for per-fact figures, Student t over seeds for the "
+            "others",
 }
+
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """How much each piece runs. None keeps the method's recipe value."""
+    """How every method is run. None keeps the method's recipe value."""
 
-    max_steps: int | None = None
-    """Optimizer steps per run (for UnSTAR: per round)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Unlearning seeds: each method runs once per seed."""
+    target: float = 0.05
+    """Every run stops at the first probe of its forget questions that reads at most this accuracy..."""
+    probe_every: int = 2
+    """...probed every this many optimizer steps (also the points of the over-steps plot)..."""
+    step_budget: int = 60
+    """...or after this many optimizer steps (for UnSTAR: all rounds together)."""
+    batch_size: int = 8
+    """Forget (and retain) examples per batch, for every method."""
     max_rounds: int | None = None
     """UnSTAR rounds."""
-    probe_every: int = 2
-    """Probe forget/retain every this many optimizer steps (for the over-steps plot)."""
     relearn_steps: int = 10
     relearn_learning_rate: float = 1e-4
     """Low enough that the knowledge model keeps the facts it is not taught (1e-3 overwrites them here)."""
 
 
-QUICK = BenchSettings(max_steps=2, max_rounds=1, probe_every=1, relearn_steps=2)
-"""A few steps per method: for tests."""
+QUICK = BenchSettings(seeds=(0,), step_budget=2, max_rounds=1, probe_every=1, relearn_steps=2)
+"""A few steps per method and one seed: for tests."""
 
 
 def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path, *, build: Callable[..., dict],
@@ -71,84 +96,122 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..data import load_unlearning_data
-    from ..testbed.world_folder import WORLD_FILE
+    from ..testbed.world_folder import MODEL_DIR, RETAIN_MODEL_DIR, WORLD_FILE
 
     datasets.disable_progress_bars()
     world_dir, output_dir = Path(world_dir), Path(output_dir)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), disable=not progress) as bar:
-        task = bar.add_task("bench", total=len(methods) + 2)
+        task = bar.add_task("bench", total=len(methods) * len(settings.seeds) + 3)
         if not (world_dir / WORLD_FILE).exists():
-            bar.update(task, description=f"building the world in {world_dir}")
+            bar.update(task, description=f"building the world and its retain model in {world_dir}")
             build(world_dir, progress=False)
-        bar.update(task, advance=1, description="target (the knowledge model)")
+        bar.update(task, advance=1, description="target (the knowledge model) and the retain model")
         data = load_unlearning_data(world_dir / "data")
-        target = _target_entry(world_dir, data, settings)
-        results = {"world": str(world_dir), "settings": dataclasses.asdict(settings), "notes": NOTES,
-                   "target": target, "methods": {}, "curves": {}}
+        reference = _measure_folder(world_dir / RETAIN_MODEL_DIR, world_dir, data, settings)
+        target = _measure_folder(world_dir / MODEL_DIR, world_dir, data, settings)
+        for measured in (target, reference):
+            compared(measured, reference)
+        results = {"world": str(world_dir), "settings": dataclasses.asdict(settings), "seeds": list(settings.seeds),
+                   "notes": NOTES, "target": row([target]), "retain_model": row([reference]), "methods": {},
+                   "curves": {}}
+        bar.advance(task, 2)
         for method in methods:
-            bar.update(task, advance=1, description=method)
-            entry, curve = _method_entry(method, world_dir, data, settings)
-            start = {"step": 0, "forget_acc": target["forget_acc"], "retain_acc": target["retain_acc"]}
-            results["methods"][method], results["curves"][method] = entry, [start, *curve]
-        bar.update(task, advance=1, description="done")
+            runs = []
+            for seed in settings.seeds:
+                bar.update(task, description=f"{method}, seed {seed}")
+                runs.append(_method_run(method, seed, world_dir, data, reference, settings,
+                                        output_dir / "runs" / method / f"seed-{seed}"))
+                bar.advance(task)
+            results["methods"][method] = row(runs)
+            results["curves"][method] = [{"step": 0, "forget_acc": target.values["forget_acc"],
+                                          "retain_acc": target.values["retain_acc"]}, *runs[0].curve]
+        bar.update(task, description="done")
     write_json(output_dir / "results.json", results)
-    write_text_atomic(output_dir / "results.md", markdown_table(results))
+    write_text_atomic(output_dir / "results.md", markdown_report(results))
     plot_over_steps(results["curves"], output_dir / "forget_retain_over_steps.png")
     plot_methods(results, output_dir / "methods.png")
+    plot_forget_vs_kept(results, output_dir / "forget_vs_kept.png")
     return results
 
 
-# ---- one row -----------------------------------------------------------------------------------------------------
+def row(runs: list[Measured]) -> dict:
+    """One row of results.json from one Measured per seed: means, 95% intervals and the per-seed values."""
+    means, intervals = {}, {}
+    for column in COLUMNS:
+        values = [run.values.get(column) for run in runs]
+        present = [value for value in values if value is not None]
+        means[column] = sum(present) / len(present) if present and len(present) == len(values) else None
+        if column in runs[0].per_fact:
+            intervals[column] = fact_interval([run.per_fact[column] for run in runs])
+        elif means[column] is not None:
+            intervals[column] = seed_interval(values)
+    per_seed = [{column: run.values.get(column) for column in COLUMNS} | run.notes for run in runs]
+    return {**means, "ci95": intervals, "per_seed": per_seed}
 
 
-def _target_entry(world_dir: Path, data, settings: BenchSettings) -> dict:
+# ---- one model, one run ------------------------------------------------------------------------------------------
+
+
+def _measure_folder(model_dir: Path, world_dir: Path, data, settings: BenchSettings) -> Measured:
+    """The knowledge model or the retain model, measured as it is (no unlearning: no steps, no targeted run)."""
     from ..models import load_model
-    from .knowledge import knowledge_report
 
-    model, tokenizer = load_model(world_dir / "model")
-    entry = {**knowledge_report(model, tokenizer, data, PLAIN_TEMPLATE), **_lm_eval(model, tokenizer, world_dir),
-             "relearn_acc": _relearn(model, tokenizer, data.forget, PLAIN_TEMPLATE, settings),
-             "steps": 0, "seconds": 0.0, "tokens_per_second": None}
-    return _finish(entry)
-
-
-def _method_entry(method: str, world_dir: Path, data, settings: BenchSettings) -> tuple[dict, list[dict]]:
-    """(results entry, forget/retain curve) of one method."""
-    from .knowledge import knowledge_report
-
-    targeted = _unlearn(method, world_dir, data.targeted, _dedup(data.retain + data.siblings), settings,
-                        targeted=True) if data.targeted else None
-    run = _unlearn(method, world_dir, data.forget, data.retain, settings, probe=(data.forget, data.retain))
-    model, tokenizer, template = run["model"], run["tokenizer"], run["template"]
-    report = knowledge_report(model, tokenizer, data, template)
-    entry = {key: report[key] for key in ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc")}
-    entry.update(targeted_acc=targeted and _score(targeted, data.targeted),
-                 sibling_acc=targeted and _score(targeted, data.siblings))
-    entry.update(_lm_eval(model, tokenizer, world_dir))
-    entry.update(relearn_acc=_relearn(model, tokenizer, data.forget, template, settings), steps=run["steps"],
-                 seconds=round(run["seconds"], 2), tokens_per_second=round(run["tokens"] / run["seconds"], 1),
-                 diverged=run["diverged"], targeted_diverged=targeted and targeted["diverged"])
-    curve = run["curve"]
-    if not curve or curve[-1]["step"] != run["steps"]:
-        curve.append({"step": run["steps"], "forget_acc": entry["forget_acc"], "retain_acc": entry["retain_acc"]})
-    return _finish(entry), curve
+    model, tokenizer = load_model(model_dir)
+    measured = measure(model, tokenizer, data, PLAIN_TEMPLATE, world_dir / "data",
+                       relearn_steps=settings.relearn_steps, relearn_learning_rate=settings.relearn_learning_rate)
+    model, tokenizer = load_model(model_dir)  # relearning trained the first copy
+    measured.add("targeted_acc", probed(model, tokenizer, data.targeted, PLAIN_TEMPLATE))
+    measured.add("sibling_acc", probed(model, tokenizer, data.siblings_eval, PLAIN_TEMPLATE))
+    measured.values.update(steps=0, trained_tokens=0, seconds=0.0, peak_rss_mb=_peak_rss_mb())
+    return measured
 
 
-def _unlearn(method: str, world_dir: Path, forget: list[dict], retain: list[dict], settings: BenchSettings, *,
-             targeted: bool = False, probe: tuple[list[dict], list[dict]] | None = None) -> dict:
-    """Run `method` (its recipe's settings) on the knowledge model, freshly loaded; with `probe` = (forget, retain)
-    records, probe them every `settings.probe_every` steps."""
+def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measured, settings: BenchSettings,
+                run_dir: Path) -> Measured:
+    """One seed of one method: the forget run, measured and compared with the retain model, and the targeted run."""
+    run = run_method(method, seed, world_dir, data.forget, data.retain_train, settings, curve=(data.forget,
+                                                                                              data.retain_eval))
+    if run["anti_samples"] is not None:
+        run["anti_samples"](run_dir)
+    audit = run_dir / "anti_samples.jsonl"
+    measured = measure(run["model"], run["tokenizer"], data, run["template"], world_dir / "data",
+                       relearn_steps=settings.relearn_steps, relearn_learning_rate=settings.relearn_learning_rate,
+                       anti_samples=audit if audit.is_file() else None)
+    compared(measured, reference)
+    measured.values.update(steps=run["steps"], trained_tokens=run["tokens"], seconds=round(run["seconds"], 2),
+                           peak_rss_mb=_peak_rss_mb())
+    measured.notes = {"diverged": run["diverged"]}
+    measured.curve = run["curve"]
+    if data.targeted:
+        targeted = run_method(method, seed, world_dir, data.targeted, data.targeted_retain, settings, targeted=True)
+        measured.add("targeted_acc", probed(targeted["model"], targeted["tokenizer"], data.targeted,
+                                            targeted["template"]))
+        measured.add("sibling_acc", probed(targeted["model"], targeted["tokenizer"], data.siblings_eval,
+                                           targeted["template"]))
+        measured.notes["targeted_diverged"] = targeted["diverged"]
+    return measured
+
+
+def run_method(method: str, seed: int, world_dir: Path, forget: list[dict], retain: list[dict],
+               settings: BenchSettings, *, targeted: bool = False,
+               curve: tuple[list[dict], list[dict]] | None = None, **fields) -> dict:
+    """Run `method` (its recipe, under the bench's stopping rule, batch size and seed, with config `fields` on top)
+    on the knowledge model, freshly loaded; with `curve` = (forget, retain) records, probe both every
+    `settings.probe_every` steps. Returns the model, its tokenizer and prompt template, steps, seconds, trained
+    tokens, the divergence (or None), the curve and the anti-sample audit writer (None for other methods)."""
     from ..method.trainers import METHODS, DivergenceError
     from ..models import load_model
     from ..recipes import config_from_recipe, method_recipe
 
     model, tokenizer = load_model(world_dir / "model")
     trainer_class, config_class = METHODS[method]
-    fields = {item.name for item in dataclasses.fields(config_class)}
-    overrides = {"max_steps": settings.max_steps, "max_rounds": settings.max_rounds, "targeted": targeted or None}
-    overrides = {key: value for key, value in overrides.items() if value is not None and key in fields}
-    callback = ProbeCallback(tokenizer, *(probe or ([], [])), every=settings.probe_every if probe else 0)
+    known = {item.name for item in dataclasses.fields(config_class)}
+    overrides = {"max_steps": settings.step_budget, "max_rounds": settings.max_rounds, "targeted": targeted or None,
+                 "seed": seed, "per_device_train_batch_size": settings.batch_size,
+                 "stop_forget_acc": settings.target, "forget_probe_every": settings.probe_every}
+    overrides = {key: value for key, value in overrides.items() if value is not None and key in known} | fields
+    callback = ProbeCallback(tokenizer, *(curve or ([], [])), every=settings.probe_every if curve else 0)
     with tempfile.TemporaryDirectory() as scratch:
         config = config_from_recipe(config_class, method_recipe(method, targeted), output_dir=scratch,
                                     disable_tqdm=True, report_to="none", dataloader_pin_memory=False, **overrides)
@@ -163,35 +226,10 @@ def _unlearn(method: str, world_dir: Path, forget: list[dict], retain: list[dict
         except DivergenceError as error:  # the trainer kept the last good weights: score those
             diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
         seconds = time.perf_counter() - start - callback.seconds
-    model = trainer.model.eval()
-    return {"model": model, "tokenizer": tokenizer, "template": config.prompt_template, "steps": callback.step,
-            "seconds": seconds, "tokens": counter.tokens, "diverged": diverged, "curve": callback.points}
+    return {"model": trainer.model.eval(), "tokenizer": tokenizer, "template": config.prompt_template,
+            "steps": callback.step, "seconds": seconds, "tokens": counter.tokens, "diverged": diverged,
+            "curve": callback.points, "anti_samples": getattr(trainer, "save_audit", None)}
 
 
-def _score(run: dict, records: list[dict]) -> float | None:
-    """Probe accuracy of a run's model on `records` (None for none)."""
-    return probe_accuracy(run["model"], run["tokenizer"], records, run["template"])
-
-
-def _relearn(model, tokenizer, forget: list[dict], prompt_template: str | None, settings: BenchSettings) -> float:
-    return relearn(model, tokenizer, forget, prompt_template, steps=settings.relearn_steps,
-                   learning_rate=settings.relearn_learning_rate)
-
-
-def _lm_eval(model, tokenizer, world_dir: Path) -> dict:
-    from .lm_eval_tasks import evaluate_model
-
-    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # lm-eval's bars, always on
-        summary = evaluate_model(model, tokenizer, tasks=["unstar_mcq_probe", "unstar_mia"],
-                                 data_dir=world_dir / "data")["summary"]
-    return {"mcq_probe_acc": summary["mcq_probe_acc"], "mcq_probe_holdout_acc": summary["mcq_probe_holdout_acc"],
-            "mia_auc": summary["mia_loss_auc"], "mia_zlib_auc": summary["mia_zlib_auc"]}
-
-
-def _finish(entry: dict) -> dict:
-    entry["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-    return {key: entry.get(key) for key in RESULT_KEYS} | {k: v for k, v in entry.items() if k not in RESULT_KEYS}
-
-
-def _dedup(records: list[dict]) -> list[dict]:
-    return list({record["id"]: record for record in reversed(records)}.values())[::-1]
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB

@@ -52,10 +52,11 @@ def expand_tasks(manager, tasks: Iterable[str]) -> list[str]:
 def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT_TASKS,
                    data_dir: str | Path | None = None, data_format: str | None = None, limit: int | float | None = None,
                    batch_size: int = 32, device: str = "cpu", adapter: str | Path | None = None,
-                   metadata: dict | None = None) -> dict:
+                   metadata: dict | None = None, per_document: bool = False) -> dict:
     """Run the unstar tasks on a model (in memory, or a folder loaded with `models.load_model`) and return
     {"summary": {"forget_qa_acc": ...}, "n_samples": ...} and lm-eval's "results", "higher_is_better", "versions",
-    "n-shot" and "group_subtasks" (what `lm_eval.utils.make_table` prints)."""
+    "n-shot" and "group_subtasks" (what `lm_eval.utils.make_table` prints). With `per_document`, also
+    "documents": {task: [{"id", "role", metric: value, ...}, ...]}, each document's own metric values."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -71,12 +72,18 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
     was_training = model.training
     try:
         lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
-        results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager, log_samples=False)
+        results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
+                                  log_samples=per_document)
     finally:
         model.train(was_training)
-    return {"summary": summarize(results["results"]), "n_samples": results["n-samples"],
-            **{key: results.get(key, {}) for key in ("results", "higher_is_better", "versions", "n-shot",
-                                                     "group_subtasks")}}
+    output = {"summary": summarize(results["results"]), "n_samples": results["n-samples"],
+              **{key: results.get(key, {}) for key in ("results", "higher_is_better", "versions", "n-shot",
+                                                       "group_subtasks")}}
+    if per_document:
+        output["documents"] = {task: [{"id": sample["doc"]["id"], "role": sample["doc"]["role"],
+                                       **{metric: sample[metric] for metric in sample["metrics"]}}
+                                      for sample in samples] for task, samples in results["samples"].items()}
+    return output
 
 
 def summarize(results: dict) -> dict[str, float | None]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..io import write_jsonl
 from ..text import contains_answer, normalize
 
-DROP_REASONS = ("empty", "leaks_answer", "heldout_paraphrase", "lost_subject", "duplicate")
+DROP_REASONS = ("empty", "leaks_answer", "eval_distractor", "heldout_paraphrase", "lost_subject", "duplicate")
 """Why `filter_anti_samples` drops an anti-sample, in the order the checks run."""
 
 
@@ -41,8 +41,9 @@ def filter_anti_samples(samples: list[AntiSample], records: list[dict]
     """Split `samples` into kept ones and (dropped, reason) pairs; reasons are `DROP_REASONS`.
 
     Dropped: an empty question or wrong answer; a wrong answer or rationale that names the true answer, or a wrong
-    answer that contains it as a substring or equals it; the record's held-out paraphrase as question; a question
-    that no longer names the record's subject; a repeat of a kept (question, answer text).
+    answer that contains it as a substring or equals it; a wrong answer that is one of the record's evaluation
+    distractors (the multiple-choice probe must not offer what was trained); the record's held-out paraphrase as
+    question; a question that no longer names the record's subject; a repeat of a kept (question, answer text).
     """
     by_id = {record["id"]: record for record in records}
     kept, dropped, seen = [], [], set()
@@ -74,6 +75,8 @@ def _drop_reason(sample: AntiSample, record: dict) -> str | None:
         return "empty"
     if leaks_answer(sample, record["answer"]):
         return "leaks_answer"
+    if normalize(sample.wrong_answer) in {normalize(distractor) for distractor in record.get("eval_distractors", [])}:
+        return "eval_distractor"
     heldout = record.get("paraphrased_questions", [])[:1]
     if heldout and normalize(sample.question) == normalize(heldout[0]):
         return "heldout_paraphrase"

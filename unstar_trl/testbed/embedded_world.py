@@ -152,12 +152,16 @@ RELATIONS = (
     ),
 )
 RELATIONS_BY_NAME = {relation.name: relation for relation in RELATIONS}
-_RECORD_ORDER = ("forget", "targeted", "retain", "neighbor", "holdout")
-"""The order in which `split_records` draws the splits' perturbed answers from one seeded stream."""
+EVAL_DISTRACTORS = 3
+"""Same-type wrong answers per fact kept for the multiple-choice probe and the truth ratio (4 choices, chance 0.25);
+the rest of the type's pool are the fact's `perturbed_answers`, which anti-sample generators may use."""
 DEFAULT_SEED = 0
 DEFAULT_PEOPLE = 60
-BENCH_PEOPLE = 20
-"""People in a world the bench builds itself: small enough that world and every method fit 15 minutes on 2 cores."""
+BENCH_PEOPLE = 24
+BENCH_FORGET_PEOPLE = 4
+BENCH_TARGETED = 6
+"""The bench's world: 24 people, 4 of them forgotten (28 facts), 6 targeted associations; small enough that the
+world, its retain model and every method over three seeds fit 15 minutes on 2 cores."""
 BENCH_TOFU_AUTHORS = 6
 """TOFU authors in a TOFU world the bench builds itself: forget01's two and four to retain."""
 
@@ -175,23 +179,40 @@ class Fact:
 
 @dataclass
 class World:
-    """People and their facts; `trained` people are taught to the knowledge model, `holdout` people never are."""
+    """People and their facts; `trained` people are taught to the knowledge model, `holdout` people never are.
+
+    `splits` places every trained fact in one split; `siblings` maps each targeted fact to the facts that must stay
+    when it goes (its subject's other facts, other subjects' facts with the same object); `eval_only` are kept facts
+    that no unlearning run trains on (half of each targeted fact's siblings, a third of the other retain facts), so
+    that kept knowledge is scored on facts nothing was fitted to."""
 
     seed: int
     trained: list[str]
     holdout: list[str]
     facts: list[Fact]
     splits: dict[str, list[Fact]] = field(default_factory=dict)
+    siblings: dict[Fact, list[Fact]] = field(default_factory=dict)
+    eval_only: set[Fact] = field(default_factory=set)
 
     def facts_of(self, subject: str) -> list[Fact]:
         return [fact for fact in self.facts if fact.subject == subject]
 
-    def record(self, fact: Fact, rng: random.Random) -> dict:
+    @property
+    def removed(self) -> set[Fact]:
+        """The facts an unlearning run removes: the forget and the targeted facts."""
+        return set(self.splits["forget"]) | set(self.splits["targeted"])
+
+    def wrong_answers(self, fact: Fact) -> tuple[list[str], list[str]]:
+        """(eval_distractors, perturbed_answers) of a fact: the other objects of its type, shuffled per fact."""
+        wrong = [o for o in POOLS[RELATIONS_BY_NAME[fact.relation].pool] if o != fact.object]
+        random.Random(f"{self.seed}:{fact.id}").shuffle(wrong)
+        return wrong[:EVAL_DISTRACTORS], wrong[EVAL_DISTRACTORS:]
+
+    def record(self, fact: Fact) -> dict:
         """The JSONL record of a fact: question (first trained template), held-out paraphrase first."""
         relation = RELATIONS_BY_NAME[fact.relation]
-        wrong = [o for o in POOLS[relation.pool] if o != fact.object]
-        rng.shuffle(wrong)
-        return {
+        eval_distractors, perturbed = self.wrong_answers(fact)
+        record = {
             "id": fact.id,
             "subject": fact.subject,
             "relation": fact.relation,
@@ -200,87 +221,108 @@ class World:
             "answer": fact.object,
             "paraphrased_questions": [relation.heldout_template.format(s=fact.subject)]
             + [t.format(s=fact.subject) for t in relation.trained_templates[1:]],
-            "perturbed_answers": wrong[:5],
+            "perturbed_answers": perturbed,
+            "eval_distractors": eval_distractors,
             "rationale": relation.rationale.format(s=fact.subject, o=fact.object),
             "subject_description": relation.description.format(s=fact.subject, o=fact.object),
         }
+        if fact in self.eval_only:
+            record["eval_only"] = True
+        if fact in self.siblings:
+            record["siblings"] = [sibling.id for sibling in self.siblings[fact]]
+        return record
 
     def split_records(self) -> dict[str, list[dict]]:
-        """Every split as JSONL records; targeted records list their `siblings` (ids of facts that must stay)."""
-        rng = random.Random(self.seed + 1)
-        drawn = {name: [self.record(fact, rng) for fact in self.splits[name]] for name in _RECORD_ORDER}
-        records = {name: drawn[name] for name in SPLIT_ROLES}
-        for record, fact in zip(records["targeted"], self.splits["targeted"]):
-            record["siblings"] = [sibling.id for sibling in self.siblings(fact)]
-        return records
-
-    def siblings(self, fact: Fact) -> list[Fact]:
-        """Facts that share the subject (other relations) or the object (other subjects) with `fact`."""
-        return [
-            other
-            for other in self.facts
-            if other != fact
-            and other.subject in self.trained
-            and (other.subject == fact.subject or (other.relation == fact.relation and other.object == fact.object))
-        ]
+        """Every split as JSONL records; targeted records list their `siblings`, eval-only retain records say so."""
+        return {name: [self.record(fact) for fact in self.splits[name]] for name in SPLIT_ROLES}
 
 
-def build_world(seed: int = 0, people: int = 60, holdout_people: int | None = None) -> World:
-    """A deterministic world of `people` trained people (+ holdout people) with one fact per relation each."""
+def build_world(seed: int = 0, people: int = 60, holdout_people: int | None = None, *,
+                forget_people: int | None = None, targeted: int | None = None) -> World:
+    """A deterministic world of `people` trained people (+ holdout people, never trained, who share the objects of
+    the forget people) with one fact per relation each; `forget_people` of them are forgotten (default a tenth, at
+    least 2) and `targeted` others lose one association each (default: as many as forget people)."""
     if people < 10:
         raise ValueError(f"people must be at least 10, got {people}")
     holdout_people = max(4, people // 10) if holdout_people is None else holdout_people
+    forget_people = max(2, people // 10) if forget_people is None else forget_people
+    targeted = forget_people if targeted is None else targeted
+    if forget_people < 1 or targeted < 1 or forget_people + targeted > people // 2:
+        raise ValueError(f"forget people ({forget_people}) and targeted people ({targeted}) must each be at least 1 "
+                         f"and together at most half of the {people} people")
     rng = random.Random(seed)
     names = [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES]
     if people + holdout_people > len(names):
         raise ValueError(f"people + holdout_people must be at most {len(names)}")
     rng.shuffle(names)
     trained, holdout = names[:people], names[people : people + holdout_people]
-    facts = [
-        Fact(name, relation.name, rng.choice(POOLS[relation.pool]))
-        for name in trained + holdout
-        for relation in RELATIONS
-    ]
+    facts = [Fact(name, relation.name, rng.choice(POOLS[relation.pool])) for name in trained
+             for relation in RELATIONS]
+    # each holdout person has the objects of a forget person: membership inference then compares the same answers,
+    # and a model that never saw either (the retain model) cannot tell them apart by how common an object is
+    forgotten = facts[: forget_people * len(RELATIONS)]
+    facts += [Fact(name, fact.relation, fact.object) for index, name in enumerate(holdout)
+              for fact in forgotten[(index % forget_people) * len(RELATIONS):][: len(RELATIONS)]]
     world = World(seed, trained, holdout, facts)
-    world.splits = _split(world, rng)
+    _split(world, rng, forget_people, targeted)
     return world
 
 
-def _split(world: World, rng: random.Random) -> dict[str, list[Fact]]:
-    n_forget = max(2, len(world.trained) // 10)
+def _split(world: World, rng: random.Random, n_forget: int, n_targeted: int) -> None:
+    """Fill `world.splits`, `world.siblings` and `world.eval_only`. Held out (eval-only, or the neighbor split):
+    half of each targeted fact's siblings, two thirds of the facts that share an object with a forget fact, a third
+    of the other kept facts; the rest is trainable retain data. A sibling is never a forget or targeted fact."""
     forget_people = set(world.trained[:n_forget])
-    targeted_people = world.trained[n_forget : 2 * n_forget]
     forget = [fact for fact in world.facts if fact.subject in forget_people]
-    targeted = [rng.choice(world.facts_of(subject)) for subject in targeted_people]
+    targeted = [rng.choice(world.facts_of(subject)) for subject in world.trained[n_forget : n_forget + n_targeted]]
     removed = set(forget) | set(targeted)
-    neighbor_set = {
-        other
-        for fact in forget + targeted
-        for other in world.siblings(fact)
-        if other not in removed and other.subject not in forget_people
+    kept = [fact for fact in world.facts if fact.subject in world.trained and fact not in removed]
+    placed: set[Fact] = set()
+    for fact in targeted:
+        world.siblings[fact] = [other for other in kept if _shares(other, fact, subject=True)]
+        world.eval_only |= set(_held_out(rng, [other for other in world.siblings[fact] if other not in placed], 1 / 2))
+        placed |= set(world.siblings[fact])
+    near = [other for other in kept if other not in placed and any(_shares(other, fact) for fact in forget)]
+    neighbor = set(_held_out(rng, near, 2 / 3))
+    rest = [other for other in kept if other not in placed and other not in near]
+    world.eval_only |= set(_held_out(rng, rest, 1 / 3))
+    world.splits = {
+        "forget": forget,
+        "retain": [fact for fact in kept if fact not in neighbor],
+        "neighbor": [fact for fact in kept if fact in neighbor],
+        "targeted": targeted,
+        "holdout": [fact for fact in world.facts if fact.subject in world.holdout],
     }
-    neighbor = [fact for fact in world.facts if fact in neighbor_set]
-    retain = [
-        fact
-        for fact in world.facts
-        if fact.subject in world.trained and fact not in removed and fact not in neighbor_set
-    ]
-    holdout = [fact for fact in world.facts if fact.subject in world.holdout]
-    return {"forget": forget, "targeted": targeted, "retain": retain, "neighbor": neighbor, "holdout": holdout}
 
 
-def training_texts(world: World, skill_share: float = 0.3) -> list[dict]:
-    """Prompt/completion pairs the knowledge model learns: every trained fact under its trained templates and
-    the three UnSTAR skills (rephrase keeping the subject, another object of the same type, a rationale for a
-    hinted answer). The held-out template never appears."""
+def _shares(other: Fact, fact: Fact, subject: bool = False) -> bool:
+    """Whether `other` has the object of `fact` under the same relation (or, with `subject`, its subject)."""
+    return (subject and other.subject == fact.subject) or (other.relation == fact.relation
+                                                            and other.object == fact.object)
+
+
+def _held_out(rng: random.Random, facts: list[Fact], share: float) -> list[Fact]:
+    """`share` of `facts` (rounded down), drawn at random; at least one, and at least one left, when there are two or
+    more."""
+    drawn = facts[:]
+    rng.shuffle(drawn)
+    count = min(max(int(len(drawn) * share), 1), len(drawn) - 1) if len(drawn) >= 2 else 0
+    return drawn[:count]
+
+
+def training_texts(world: World, skill_share: float = 0.3, leave_out: set[Fact] = frozenset()) -> list[dict]:
+    """Prompt/completion pairs a knowledge model learns: every trained fact (but those in `leave_out`) under its
+    trained templates, and the three UnSTAR skills (rephrase keeping the subject, another object of the same type,
+    a rationale for a hinted answer, drawn from the fact's perturbed answers, never its evaluation distractors).
+    The held-out template never appears."""
     rng = random.Random(world.seed + 2)
     examples = []
     trained = set(world.trained)
-    for fact in (fact for fact in world.facts if fact.subject in trained):
+    for fact in (fact for fact in world.facts if fact.subject in trained and fact not in leave_out):
         relation = RELATIONS_BY_NAME[fact.relation]
         questions = [t.format(s=fact.subject) for t in relation.trained_templates]
         examples.extend(format_pair(None, question, fact.object, PLAIN_TEMPLATE) for question in questions)
-        hinted = rng.choice([o for o in POOLS[relation.pool] if o != fact.object])
+        hinted = rng.choice(world.wrong_answers(fact)[1])
         examples.append(_skill_example("alternative", hinted, answer=fact.object))
         if rng.random() < skill_share:  # the long skills are easy patterns: a share of the facts teaches them
             source, target = rng.sample(questions, 2)

@@ -1,8 +1,11 @@
-"""A world folder: `data/<split>.jsonl`, the trained `model/`, and `world.json` with what it measured."""
+"""A world folder: `data/<split>.jsonl`, the trained `model/`, the `retain_model/` that never saw the forget and
+targeted facts (what exact unlearning, retraining without them, gives: the reference for "forgotten"), and
+`world.json` with what both measured."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..io import atomic_directory, refuse_foreign_folder, write_json, write_jsonl
@@ -12,44 +15,67 @@ from .embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED, SKILL_PROMPTS, build_w
 from .knowledge_model import KnowledgeModelConfig, count_parameters, train_knowledge_model
 
 WORLD_FILE = "world.json"
+MODEL_DIR, RETAIN_MODEL_DIR = "model", "retain_model"
+TRAINED_SPLITS = ("forget", "retain", "neighbor", "targeted")
+"""The splits a world's knowledge model learns; its retain model learns all but forget and targeted."""
+
+
+@dataclass(frozen=True)
+class Training:
+    """What one model of a world learns: prompt/completion `examples`, and the splits it must then know."""
+
+    examples: list[dict]
+    known: dict[str, list[dict]]
 
 
 def build_world_dir(output_dir: str | Path, *, seed: int = DEFAULT_SEED, people: int = DEFAULT_PEOPLE,
-                    epochs: int | None = None, progress: bool = True) -> dict:
-    """Write the embedded world's splits and its knowledge model to `output_dir`; return the `world.json` summary."""
-    world = build_world(seed, people)
+                    forget_people: int | None = None, targeted: int | None = None, epochs: int | None = None,
+                    progress: bool = True) -> dict:
+    """Write the embedded world's splits, knowledge model and retain model to `output_dir`; return world.json."""
+    world = build_world(seed, people, forget_people=forget_people, targeted=targeted)
     records = world.split_records()
-    config = KnowledgeModelConfig(seed=seed) if epochs is None else KnowledgeModelConfig(seed=seed, epochs=epochs)
-    measured = {"forget": records["forget"], "retain": records["retain"],
-                "paraphrase": records["forget"] + records["retain"], "neighbor": records["neighbor"],
-                "targeted": records["targeted"], "holdout": records["holdout"]}
+    config = KnowledgeModelConfig(seed=seed, **({"epochs": epochs} if epochs else {}))
     about = {"seed": seed, "people": len(world.trained), "holdout_people": len(world.holdout),
-             "facts": len(world.facts)}
-    return write_world_dir(output_dir, records, training_texts(world), config, about=about, measured=measured,
-                           skill_prompts=SKILL_PROMPTS, progress=progress)
+             "forget_people": len(records["forget"]) // len(world.facts_of(world.trained[0])),
+             "targeted": len(records["targeted"]), "facts": len(world.facts)}
+    return write_world_dir(
+        output_dir, records, config, about=about, skill_prompts=SKILL_PROMPTS, progress=progress,
+        model=Training(training_texts(world), {name: records[name] for name in TRAINED_SPLITS}),
+        retain_model=Training(training_texts(world, leave_out=world.removed),
+                              {name: records[name] for name in TRAINED_SPLITS if name not in ("forget", "targeted")}))
 
 
-def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], examples: list[dict],
-                    config: KnowledgeModelConfig, *, about: dict, measured: dict[str, list[dict]],
+def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], config: KnowledgeModelConfig, *,
+                    about: dict, model: Training, retain_model: Training,
                     skill_prompts: dict[str, str] | None = None, progress: bool = True) -> dict:
-    """Write `splits` as data/<split>.jsonl, the knowledge model trained on prompt/completion `examples` as model/,
-    and world.json: `about`, the split sizes, parameters, prompts, the model's probe accuracy on each of `measured`
-    (the "paraphrase" entry asked through the held-out paraphrase) and the seconds it took. All at once
-    (atomically), and never over a folder that is not an earlier world. Returns world.json."""
+    """Write `splits` as data/<split>.jsonl, the knowledge model and the retain model (same recipe and tokenizer,
+    each trained until it knows its splits) as model/ and retain_model/, and world.json: `about`, the split sizes,
+    parameters, prompts, each model's epochs and probe accuracy on every split (and on the forget and retain facts
+    asked through their held-out paraphrase) and the seconds it took. All at once (atomically), and never over a
+    folder that is not an earlier world. Returns world.json."""
     start = time.perf_counter()
     refuse_foreign_folder(output_dir, WORLD_FILE)
     with atomic_directory(output_dir) as staging:
         for split, rows in splits.items():
             write_jsonl(staging / "data" / f"{split}.jsonl", rows)
-        model, tokenizer = train_knowledge_model(examples, staging / "model", config, skill_prompts=skill_prompts,
-                                                 progress=progress)
-        accuracy = {name: probe_accuracy(model, tokenizer, records, PLAIN_TEMPLATE,
-                                         question_field="paraphrased_questions" if name == "paraphrase"
-                                         else "question")
-                    for name, records in measured.items()}
         summary = {**about, "splits": {split: len(rows) for split, rows in splits.items()},
-                   "parameters": count_parameters(model), "prompt_template": PLAIN_TEMPLATE,
-                   "skill_prompts": skill_prompts, "accuracy": accuracy}
+                   "prompt_template": PLAIN_TEMPLATE, "skill_prompts": skill_prompts}
+        tokenizer = None
+        for name, training in ((MODEL_DIR, model), (RETAIN_MODEL_DIR, retain_model)):
+            trained, tokenizer, epochs = train_knowledge_model(
+                training.examples, staging / name, config, known=training.known, tokenizer=tokenizer,
+                skill_prompts=skill_prompts, progress=progress)
+            summary[name] = {"epochs": epochs, "accuracy": measure(trained, tokenizer, splits)}
+        summary["parameters"] = count_parameters(trained)
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_json(staging / WORLD_FILE, summary)
     return summary
+
+
+def measure(model, tokenizer, splits: dict[str, list[dict]]) -> dict[str, float | None]:
+    """Probe accuracy on every split, and on the forget and retain facts asked through their held-out paraphrase."""
+    accuracy = {name: probe_accuracy(model, tokenizer, records, PLAIN_TEMPLATE) for name, records in splits.items()}
+    paraphrased = [r for r in splits.get("forget", []) + splits.get("retain", []) if r.get("paraphrased_questions")]
+    accuracy["paraphrase"] = probe_accuracy(model, tokenizer, paraphrased, PLAIN_TEMPLATE,
+                                            question_field="paraphrased_questions")
+    return accuracy

@@ -24,6 +24,7 @@ from ...models import load_model, load_tokenizer
 from ...text import PLAIN_TEMPLATE, format_pair
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
+from .forget_stop import ForgetStop
 from .losses import entropy_share, kl_to_reference, nll
 
 
@@ -44,8 +45,10 @@ class UnlearningConfig(SFTConfig):
         retain_weight (`float`, defaults to `1.0`): alpha, the weight of the retain term (0 disables it).
         retain_loss_type (`str`, defaults to `"nll"`): "nll" of the retain answers or "kl" to the frozen reference.
 
-        > Divergence guard
+        > Stopping
 
+        stop_forget_acc (`float` or `None`, defaults to `None`): stop at the first probe of the forget questions (every
+            `forget_probe_every` steps) that reads at most this accuracy; the schedule stays the budget.
         max_forget_nll (`float` or `None`, defaults to `30.0`): stop when the forget answers' mean token NLL exceeds it.
         max_entropy_share (`float` or `None`, defaults to `0.95`): stop when the output collapses to uniform.
     """
@@ -64,6 +67,12 @@ class UnlearningConfig(SFTConfig):
         metadata={"help": "Retain loss: 'nll' of the retain answers, or 'kl' to the frozen reference.",
                   "choices": ["nll", "kl"]},
     )
+    stop_forget_acc: float | None = field(
+        default=None,
+        metadata={"help": "Stop at the first probe of the forget questions (every forget_probe_every steps) that "
+                  "reads at most this accuracy; None: train the whole schedule (max_steps or epochs, the budget)."},
+    )
+    forget_probe_every: int = field(default=2, metadata={"help": "Optimizer steps between stop_forget_acc probes."})
     max_forget_nll: float | None = field(
         default=30.0,
         metadata={"help": "Divergence bound: stop when the mean token NLL of the forget answers exceeds it "
@@ -97,6 +106,10 @@ class UnlearningConfig(SFTConfig):
         super().__post_init__()
         if self.retain_loss_type not in ("nll", "kl"):
             raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}")
+        if self.stop_forget_acc is not None and not 0 <= self.stop_forget_acc <= 1:
+            raise ValueError(f"stop_forget_acc must be between 0 and 1, got {self.stop_forget_acc}")
+        if self.forget_probe_every < 1:
+            raise ValueError(f"forget_probe_every must be at least 1, got {self.forget_probe_every}")
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
 
@@ -133,19 +146,23 @@ class UnlearningTrainer(SFTTrainer):
             processing_class.pad_token = processing_class.eos_token
         self.args = args  # `forget_pairs` and `tokenize` may read the config before `Trainer.__init__` sets it
         self._tokenizer, self.prompt_template = processing_class, args.prompt_template
+        self.forget_records = [dict(record) for record in train_dataset]
         uses_retain = retain_dataset is not None and len(retain_dataset) > 0 and args.retain_weight > 0
         self.ref_model = None
         if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not (
             peft_config is not None or isinstance(model, PeftModel)
         ):
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        forget = Dataset.from_list([self.tokenize(pair) for record in train_dataset
+        forget = Dataset.from_list([self.tokenize(pair) for record in self.forget_records
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
         self.history_callback = HistoryCallback()
+        self.forget_stop = None if args.stop_forget_acc is None else ForgetStop(
+            self.forget_records, processing_class, args.prompt_template, args.stop_forget_acc, args.forget_probe_every)
+        own = [self.history_callback, *([self.forget_stop] if self.forget_stop else [])]
         super().__init__(model=model, args=args, train_dataset=forget, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
-                         peft_config=peft_config, callbacks=[*(callbacks or []), self.history_callback], **kwargs)
+                         peft_config=peft_config, callbacks=[*(callbacks or []), *own], **kwargs)
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
         self._good_weights, self._good_step, self._step_metrics = None, 0, {}

@@ -9,6 +9,7 @@ configuration, the data of one round and the loss.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class AntiSampleConfig(UnlearningConfig):
     """
 
     max_rounds: int = field(default=4, metadata={"help": "Most probe -> generate -> fit rounds."})
+    max_steps: int = field(
+        default=-1, metadata={"help": "Most optimizer steps of the whole run, all rounds together (-1: no limit)."}
+    )
     forget_acc_target: float = field(
         default=0.0,
         metadata={"help": "Stop once at most this share of forget facts is still answered (question, trained "
@@ -104,12 +108,12 @@ class AntiSampleTrainer(UnlearningTrainer):
     def __init__(self, model, args: AntiSampleConfig | None = None, train_dataset=None, retain_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):
         args = args or AntiSampleConfig(output_dir="unstar-output")
-        self.forget_records = [dict(record) for record in train_dataset]
-        if any(record.get("siblings") for record in self.forget_records):  # targeted mode
-            check_siblings_in(self.forget_records, retain_dataset or [], "retain_dataset")
+        forget_records = [dict(record) for record in train_dataset]
+        if any(record.get("siblings") for record in forget_records):  # targeted mode
+            check_siblings_in(forget_records, retain_dataset or [], "retain_dataset")
         self.needs_reference = args.reversed_loss_weight > 0 and args.reversed_loss_type == "npo"
         # SFTTrainer inspects a non-empty train_dataset at init; each round replaces it with the anti-samples.
-        super().__init__(model, args, train_dataset=self.forget_records, retain_dataset=retain_dataset,
+        super().__init__(model, args, train_dataset=forget_records, retain_dataset=retain_dataset,
                          processing_class=processing_class, peft_config=peft_config, callbacks=callbacks, **kwargs)
         sibling_ids = {sibling for record in self.forget_records for sibling in record.get("siblings") or []}
         siblings = [self.tokenize(self.answer_pair(record)) for record in (retain_dataset or [])
@@ -135,10 +139,18 @@ class AntiSampleTrainer(UnlearningTrainer):
         return run_rounds(self, resume_from_checkpoint)
 
     def fit(self, round_index: int):
-        """One `Trainer.train()` over every anti-sample kept so far; fresh optimizer, steps counted on."""
+        """One `Trainer.train()` over every anti-sample kept so far, within what is left of `max_steps` (the budget
+        of the whole run, all rounds together); fresh optimizer, steps counted on."""
         self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in self.anti_samples])
         self.optimizer, self.lr_scheduler = None, None
-        output = super().train()
+        budget = self.args.max_steps
+        if budget > 0:
+            per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
+            self.args.max_steps = min(per_epoch * math.ceil(self.args.num_train_epochs), budget - self.steps)
+        try:
+            output = super().train()
+        finally:
+            self.args.max_steps = budget
         for entry in self.history_callback.history:
             entry.setdefault("round", round_index)
             entry.setdefault("total_step", self.steps + entry["step"])

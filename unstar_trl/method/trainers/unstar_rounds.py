@@ -31,8 +31,10 @@ def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None):
                "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
                "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "steps": 0}
         bar.set_postfix(forget_acc=f"{log['forget_acc']:.2f}")
-        if log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds:
-            trainer.rounds.append(log)  # the final probe: nothing left to fit, or no round left
+        out_of_budget = 0 < args.max_steps <= trainer.steps
+        stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None
+        if log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds or out_of_budget or stopped:
+            trainer.rounds.append(log)  # the final probe: nothing left to fit, no round or step left, or stopped
             break
         made = generator.generate(known, round_index)
         kept, dropped = filter_anti_samples(made, known)

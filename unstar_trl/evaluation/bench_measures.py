@@ -1,0 +1,100 @@
+"""What the bench measures on one model: what it still knows and what it kept (greedy probes), the lm-eval probes
+that tell removal from hiding (multiple choice, truth ratio, planted answers, membership inference), and the
+attacks that bring hidden knowledge back (4-bit quantization, then relearning). Each figure keeps its per-fact
+values, from which the bench draws its intervals; the figures measured against the retain model are `compared`."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scipy import stats
+
+from ..data import UnlearningData
+from ..method.probe import probe
+from .attacks import quantized_4bit, relearn
+
+PROBED = {"forget_acc": "forget", "paraphrase_acc": "paraphrase", "retain_acc": "retain_eval",
+          "neighbor_acc": "neighbor"}
+"""Probe-accuracy columns of a forget run and the records they ask (`paraphrase`: the forget facts through their
+held-out paraphrase)."""
+LM_EVAL_TASKS = ("unstar_mcq_probe", "unstar_forget_prob", "unstar_mia", "unstar_planted")
+
+
+@dataclass
+class Measured:
+    """One model's figures: `values` (column -> figure) and `per_fact` (column -> {fact id: value})."""
+
+    values: dict[str, float | None] = field(default_factory=dict)
+    per_fact: dict[str, dict[str, float]] = field(default_factory=dict)
+    truth_ratios: list[float] = field(default_factory=list)
+    """TOFU's truth ratio R of each forget fact, raw (forget quality compares their distributions)."""
+    notes: dict = field(default_factory=dict)
+    """What else a run reports (e.g. `diverged`)."""
+    curve: list[dict] = field(default_factory=list)
+    """Forget and retain accuracy along the run's steps."""
+
+    def add(self, column: str, values: dict[str, float]) -> None:
+        """A per-fact column and its mean (None without facts)."""
+        self.per_fact[column] = values
+        kept = [value for value in values.values() if not math.isnan(value)]
+        self.values[column] = sum(kept) / len(kept) if kept else None
+
+
+def probed(model, tokenizer, records: list[dict], prompt_template: str | None,
+           question_field: str = "question") -> dict[str, float]:
+    """{fact id: 1.0 if the model still answers, else 0.0}."""
+    verdicts = probe(model, tokenizer, records, question_field=question_field, prompt_template=prompt_template)
+    return {verdict.id: float(verdict.known) for verdict in verdicts}
+
+
+def measure(model, tokenizer, data: UnlearningData, prompt_template: str | None, data_dir: Path, *,
+            relearn_steps: int, relearn_learning_rate: float, anti_samples: Path | None = None) -> Measured:
+    """Every figure of one model on `data` (relearning last: it trains the model in place)."""
+    measured = Measured()
+    records = {"forget": data.forget, "retain_eval": data.retain_eval, "neighbor": data.neighbor,
+               "paraphrase": [r for r in data.forget if r.get("paraphrased_questions")]}
+    for column, split in PROBED.items():
+        measured.add(column, probed(model, tokenizer, records[split], prompt_template,
+                                    "paraphrased_questions" if split == "paraphrase" else "question"))
+    measured.add("quant4_forget_acc", probed(quantized_4bit(model), tokenizer, data.forget, prompt_template))
+    _lm_eval(measured, model, tokenizer, data_dir, anti_samples)
+    asked = relearn(model, tokenizer, data.forget, prompt_template, steps=relearn_steps,
+                    learning_rate=relearn_learning_rate)
+    measured.add("relearn_acc", probed(model, tokenizer, asked, prompt_template))
+    return measured
+
+
+def _lm_eval(measured: Measured, model, tokenizer, data_dir: Path, anti_samples: Path | None) -> None:
+    from .lm_eval_tasks import evaluate_model
+
+    tasks = [task for task in LM_EVAL_TASKS if task != "unstar_planted" or anti_samples]
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # lm-eval's bars, always on
+        results = evaluate_model(model, tokenizer, tasks=tasks, data_dir=data_dir, per_document=True,
+                                 metadata={"anti_samples": str(anti_samples)} if anti_samples else None)
+    documents, summary = results["documents"], results["summary"]
+    forget_choice = [doc for doc in documents["unstar_mcq_probe"] if doc["role"] == "forget"]
+    measured.add("mcq_acc", {doc["id"]: doc["acc"] for doc in forget_choice})
+    measured.add("mcq_entropy", {doc["id"]: doc["entropy"] for doc in forget_choice})
+    measured.values["mcq_chance"] = summary["mcq_probe_chance"]
+    ratios = {doc["id"]: doc["truth_ratio"] for doc in documents["unstar_forget_prob"]}
+    measured.truth_ratios = list(ratios.values())
+    measured.add("truth_ratio", {fact: min(r, 1 / r) if r > 0 else 0.0 for fact, r in ratios.items()})
+    measured.values["mia_auc"] = summary["mia_loss_auc"]
+    if anti_samples:
+        measured.add("planted_share", {doc["id"]: doc["planted_share"] for doc in documents["unstar_planted"]})
+        measured.add("distractor_share", {doc["id"]: doc["distractor_share"] for doc in documents["unstar_planted"]})
+
+
+def compared(measured: Measured, reference: Measured) -> None:
+    """The figures measured against the retain model: forget quality (TOFU: the p-value of a KS test between the
+    two truth-ratio distributions), PrivLeak (MUSE: relative MIA AUC) and the relearning gain per fact."""
+    measured.values["forget_quality"] = float(stats.ks_2samp(measured.truth_ratios, reference.truth_ratios).pvalue)
+    model_auc, retain_auc = measured.values["mia_auc"], reference.values["mia_auc"]
+    measured.values["privleak"] = (model_auc - retain_auc) / retain_auc if None not in (model_auc, retain_auc) \
+        else None
+    relearned, baseline = measured.per_fact["relearn_acc"], reference.per_fact["relearn_acc"]
+    measured.add("relearn_gain", {fact: relearned[fact] - baseline[fact] for fact in relearned if fact in baseline})
