@@ -1,0 +1,180 @@
+"""Reliability and security, round two: no entry point runs a folder's code or unpickles weights, outputs never land
+in inputs or over files, baselines resume only their own checkpoints, metadata typos are refused, runs that would
+measure nothing are refused or warned about, and failures come early, in one line, without debris.
+
+Every case works on copies (tmp_path) of the session world, which it corrupts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_reliability import (ENV, RECIPES, assert_one_line_error, cli, edit_rows, leftovers, pickled_weights_only,
+                              start_long_training, with_remote_code)
+from test_reliability import data, earlier_output, model  # noqa: F401 (fixtures: copies of the world to spoil)
+from test_tasks import utils as task_utils
+
+from unstar_trl.io import UsageError, fingerprint
+
+UNLEARN = ["unlearn", "--method", "grad_ascent", "--max_steps", 1]
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Make loading a model or a tokenizer fail loudly: a refusal that comes before any work never gets there."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    for auto_class in (AutoModelForCausalLM, AutoTokenizer):
+        monkeypatch.setattr(auto_class, "from_pretrained", load)
+
+
+def trapped_pickle_only(model: Path) -> Path:
+    """`pickled_weights_only`, plus an object whose unpickling writes the returned marker file."""
+    import torch
+
+    marker = model.parent / "PICKLE_RAN"
+    pickled_weights_only(model)
+    weights = torch.load(model / "pytorch_model.bin", weights_only=True)
+    torch.save({**weights, "trap": _Trap(str(marker))}, model / "pytorch_model.bin")
+    return marker
+
+
+class _Trap:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('unpickled')",)
+
+
+def with_remote_tokenizer(model: Path) -> Path:
+    """tokenizer_config.json names a tokenizer class in the folder's own code; importing it writes the marker."""
+    marker = model.parent / "TOKENIZER_CODE_RAN"
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil_tokenizer.EvilTokenizer", None]})
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "evil_tokenizer.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    return marker
+
+
+def world_with_model(world_dir: Path, tmp_path: Path, spoil) -> tuple[Path, Path]:
+    """A copy of the world whose model `spoil` made unsafe: (world folder, the marker its code would write)."""
+    world = Path(shutil.copytree(world_dir, tmp_path / "bad_world"))
+    return world, spoil(world / "model")
+
+
+# ---- item 1: no entry point runs a folder's code or unpickles ------------------------------------------------------
+
+@pytest.mark.parametrize("spoil, expected", [
+    pytest.param(with_remote_code, "own code", id="config-auto-map"),
+    pytest.param(with_remote_tokenizer, "own code", id="tokenizer-auto-map"),
+    pytest.param(trapped_pickle_only, "never unpickles", id="pickle-only"),
+])
+def test_no_entry_point_runs_a_folders_code_or_unpickles(world_dir, tmp_path, capsys, monkeypatch, spoil, expected):
+    from unstar_trl.evaluation.lm_eval_tasks import evaluate_model
+    from unstar_trl.method.trainers import GradientAscentConfig, GradientAscentTrainer
+
+    monkeypatch.setattr("builtins.input", lambda *args: "y")  # a user who would say yes if transformers asked
+    world, marker = world_with_model(world_dir, tmp_path, spoil)
+    bad, good, data = world / "model", world_dir / "model", world_dir / "data"
+    runs = {
+        "unlearn": [*UNLEARN, "--model_name_or_path", bad, "--data_dir", data, "--output_dir", tmp_path / "o1"],
+        "teacher": ["unlearn", "--model_name_or_path", good, "--data_dir", data, "--output_dir", tmp_path / "o2",
+                    "--generator", bad, "--max_rounds", 1, "--max_steps", 1],
+        "eval": ["eval", "--model", bad, "--data-dir", data, "--tasks", "unstar_forget_qa", "--limit", 1],
+        "bench": ["bench", "--world", world, "--methods", "grad_ascent", "--quick", "--output-dir", tmp_path / "b"],
+    }
+    for name, argv in runs.items():
+        code, err = cli(argv, capsys)
+        assert_one_line_error(code, err, expected)
+    with pytest.raises(UsageError, match=expected):
+        GradientAscentTrainer(str(bad), GradientAscentConfig(output_dir=str(tmp_path / "api")), train_dataset=[])
+    with pytest.raises(UsageError, match=expected):
+        evaluate_model(bad, tasks=["unstar_forget_qa"], data_dir=data, limit=1)
+    assert not marker.exists()
+    assert not any((tmp_path / name).exists() for name in ("o1", "o2", "api"))
+
+
+def test_a_pickled_adapter_is_never_unpickled(world_dir, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from unstar_trl.models import load_model
+
+    model, _ = load_model(world_dir / "model")
+    adapter = tmp_path / "adapter"
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        adapter, safe_serialization=False)
+    assert (adapter / "adapter_model.bin").is_file()
+    code, err = cli(["eval", "--model", world_dir / "model", "--adapter", adapter, "--data-dir", world_dir / "data",
+                     "--tasks", "unstar_forget_qa", "--limit", 1], capsys)
+    assert_one_line_error(code, err, "no adapter_model.safetensors (unstar never unpickles weights")
+
+
+# ---- item 8: late or vague failures, debris --------------------------------------------------------------------------
+
+def _truncated_weights(model: Path) -> tuple[str, str]:
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return f"{weights}: not a complete safetensors file, truncated or corrupt", ""
+
+
+def _vocabulary_past_the_embedding(model: Path) -> tuple[str, str]:
+    from safetensors.torch import load_file, save_file
+
+    weights = {name: tensor[:500].clone() if "embed" in name else tensor
+               for name, tensor in load_file(model / "model.safetensors").items()}
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vocab_size": 500}))
+    return f"{model}: the tokenizer has", "tokens, more than the 500 rows of the model's embedding"
+
+
+@pytest.mark.parametrize("spoil", [_truncated_weights, _vocabulary_past_the_embedding],
+                         ids=["truncated-safetensors", "vocabulary-past-the-embedding"])
+def test_a_broken_model_is_one_line_naming_the_file_and_the_cause(model, data, tmp_path, capsys, spoil):
+    start, cause = spoil(model)
+    for argv in ([*UNLEARN, "--model_name_or_path", model, "--data_dir", data, "--output_dir", tmp_path / "out"],
+                 ["eval", "--model", model, "--data-dir", data, "--tasks", "unstar_forget_qa", "--limit", 1]):
+        code, err = cli(argv, capsys)
+        assert_one_line_error(code, err, cause)
+        assert f"unstar: error: {start}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_yaml_error_names_the_recipe_and_the_line(world_dir, tmp_path, capsys, nothing_loads):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("method: grad_ascent\nlearning_rate: [1e-3\n")
+    code, err = cli(["unlearn", "--config", recipe, "--model_name_or_path", world_dir / "model", "--data_dir",
+                     world_dir / "data", "--output_dir", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, f"recipe {recipe} line 3 column 1: not valid YAML (expected ',' or ']'")
+
+
+def test_generation_never_runs_past_the_models_positions(world_dir, monkeypatch):
+    from unstar_trl.method.probe import generate
+    from unstar_trl.models import load_model
+
+    model, tokenizer = load_model(world_dir / "model")
+    positions = model.config.max_position_embeddings
+    asked = {}
+    real_generate = model.generate
+
+    def spy(**kwargs):
+        asked["max_new_tokens"] = kwargs["max_new_tokens"]
+        return real_generate(**kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    prompt = "Question: " + "very " * 60 + "long?\nAnswer:"
+    length = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert positions - 100 < length < positions
+    generate(model, tokenizer, [prompt], max_new_tokens=500)
+    assert asked["max_new_tokens"] == positions - length
