@@ -449,6 +449,12 @@ STEP_DONE = re.compile(r"\b[1-9]\d*/100000\b")
 """The step bar of a run of 100000 steps, past its first step."""
 
 
+def running_leftovers(out: Path) -> list[str]:
+    """The kinds of file a run into `out` keeps beside it while it runs (or after it was killed): its lock file and
+    its staging folder."""
+    return sorted(path.name.split("-")[0] for path in leftovers(out.parent, out.name))
+
+
 def start_long_training(world_dir, out: Path, log: Path) -> subprocess.Popen:
     """`unstar unlearn` into `out` for far longer than any test, returned once its first step is logged (with
     its staging folder beside `out`)."""
@@ -463,7 +469,7 @@ def start_long_training(world_dir, out: Path, log: Path) -> subprocess.Popen:
     if process.poll() is not None or not STEP_DONE.search(log.read_text()):
         process.kill()
         pytest.fail("training did not start in time: " + log.read_text()[-3000:])
-    assert len(leftovers(out.parent, out.name)) == 1  # the staging folder, training inside it
+    assert running_leftovers(out) == [f".{out.name}.lock", f".{out.name}.tmp"]  # its lock, its staging folder
     return process
 
 
@@ -485,7 +491,7 @@ def test_the_next_run_removes_the_staging_folder_of_a_killed_one(world_dir, tmp_
     process = start_long_training(world_dir, out, tmp_path / "log.txt")
     process.kill()  # SIGKILL: nothing runs on the way out
     process.wait(timeout=60)
-    assert fingerprint(out) == before and len(leftovers(tmp_path, "out")) == 1
+    assert fingerprint(out) == before and running_leftovers(out) == [".out.lock", ".out.tmp"]
     code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
                      "--output_dir", out, "--max_steps", 1], capsys)
     assert code == 0, err

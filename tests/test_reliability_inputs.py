@@ -24,6 +24,14 @@ UNLEARN = ["unlearn", "--method", "grad_ascent", "--max_steps", 1]
 
 
 @pytest.fixture
+def notes(tmp_path) -> Path:
+    """A file of the user's, which no output may replace or move aside."""
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes")
+    return path
+
+
+@pytest.fixture
 def nothing_loads(monkeypatch):
     """Make loading a model or a tokenizer fail loudly: a refusal that comes before any work never gets there."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,6 +128,94 @@ def test_a_pickled_adapter_is_never_unpickled(world_dir, tmp_path, capsys):
     assert_one_line_error(code, err, "no adapter_model.safetensors (unstar never unpickles weights")
 
 
+# ---- item 2: eval never writes into its inputs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("output, expected", [
+    pytest.param("model/config.json", "--output {tmp}/model/config.json overlaps the input", id="a-model-file"),
+    pytest.param("model/results.json", "overlaps the input", id="inside-the-model"),
+    pytest.param("data/results.json", "overlaps the input", id="inside-the-data"),
+    pytest.param("model", "output file {tmp}/model is a folder", id="the-model-folder"),
+    pytest.param("somewhere", "output file {tmp}/somewhere is a folder", id="a-folder"),
+    pytest.param("notes.txt/results.json", "notes.txt is a file, not a folder", id="under-a-file"),
+])
+def test_eval_output_is_refused_before_any_work(model, data, notes, tmp_path, capsys, nothing_loads, output,
+                                                expected):
+    (tmp_path / "somewhere").mkdir()
+    before = fingerprint(model), fingerprint(data), notes.read_text()
+    code, err = cli(["eval", "--model", model, "--data-dir", data, "--tasks", "unstar_forget_qa", "--limit", 1,
+                     "--output", tmp_path / output], capsys)
+    assert_one_line_error(code, err, expected.format(tmp=tmp_path))
+    assert (fingerprint(model), fingerprint(data), notes.read_text()) == before
+    assert not list((tmp_path / "somewhere").iterdir()) and not list(tmp_path.glob(".*"))
+
+
+# ---- item 3 (and 8): an output folder that is a file, a link or under a file --------------------------------------
+
+def _unlearn_into(world_dir, out):
+    return [*UNLEARN, "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
+            "--output_dir", out]
+
+
+def _world_into(world_dir, out):
+    return ["world", "--output-dir", out, "--people", 10, "--epochs", 1]
+
+
+def _bench_into(world_dir, out):
+    return ["bench", "--world", world_dir, "--methods", "grad_ascent", "--quick", "--output-dir", out]
+
+
+@pytest.mark.parametrize("command", [_unlearn_into, _world_into, _bench_into], ids=["unlearn", "world", "bench"])
+@pytest.mark.parametrize("name, expected", [
+    pytest.param("notes.txt", "output folder {tmp}/notes.txt is an existing file", id="a-file"),
+    pytest.param("notes.txt/out", "cannot create {tmp}/notes.txt/out: {tmp}/notes.txt is a file", id="under-a-file"),
+    pytest.param("link", "output folder {tmp}/link is a symbolic link", id="a-link"),
+    pytest.param("dangling", "output folder {tmp}/dangling is a symbolic link", id="a-dangling-link"),
+])
+def test_an_output_folder_that_is_not_a_folder_is_refused(world_dir, notes, tmp_path, capsys, nothing_loads,
+                                                          command, name, expected):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    code, err = cli(command(world_dir, tmp_path / name), capsys)
+    assert_one_line_error(code, err, expected.format(tmp=tmp_path))
+    assert notes.read_text() == "my notes" and not list((tmp_path / "elsewhere").iterdir())
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "dangling").is_symlink()
+    assert not list(tmp_path.glob(".*")), "something was moved aside or left behind"
+
+
+def test_resume_with_nothing_to_resume_is_refused_before_loading(world_dir, tmp_path, capsys, nothing_loads):
+    for method in ("grad_ascent", "unstar"):
+        code, err = cli(["unlearn", "--method", method, "--model_name_or_path", world_dir / "model", "--data_dir",
+                         world_dir / "data", "--output_dir", tmp_path / "out", "--resume_from_checkpoint", "true"],
+                        capsys)
+        assert_one_line_error(code, err, f"--resume_from_checkpoint true: no checkpoint in {tmp_path}/out.checkpoints")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(world_dir, tmp_path, capsys,
+                                                                          earlier_output):
+    out, before = earlier_output, fingerprint(earlier_output)
+    process = start_long_training(world_dir, out, tmp_path / "log.txt")
+    try:
+        code, err = cli(_unlearn_into(world_dir, out), capsys)
+        assert_one_line_error(code, err, f"another run is writing {out}")
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert fingerprint(out) == before
+
+
+@pytest.mark.parametrize("command", [_world_into, _bench_into], ids=["world", "bench"])
+def test_the_world_and_the_bench_hold_the_lock_too(tmp_path, capsys, world_dir, nothing_loads, command):
+    from unstar_trl.io import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):  # as a run in another process would hold it
+        code, err = cli(command(world_dir, out), capsys)
+        assert_one_line_error(code, err, f"another run is writing {out}")
+    assert not list(tmp_path.iterdir())  # the lock file went with the lock
+
+
 # ---- item 8: late or vague failures, debris --------------------------------------------------------------------------
 
 def _truncated_weights(model: Path) -> tuple[str, str]:
@@ -178,3 +274,25 @@ def test_generation_never_runs_past_the_models_positions(world_dir, monkeypatch)
     assert positions - 100 < length < positions
     generate(model, tokenizer, [prompt], max_new_tokens=500)
     assert asked["max_new_tokens"] == positions - length
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    from unstar_trl.io import write_text_atomic
+
+    (tmp_path / "keep").mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_text_atomic(tmp_path / "keep", "results")
+    assert [path.name for path in tmp_path.iterdir()] == ["keep"] and not list((tmp_path / "keep").iterdir())
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_checkpoints_folder(world_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from unstar_trl.method.trainers import GradientAscentTrainer
+
+    def broken_train(self, *args, **kwargs):  # the Trainer has created its output_dir, the checkpoints folder
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(GradientAscentTrainer, "train", broken_train)
+    code, err = cli([*_unlearn_into(world_dir, tmp_path / "out"), "--save_strategy", "steps"], capsys)
+    assert_one_line_error(code, err, "disk on fire")
+    assert not list(tmp_path.iterdir())

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import time
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -35,8 +36,12 @@ def _run(args) -> int:
     from lm_eval.utils import make_table
 
     from ..evaluation.lm_eval_tasks import evaluate_model
-    from ..io import write_json
+    from ..io import check_output_file, refuse_overwrite, write_json
 
+    if args.output:  # checked before anything is loaded; never written into an input
+        check_output_file(args.output)
+        inputs = (args.model, args.adapter, args.data_dir)
+        refuse_overwrite(args.output, *[path for path in inputs if path and Path(path).exists()], flag="--output")
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the table
     start = time.perf_counter()
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import UsageError, atomic_directory, refuse_foreign_folder, refuse_overwrite, write_json
+from ..io import (UsageError, atomic_directory, check_output_folder, output_lock, refuse_overwrite,
+                  write_json)
 from ..recipes import find_recipe, read_recipe
 
 REPORT_FILE = "unlearn_report.json"
@@ -180,13 +181,15 @@ def _run(args) -> int:
     if config.trust_remote_code:
         raise UsageError("--trust_remote_code: unstar never runs a model folder's own code")
     refuse_overwrite(output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
-    refuse_foreign_folder(output_dir, REPORT_FILE)
-    data = _load_data(script_args)
-    model, tokenizer = _load_model(model_args)
-    resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
-                **json.loads(json.dumps(config.to_dict(), default=str))}
-    report = _unlearn(script_args, config, model_args, data, model, tokenizer, resolved)
+    check_output_folder(output_dir, REPORT_FILE)
+    _check_resume(config)
     main_process = config.process_index == 0  # under torchrun / accelerate launch only rank 0 writes
+    with output_lock(output_dir) if main_process else contextlib.nullcontext():
+        data = _load_data(script_args)
+        model, tokenizer = _load_model(model_args)
+        resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
+                    **json.loads(json.dumps(config.to_dict(), default=str))}
+        report = _unlearn(script_args, config, model_args, data, model, tokenizer, resolved)
     if report["diverged"]:
         diverged = report["diverged"]
         raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
@@ -231,12 +234,11 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
     source, output_dir = model_args.model_name_or_path, config.output_dir
     start = time.perf_counter()
     before = knowledge_report(model, tokenizer, data, config.prompt_template)
-    resume = {"true": True, "false": None}.get(str(config.resume_from_checkpoint).lower(),
-                                               config.resume_from_checkpoint)
-    checkpoints = Path(str(output_dir) + CHECKPOINTS_SUFFIX) if config.save_strategy != "no" or resume else None
+    resume, checkpoints = _checkpointing(config)
     main_process = config.process_index == 0
     diverged = None
-    with atomic_directory(output_dir) if main_process else _discarded() as staging:
+    with _removed_when_empty(checkpoints if main_process else None), \
+            atomic_directory(output_dir) if main_process else _discarded() as staging:
         config.output_dir = str(checkpoints or staging / "trainer")
         trainer = METHODS[script_args.method][0](
             model=model, args=config, processing_class=tokenizer,
@@ -273,6 +275,37 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
     if checkpoints is not None and main_process:  # the run ended and its output is in place
         shutil.rmtree(checkpoints, ignore_errors=True)
     return report
+
+
+def _checkpointing(config) -> tuple[bool | str | None, Path | None]:
+    """(what --resume_from_checkpoint asks for: True, a folder or None; the checkpoints folder beside output_dir,
+    None when the run neither saves nor resumes checkpoints)."""
+    resume = {"true": True, "false": None}.get(str(config.resume_from_checkpoint).lower(),
+                                               config.resume_from_checkpoint)
+    checkpoints = Path(str(config.output_dir) + CHECKPOINTS_SUFFIX) if config.save_strategy != "no" or resume else None
+    return resume, checkpoints
+
+
+def _check_resume(config) -> None:
+    """Refuse, before loading anything, a checkpoints folder that cannot be written and a resume with nothing to
+    resume from (whether a checkpoint belongs to this run, the trainer checks)."""
+    resume, checkpoints = _checkpointing(config)
+    if checkpoints is not None:
+        check_output_folder(checkpoints)
+    folder = checkpoints if resume is True else Path(resume) if resume else None
+    if folder is not None and not (folder.is_dir() and any(folder.iterdir())):
+        raise UsageError(f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint in {folder}")
+
+
+@contextlib.contextmanager
+def _removed_when_empty(folder: Path | None):
+    """Remove `folder` on the way out when it holds nothing: the Trainer creates its output_dir at once, so a run
+    that fails before its first checkpoint would leave an empty checkpoints folder behind."""
+    try:
+        yield
+    finally:
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def summary_line(report: dict, output_dir: str) -> str:

@@ -22,7 +22,7 @@ from typing import Callable
 import datasets
 from transformers import PrinterCallback
 
-from ..io import write_json, write_text_atomic
+from ..io import check_output_folder, output_lock, write_json, write_text_atomic
 from ..method.probe import probe_accuracy
 from ..text import PLAIN_TEMPLATE
 from .attacks import relearn
@@ -67,7 +67,8 @@ QUICK = BenchSettings(max_steps=2, max_rounds=1, probe_every=1, relearn_steps=2)
 def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path, *, build: Callable[..., dict],
               settings: BenchSettings = BenchSettings(), progress: bool = True) -> dict:
     """Build the world at `world_dir` with `build(world_dir, progress=False)` unless its world.json exists, run
-    `methods` on it, write the outputs to `output_dir` and return the results."""
+    `methods` on it, write the outputs to `output_dir` and return the results. An `output_dir` that could not be
+    written is refused before anything runs, and so is a second bench into it while one runs."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..data import load_unlearning_data
@@ -75,8 +76,10 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
 
     datasets.disable_progress_bars()
     world_dir, output_dir = Path(world_dir), Path(output_dir)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), disable=not progress) as bar:
+    check_output_folder(output_dir)
+    with output_lock(output_dir), Progress(TextColumn("{task.description}"), BarColumn(),
+                                           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                           disable=not progress) as bar:
         task = bar.add_task("bench", total=len(methods) + 2)
         if not (world_dir / WORLD_FILE).exists():
             bar.update(task, description=f"building the world in {world_dir}")
@@ -91,11 +94,11 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
             entry, curve = _method_entry(method, world_dir, data, settings)
             start = {"step": 0, "forget_acc": target["forget_acc"], "retain_acc": target["retain_acc"]}
             results["methods"][method], results["curves"][method] = entry, [start, *curve]
+        write_json(output_dir / "results.json", results)
+        write_text_atomic(output_dir / "results.md", markdown_table(results))
+        plot_over_steps(results["curves"], output_dir / "forget_retain_over_steps.png")
+        plot_methods(results, output_dir / "methods.png")
         bar.update(task, advance=1, description="done")
-    write_json(output_dir / "results.json", results)
-    write_text_atomic(output_dir / "results.md", markdown_table(results))
-    plot_over_steps(results["curves"], output_dir / "forget_retain_over_steps.png")
-    plot_methods(results, output_dir / "methods.png")
     return results
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..io import atomic_directory, refuse_foreign_folder, write_json, write_jsonl
+from ..io import atomic_directory, check_output_folder, output_lock, write_json, write_jsonl
 from ..method.probe import probe_accuracy
 from ..text import PLAIN_TEMPLATE
 from .embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED, SKILL_PROMPTS, build_world, training_texts
@@ -35,10 +35,11 @@ def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], examp
     """Write `splits` as data/<split>.jsonl, the knowledge model trained on prompt/completion `examples` as model/,
     and world.json: `about`, the split sizes, parameters, prompts, the model's probe accuracy on each of `measured`
     (the "paraphrase" entry asked through the held-out paraphrase) and the seconds it took. All at once
-    (atomically), and never over a folder that is not an earlier world. Returns world.json."""
+    (atomically), never over a folder that is not an earlier world, and not while another run writes it. Returns
+    world.json."""
     start = time.perf_counter()
-    refuse_foreign_folder(output_dir, WORLD_FILE)
-    with atomic_directory(output_dir) as staging:
+    check_output_folder(output_dir, WORLD_FILE)
+    with output_lock(output_dir), atomic_directory(output_dir) as staging:
         for split, rows in splits.items():
             write_jsonl(staging / "data" / f"{split}.jsonl", rows)
         model, tokenizer = train_knowledge_model(examples, staging / "model", config, skill_prompts=skill_prompts,
