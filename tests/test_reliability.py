@@ -342,7 +342,7 @@ def test_an_unknown_relation_is_data_not_an_error(world_dir, data):
 @pytest.mark.parametrize("setup, argv, expected", [
     pytest.param(None, ["--model", "{tmp}/nothere"], "nothere: no such model folder", id="no-model"),
     pytest.param(None, ["--tasks", "unstar_nope"], "no unstar task matches 'unstar_nope'", id="unknown-task"),
-    pytest.param(None, ["--metadata", "{bad"], "invalid loads value", id="bad-metadata-json"),
+    pytest.param(None, ["--metadata", "{bad"], "argument --metadata: not valid JSON", id="bad-metadata-json"),
     pytest.param(None, ["--data-dir", "{tmp}/nodata"], "nodata: no such file or folder", id="no-data-dir"),
     pytest.param(without_tokenizer, [], "holds no tokenizer", id="no-tokenizer"),
     pytest.param(pickled_weights_only, [], "never unpickles weights", id="pickled-weights"),

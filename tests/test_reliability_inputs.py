@@ -192,6 +192,51 @@ def test_resume_with_nothing_to_resume_is_refused_before_loading(world_dir, tmp_
     assert not list(tmp_path.iterdir())
 
 
+# ---- item 5: metadata typos ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    pytest.param(["--metadata", '{"datadir": "x"}'], "unknown metadata key 'datadir' (did you mean data_dir?); the "
+                 "unstar tasks read data_dir, format, forget_split", id="typo"),
+    pytest.param(["--metadata", '{"pretrained": "x"}'], "unknown metadata key 'pretrained'", id="model-argument"),
+    pytest.param(["--metadata", '[1, 2]'], "argument --metadata: must be a JSON object", id="not-an-object"),
+    pytest.param(["--metadata", '{"data_dir": 5}'], "metadata 'data_dir' must be a string, got 5", id="not-a-string"),
+    pytest.param(["--limit", "1.5"], "argument --limit: must be a whole number of documents", id="limit-fraction"),
+    pytest.param(["--limit", "-1"], "argument --limit: must be", id="limit-negative"),
+    pytest.param(["--limit", "0"], "argument --limit: must be", id="limit-zero"),
+    pytest.param(["--limit", "nan"], "argument --limit: must be", id="limit-nan"),
+])
+def test_eval_metadata_and_limit_are_checked_before_loading(world_dir, capsys, nothing_loads, argv, expected):
+    code, err = cli(["eval", "--model", world_dir / "model", "--data-dir", world_dir / "data", "--tasks",
+                     "unstar_forget_qa", *argv], capsys)
+    assert_one_line_error(code, err, expected)
+
+
+def test_task_metadata_typo_is_refused_and_model_arguments_pass(world_dir):
+    from unstar_trl.evaluation.lm_eval_tasks import tasks_path
+
+    utils = task_utils
+    data_dir = str(world_dir / "data")
+    with pytest.raises(UsageError, match=r"unknown metadata key 'datadir' \(did you mean data_dir\?\)"):
+        utils.load("forget", datadir=data_dir, version=1)
+    with pytest.raises(UsageError, match="unknown metadata key 'forget_splits' \\(did you mean forget_split\\?\\)"):
+        utils.load("forget", data_dir=data_dir, forget_splits="forget")
+    # what a plain lm_eval run mixes in: lm-eval's own keys and the --model_args of its HF model
+    docs = utils.load("forget", data_dir=data_dir, version=1, config_source=str(tasks_path() / "x.yaml"),
+                      pretrained="m", dtype="float32", device="cpu", attn_implementation="eager")["test"]
+    assert len(docs) == len((world_dir / "data" / "forget.jsonl").read_text().splitlines())
+
+
+def test_lm_eval_cli_refuses_a_metadata_typo(world_dir, tmp_path):
+    from unstar_trl.evaluation.lm_eval_tasks import tasks_path
+
+    done = subprocess.run(["lm_eval", "--model", "hf", "--model_args", f"pretrained={world_dir / 'model'},dtype=float32",
+                           "--device", "cpu", "--include_path", str(tasks_path()), "--tasks", "unstar_forget_qa",
+                           "--limit", "1", "--metadata", json.dumps({"datadir": str(world_dir / "data")})],
+                          capture_output=True, text=True, timeout=600, env=ENV, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "unknown metadata key 'datadir' (did you mean data_dir?)" in done.stderr
+
+
 def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(world_dir, tmp_path, capsys,
                                                                           earlier_output):
     out, before = earlier_output, fingerprint(earlier_output)
