@@ -183,6 +183,49 @@ def test_an_output_folder_that_is_not_a_folder_is_refused(world_dir, notes, tmp_
     assert not list(tmp_path.glob(".*")), "something was moved aside or left behind"
 
 
+# ---- item 4: baselines resume only their own checkpoints ---------------------------------------------------------
+
+def _checkpoint(world_dir, folder: Path, trainer_class, config_class, **settings) -> Path:
+    """checkpoint-1 of a run of `trainer_class` on the world (saved by the Trainer, with its run identity)."""
+    from unstar_trl.data import load_unlearning_data
+
+    data = load_unlearning_data(world_dir / "data")
+    config = config_class(output_dir=str(folder), save_strategy="steps", save_steps=1, max_steps=1,
+                          disable_tqdm=True, **settings)
+    trainer_class(str(world_dir / "model"), config, train_dataset=data.forget, retain_dataset=data.retain).train()
+    return folder / "checkpoint-1"
+
+
+def test_a_baseline_refuses_another_runs_checkpoint(world_dir, tmp_path, capsys):
+    from unstar_trl.method.trainers import GradientAscentConfig, GradientAscentTrainer
+
+    foreign = _checkpoint(world_dir, tmp_path / "kept", GradientAscentTrainer, GradientAscentConfig, seed=5,
+                          learning_rate=1e-2)
+    out = tmp_path / "out"
+    recipe = ["unlearn", "--config", RECIPES / "world_grad_diff.yaml", "--model_name_or_path", world_dir / "model",
+              "--data_dir", world_dir / "data", "--output_dir", out, "--max_steps", 2]
+    code, err = cli([*recipe, "--resume_from_checkpoint", foreign], capsys)
+    assert_one_line_error(code, err, "is a checkpoint of another run: its method is 'GradientAscentTrainer', this "
+                                     "run's is 'GradDiffTrainer'")
+    (foreign / "unstar_run.json").unlink()  # a checkpoint that says nothing of the run that saved it
+    code, err = cli([*recipe, "--resume_from_checkpoint", foreign], capsys)
+    assert_one_line_error(code, err, "holds no checkpoint saved by an unstar run")
+    assert not out.exists() and not leftovers(tmp_path, "out") and not (tmp_path / "out.checkpoints").exists()
+
+
+def test_a_baseline_resumes_its_own_checkpoint(world_dir, tmp_path, capsys):
+    from unstar_trl.method.trainers import GradDiffConfig, GradDiffTrainer
+
+    own = _checkpoint(world_dir, tmp_path / "kept", GradDiffTrainer, GradDiffConfig, seed=0, learning_rate=1e-3)
+    out = tmp_path / "out"
+    code, err = cli(["unlearn", "--config", RECIPES / "world_grad_diff.yaml", "--model_name_or_path",
+                     world_dir / "model", "--data_dir", world_dir / "data", "--output_dir", out, "--max_steps", 2,
+                     "--resume_from_checkpoint", own], capsys)
+    assert code == 0, err
+    report = json.loads((out / "unlearn_report.json").read_text())
+    assert report["steps"] == 2 and [entry["step"] for entry in report["history"]] == [2]  # step 1 was resumed
+
+
 def test_resume_with_nothing_to_resume_is_refused_before_loading(world_dir, tmp_path, capsys, nothing_loads):
     for method in ("grad_ascent", "unstar"):
         code, err = cli(["unlearn", "--method", method, "--model_name_or_path", world_dir / "model", "--data_dir",
@@ -235,6 +278,76 @@ def test_lm_eval_cli_refuses_a_metadata_typo(world_dir, tmp_path):
                           capture_output=True, text=True, timeout=600, env=ENV, cwd=tmp_path)
     assert done.returncode != 0
     assert "unknown metadata key 'datadir' (did you mean data_dir?)" in done.stderr
+
+
+# ---- item 7: runs that would measure or train nothing -------------------------------------------------------------
+
+@pytest.mark.parametrize("method, extra", [
+    ("grad_diff", []), ("grad_ascent_kl", []), ("npo", []), ("unstar", []),
+    ("grad_ascent", ["--retain_weight", "0.5", "--retain_loss_type", "kl"]),
+])
+def test_an_empty_retain_split_is_refused_when_the_method_needs_it(world_dir, data, tmp_path, capsys,
+                                                                  nothing_loads, method, extra):
+    (data / "retain.jsonl").write_text("")
+    code, err = cli(["unlearn", "--method", method, "--model_name_or_path", world_dir / "model", "--data_dir", data,
+                     "--output_dir", tmp_path / "out", "--max_steps", 1, *extra], capsys)
+    assert_one_line_error(code, err, "but there are no retain records (the retain split is empty or missing)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_retain_is_refused_by_the_python_api(world_dir, tmp_path):
+    from unstar_trl.data import load_unlearning_data
+    from unstar_trl.method.trainers import GradDiffConfig, GradDiffTrainer
+
+    forget = load_unlearning_data(world_dir / "data").forget
+    with pytest.raises(UsageError, match="retain_weight is 1.0 but there are no retain records"):
+        GradDiffTrainer(str(world_dir / "model"), GradDiffConfig(output_dir=str(tmp_path)), train_dataset=forget,
+                        retain_dataset=[])
+
+
+@pytest.mark.parametrize("argv, expected", [
+    pytest.param(["--num_train_epochs", 0], "num_train_epochs is 0.0 and max_steps -1: nothing would be trained",
+                 id="zero-epochs"),
+    pytest.param(["--num_train_epochs", 0, "--max_steps", 0], "nothing would be trained", id="zero-steps"),
+    pytest.param(["--prompt_template", "Tell me:"], "prompt_template must hold a {question} slot and no other, got "
+                 "'Tell me:'", id="template-without-question"),
+    pytest.param(["--prompt_template", "{question} {answer}"], "no other", id="template-with-another-slot"),
+    pytest.param(["--generator", "/no/such/teacher"], "generator must be 'self', 'template' or a teacher model "
+                 "folder, got '/no/such/teacher'", id="no-such-teacher"),
+])
+def test_a_run_that_cannot_train_is_refused_at_config_time(world_dir, tmp_path, capsys, nothing_loads, argv,
+                                                            expected):
+    code, err = cli(["unlearn", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
+                     "--output_dir", tmp_path / "out", *argv], capsys)
+    assert_one_line_error(code, err, expected)
+    assert not list(tmp_path.iterdir())
+
+
+def test_forget_facts_the_model_never_knew_are_a_recorded_warning(world_dir, data, tmp_path, capsys):
+    edit_rows(data / "forget.jsonl", lambda rows: [row.update(answer=f"Zyx{index}") for index, row in enumerate(rows)])
+    out = tmp_path / "out"
+    code, err = cli([*UNLEARN, "--model_name_or_path", world_dir / "model", "--data_dir", data, "--output_dir", out],
+                    capsys)
+    assert code == 0, err
+    report = json.loads((out / "unlearn_report.json").read_text())
+    assert report["before"]["forget_acc"] == 0.0
+    (warning,) = report["warnings"]
+    assert "answered none of the facts to unlearn before it started (forget_acc 0.0)" in warning
+    assert f"unstar: warning: {warning}" in err
+
+
+def test_infinity_is_written_as_null_with_a_warning(world_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = cli([*UNLEARN, "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
+                     "--output_dir", out, "--max_forget_nll", "inf"], capsys)
+    assert code == 0, err
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    report = json.loads((out / "unlearn_report.json").read_text(), parse_constant=refuse)
+    assert report["config"]["max_forget_nll"] is None
+    assert report["warnings"] == ["config.max_forget_nll (inf) is not a finite number; written as null"]
 
 
 def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(world_dir, tmp_path, capsys,

@@ -7,6 +7,7 @@ import fcntl
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -42,7 +43,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """`data` as indented JSON; a NaN or infinite number becomes null (see `json_safe`)."""
+    write_text_atomic(path, json.dumps(json_safe(data)[0], indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def json_safe(data, where: str = "") -> tuple[object, list[str]]:
+    """(`data` with every NaN or infinite float replaced by None, which JSON can hold; the places replaced, as
+    dotted paths such as "config.max_forget_nll")."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [f"{where} ({data})"]
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else None
+    if items is None:
+        return data, []
+    cleaned, replaced = {}, []
+    for key, value in items:
+        cleaned[key], found = json_safe(value, f"{where}.{key}" if where else str(key))
+        replaced.extend(found)
+    return (cleaned if isinstance(data, dict) else list(cleaned.values())), replaced
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:

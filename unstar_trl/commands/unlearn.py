@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import (UsageError, atomic_directory, check_output_folder, output_lock, refuse_overwrite,
+from ..io import (UsageError, atomic_directory, check_output_folder, json_safe, output_lock, refuse_overwrite,
                   write_json)
 from ..recipes import find_recipe, read_recipe
 
@@ -176,6 +176,8 @@ def _run(args) -> int:
         return 0
     if "--help-all" in argv:
         argv = [item if item != "--help-all" else "--help" for item in argv]
+    from ..method.trainers.base import require_retain
+
     script_args, config, model_args, recipe_path = parse(argv)
     source, output_dir = model_args.model_name_or_path, config.output_dir
     if config.trust_remote_code:
@@ -186,10 +188,14 @@ def _run(args) -> int:
     main_process = config.process_index == 0  # under torchrun / accelerate launch only rank 0 writes
     with output_lock(output_dir) if main_process else contextlib.nullcontext():
         data = _load_data(script_args)
+        require_retain(config, data.targeted_retain if script_args.targeted else data.retain)
         model, tokenizer = _load_model(model_args)
         resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
                     **json.loads(json.dumps(config.to_dict(), default=str))}
         report = _unlearn(script_args, config, model_args, data, model, tokenizer, resolved)
+    if main_process:
+        for warning in report["warnings"]:
+            print(f"unstar: warning: {warning}", file=sys.stderr)
     if report["diverged"]:
         diverged = report["diverged"]
         raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
@@ -271,6 +277,7 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
                   "steps": diverged["kept_step"] if diverged else getattr(trainer, "steps", trainer.state.global_step),
                   "seconds": round(time.perf_counter() - start, 1),
                   "diverged": diverged, "config": resolved, "history": trainer.history}
+        report["warnings"] = run_warnings(report)
         write_json(staging / REPORT_FILE, report)
     if checkpoints is not None and main_process:  # the run ended and its output is in place
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -306,6 +313,19 @@ def _removed_when_empty(folder: Path | None):
     finally:
         if folder is not None and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+def run_warnings(report: dict) -> list[str]:
+    """One line for each sign that a run that ended trained or measured less than it seems."""
+    warnings = []
+    key = "targeted_acc" if report["targeted"] else "forget_acc"
+    if report["before"].get(key) == 0:
+        warnings.append(f"the model answered none of the facts to unlearn before it started ({key} 0.0): nothing "
+                        "was there to unlearn; check the model, the data and prompt_template")
+    if report["steps"] == 0 and not report["diverged"]:
+        warnings.append("no optimizer step was taken: the written weights are the input model's")
+    warnings.extend(f"{place} is not a finite number; written as null" for place in json_safe(report)[1])
+    return warnings
 
 
 def summary_line(report: dict, output_dir: str) -> str:
