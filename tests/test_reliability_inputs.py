@@ -8,6 +8,7 @@ Every case works on copies (tmp_path) of the session world, which it corrupts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -181,6 +182,19 @@ def test_an_output_folder_that_is_not_a_folder_is_refused(world_dir, notes, tmp_
     assert notes.read_text() == "my notes" and not list((tmp_path / "elsewhere").iterdir())
     assert (tmp_path / "link").is_symlink() and (tmp_path / "dangling").is_symlink()
     assert not list(tmp_path.glob(".*")), "something was moved aside or left behind"
+
+
+def test_an_output_in_an_unwritable_place_is_refused(world_dir, tmp_path, capsys, monkeypatch, nothing_loads):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access  # root may write anywhere: for `locked`, answer as for a user who may not
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    for argv, out in ((_unlearn_into(world_dir, locked / "out"), locked / "out"),
+                      (["eval", "--model", world_dir / "model", "--output", locked / "a" / "r.json"],
+                       locked / "a" / "r.json")):
+        code, err = cli(argv, capsys)
+        assert_one_line_error(code, err, f"cannot create {out}: {locked} is not writable")
+    assert not list(locked.iterdir())
 
 
 # ---- item 4: baselines resume only their own checkpoints ---------------------------------------------------------
