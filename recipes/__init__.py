@@ -38,7 +38,9 @@ def read_recipe(path: str | Path) -> dict:
     try:
         recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise UsageError(f"recipe {path}: not valid YAML ({' '.join(str(error).split())})") from None
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None) or str(error)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise UsageError(f"recipe {path}{where}: not valid YAML ({' '.join(problem.split())})") from None
     if not isinstance(recipe, dict):
         raise UsageError(f"recipe {path} must be a YAML mapping of field: value")
     return recipe

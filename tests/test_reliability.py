@@ -175,8 +175,12 @@ def _not_an_object(d):
         handle.write('["a", "list"]\n')
 
 
-def _prompt_too_long(d):
+def _beyond_positions(d):
     edit_rows(d / "forget.jsonl", lambda rows: rows[0].update(question="very " * 140 + "long question?"))
+
+
+def _answer_beyond_positions(d):  # 5000 characters: probing it used to generate far past the model's positions
+    edit_rows(d / "retain.jsonl", lambda rows: rows[0].update(answer=("Rivermoor " * 500)[:5000]))
 
 
 DATA_CASES = [  # (corruption of the data copy, words the error line must hold, also a DataError of the Python API)
@@ -193,7 +197,8 @@ DATA_CASES = [  # (corruption of the data copy, words the error line must hold, 
     pytest.param(_unreadable, "forget.jsonl: cannot read", True, id="unreadable-jsonl"),
     pytest.param(_not_utf8, "retain.jsonl row 1: not UTF-8 text", True, id="not-utf8"),
     pytest.param(_not_an_object, "expected a JSON object, got a list", True, id="row-not-object"),
-    pytest.param(_prompt_too_long, "leaves no room for its answer within max_length", False, id="prompt-too-long"),
+    pytest.param(_beyond_positions, "more than the model's 256 positions", False, id="question-beyond-positions"),
+    pytest.param(_answer_beyond_positions, "more than the model's 256 positions", False, id="answer-beyond-positions"),
 ]
 
 
@@ -279,9 +284,9 @@ def test_bad_recipe_model_or_output_and_the_model_is_untouched(data, model, tmp_
 
 def test_a_failed_run_leaves_the_previous_output_as_it_was(world_dir, data, tmp_path, capsys, earlier_output):
     out, before = earlier_output, fingerprint(earlier_output)
-    _prompt_too_long(data)  # fails inside the staging folder, after the model is loaded and probed
+    # fails inside the staging folder, after the model is loaded and probed: no prompt fits in 8 tokens
     code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", data,
-                     "--output_dir", out, "--max_steps", 1], capsys)
+                     "--output_dir", out, "--max_steps", 1, "--max_length", 8], capsys)
     assert_one_line_error(code, err, "max_length")
     assert fingerprint(out) == before and not leftovers(tmp_path, "out")
 
@@ -337,7 +342,7 @@ def test_an_unknown_relation_is_data_not_an_error(world_dir, data):
 @pytest.mark.parametrize("setup, argv, expected", [
     pytest.param(None, ["--model", "{tmp}/nothere"], "nothere: no such model folder", id="no-model"),
     pytest.param(None, ["--tasks", "unstar_nope"], "no unstar task matches 'unstar_nope'", id="unknown-task"),
-    pytest.param(None, ["--metadata", "{bad"], "invalid loads value", id="bad-metadata-json"),
+    pytest.param(None, ["--metadata", "{bad"], "argument --metadata: not valid JSON", id="bad-metadata-json"),
     pytest.param(None, ["--data-dir", "{tmp}/nodata"], "nodata: no such file or folder", id="no-data-dir"),
     pytest.param(without_tokenizer, [], "holds no tokenizer", id="no-tokenizer"),
     pytest.param(pickled_weights_only, [], "never unpickles weights", id="pickled-weights"),
@@ -412,7 +417,7 @@ def test_the_source_model_is_untouched_by_a_run_that_succeeds_and_one_that_fails
                      "--max_steps", 2], capsys)
     assert code == 0, err
     assert fingerprint(model) == before
-    _prompt_too_long(data)
+    _beyond_positions(data)
     code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", model, "--data_dir", data, "--output_dir",
                      tmp_path / "failed", "--max_steps", 2], capsys)
     assert code != 0 and not (tmp_path / "failed").exists()
@@ -444,6 +449,12 @@ STEP_DONE = re.compile(r"\b[1-9]\d*/100000\b")
 """The step bar of a run of 100000 steps, past its first step."""
 
 
+def running_leftovers(out: Path) -> list[str]:
+    """The kinds of file a run into `out` keeps beside it while it runs (or after it was killed): its lock file and
+    its staging folder."""
+    return sorted(path.name.split("-")[0] for path in leftovers(out.parent, out.name))
+
+
 def start_long_training(world_dir, out: Path, log: Path) -> subprocess.Popen:
     """`unstar unlearn` into `out` for far longer than any test, returned once its first step is logged (with
     its staging folder beside `out`)."""
@@ -458,7 +469,7 @@ def start_long_training(world_dir, out: Path, log: Path) -> subprocess.Popen:
     if process.poll() is not None or not STEP_DONE.search(log.read_text()):
         process.kill()
         pytest.fail("training did not start in time: " + log.read_text()[-3000:])
-    assert len(leftovers(out.parent, out.name)) == 1  # the staging folder, training inside it
+    assert running_leftovers(out) == [f".{out.name}.lock", f".{out.name}.tmp"]  # its lock, its staging folder
     return process
 
 
@@ -480,7 +491,7 @@ def test_the_next_run_removes_the_staging_folder_of_a_killed_one(world_dir, tmp_
     process = start_long_training(world_dir, out, tmp_path / "log.txt")
     process.kill()  # SIGKILL: nothing runs on the way out
     process.wait(timeout=60)
-    assert fingerprint(out) == before and len(leftovers(tmp_path, "out")) == 1
+    assert fingerprint(out) == before and running_leftovers(out) == [".out.lock", ".out.tmp"]
     code, err = cli(["unlearn", "--method", "grad_ascent", "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
                      "--output_dir", out, "--max_steps", 1], capsys)
     assert code == 0, err

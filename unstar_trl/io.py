@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,16 +26,15 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     umask gives a new file, not the temporary file's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = handle.name
-        try:
+    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
             handle.write(data)
-            os.chmod(temporary, 0o666 & ~_umask())
-        except BaseException:
-            handle.close()
-            os.remove(temporary)
-            raise
-    os.replace(temporary, path)
+        os.chmod(handle.name, 0o666 & ~_umask())
+        os.replace(handle.name, path)
+    except BaseException:  # no temporary file is left beside `path`, whatever failed
+        os.remove(handle.name)
+        raise
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -42,7 +43,23 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """`data` as indented JSON; a NaN or infinite number becomes null (see `json_safe`)."""
+    write_text_atomic(path, json.dumps(json_safe(data)[0], indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def json_safe(data, where: str = "") -> tuple[object, list[str]]:
+    """(`data` with every NaN or infinite float replaced by None, which JSON can hold; the places replaced, as
+    dotted paths such as "config.max_forget_nll")."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [f"{where} ({data})"]
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else None
+    if items is None:
+        return data, []
+    cleaned, replaced = {}, []
+    for key, value in items:
+        cleaned[key], found = json_safe(value, f"{where}.{key}" if where else str(key))
+        replaced.extend(found)
+    return (cleaned if isinstance(data, dict) else list(cleaned.values())), replaced
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
@@ -54,21 +71,24 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` whole, on failure it is removed and
     whatever stood at `path` before is left as it was."""
     path = Path(path)
+    check_output_folder(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the output folder's mode
+    backup = path.parent / f".{path.name}.old-{os.getpid()}"
     previous_handler = _exit_on_sigterm()
     try:
         try:
             yield staging
+            if path.exists():
+                os.replace(path, backup)
+            os.replace(staging, path)
         except BaseException:
+            if backup.exists() and not path.exists():  # the swap itself failed: put the earlier folder back
+                os.replace(backup, path)
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        backup = path.parent / f".{path.name}.old-{os.getpid()}"
-        if path.exists():
-            os.replace(path, backup)
-        os.replace(staging, path)
         shutil.rmtree(backup, ignore_errors=True)
     finally:
         if previous_handler is not None:
@@ -116,22 +136,75 @@ def _exit_on_sigterm():
     return signal.signal(signal.SIGTERM, exit)
 
 
-def refuse_overwrite(output_dir: str | Path, *protected: str | Path) -> None:
-    """Refuse an output folder that is, or lies inside or around, a folder that must not be touched."""
+def refuse_overwrite(output_dir: str | Path, *protected: str | Path, flag: str = "output_dir") -> None:
+    """Refuse an output (`flag` names it in the message) that is, or lies inside or around, a file or folder that
+    must not be touched."""
     output = Path(output_dir).resolve()
     for item in protected:
         source = Path(item).resolve()
         if output == source or source in output.parents or output in source.parents:
-            raise UsageError(f"output_dir {output_dir} overlaps the input {item}; choose another output_dir")
+            raise UsageError(f"{flag} {output_dir} overlaps the input {item}; choose another {flag}")
 
 
-def refuse_foreign_folder(path: str | Path, marker: str) -> None:
-    """Refuse to replace a non-empty folder that is not an earlier output of ours (it holds no `marker` file):
-    replacing it would delete whatever the user keeps there."""
+def check_output_folder(path: str | Path, marker: str | None = None) -> None:
+    """Refuse, before any work, an output folder that could not be written or whose writing would destroy what is
+    there: a symbolic link, an existing file, a parent that is not a writable folder, and (with `marker`, the file
+    every earlier output of ours holds) a non-empty folder without it, whose files the user keeps."""
     path = Path(path)
-    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+    if path.is_symlink():
+        raise UsageError(f"output folder {path} is a symbolic link; name the folder itself")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output folder {path} is an existing file; choose another name")
+    if marker is not None and path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
         raise UsageError(f"{path} exists and holds files that are not an earlier output (no {marker}); "
                          "choose a new or empty folder")
+    _check_parent(path)
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any work, an output file that is an existing folder or whose parent is not a writable
+    folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"output file {path} is a folder; name a file")
+    _check_parent(path)
+
+
+def _check_parent(path: Path) -> None:
+    """The nearest existing folder above `path` (where it, and any folder missing in between, will be created)
+    must be a writable folder."""
+    above = next(parent for parent in Path(os.path.abspath(path)).parents if parent.exists())
+    if not above.is_dir():
+        raise UsageError(f"cannot create {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create {path}: {above} is not writable")
+
+
+@contextlib.contextmanager
+def output_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock of output `path` (the file `.<name>.lock` beside it) for a whole run: a second run into the
+    same output while this one runs is refused instead of racing it (one result would be lost). The lock dies
+    with its process, even a killed one; the file is removed on the way out."""
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = open(lock, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UsageError(f"another run is writing {path} (it holds {lock}); wait for it to end or choose "
+                             "another output") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock)):
+                break
+        handle.close()  # the run that held the lock removed its file between our open and our lock: again
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        handle.close()
 
 
 def fingerprint(path: str | Path) -> dict[str, str]:

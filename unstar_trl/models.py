@@ -8,6 +8,7 @@ from pathlib import Path
 from .io import UsageError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 SAFE = {"trust_remote_code": False}
 """Passed to every from_pretrained: a folder's auto_map never runs."""
 
@@ -25,7 +26,10 @@ def load_tokenizer(source: str | Path, **kwargs):
     from transformers import AutoTokenizer
 
     _check_source(source, needs_tokenizer=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs, **SAFE)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source), **kwargs, **SAFE)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{source}: {_why(error)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -35,17 +39,27 @@ def load_model(source: str | Path, *, adapter: str | Path | None = None, merge: 
                **kwargs):
     """(model, tokenizer) from a model folder, an adapter folder or a Hub name. With `adapter` (or an adapter
     folder as `source`) the adapter goes on top of its base model, merged in unless `merge` is False. `kwargs` go
-    to from_pretrained (dtype, revision, attn_implementation)."""
+    to from_pretrained (dtype, revision, attn_implementation). A tokenizer with more tokens than the model has
+    embedding rows is refused (those token ids would crash the model mid-run)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     if adapter is None and is_adapter(source):
         from peft import PeftConfig
 
         adapter, source = source, PeftConfig.from_pretrained(str(source)).base_model_name_or_path
-    tokenizer = load_tokenizer(adapter if adapter is not None and has_tokenizer(adapter) else source)
+    if adapter is not None and Path(adapter).is_dir() and not (Path(adapter) / ADAPTER_WEIGHTS).is_file():
+        raise UsageError(f"{adapter}: no {ADAPTER_WEIGHTS} (unstar never unpickles weights: save the adapter with "
+                         "safe_serialization)")
+    tokenizer_source = adapter if adapter is not None and has_tokenizer(adapter) else source
+    tokenizer = load_tokenizer(tokenizer_source)
     _check_source(source, needs_tokenizer=False)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=True, **kwargs, **SAFE)
+    except SafetensorError as error:
+        broken = _broken_safetensors(source)
+        raise UsageError(f"{broken or source}: not a complete safetensors file, truncated or corrupt ({error})") \
+            from None
     except (OSError, ValueError) as error:
         raise UsageError(f"{source}: {_why(error)}") from None
     if adapter is not None:
@@ -54,6 +68,11 @@ def load_model(source: str | Path, *, adapter: str | Path | None = None, merge: 
         model = PeftModel.from_pretrained(model, str(adapter))
         if merge:
             model = model.merge_and_unload()
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UsageError(f"{tokenizer_source}: the tokenizer has {len(tokenizer)} tokens, more than the {rows} rows of "
+                         f"the model's embedding (ids from {rows} on would crash it); pair the model with its own "
+                         "tokenizer")
     if device is not None:
         model = model.to(device)
     return model, tokenizer
@@ -68,6 +87,19 @@ def _check_source(source: str | Path, needs_tokenizer: bool) -> None:
     if local and needs_tokenizer and not has_tokenizer(path):
         raise UsageError(f"{source} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer beside "
                          "the model")
+
+
+def _broken_safetensors(folder: str | Path) -> Path | None:
+    """The first safetensors file in `folder` whose header does not open (or does not cover the file), if any."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except Exception:  # any failure to open it is what we look for
+            return file
+    return None
 
 
 def _why(error: Exception) -> str:

@@ -36,6 +36,16 @@ def format_prompt(tokenizer, question: str, template: str | None) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def check_prompt_template(template: str) -> None:
+    """Raise ValueError unless a plain `template` has a `{question}` slot and no other ({{ and }} are braces)."""
+    try:
+        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        raise ValueError(f"prompt_template {template!r}: {error}") from None
+    if slots != {"question"}:
+        raise ValueError(f"prompt_template must hold a {{question}} slot and no other, got {template!r}")
+
+
 def format_completion(answer: str, template: str | None) -> str:
     """What follows the prompt when the model gives `answer`: one space after a plain template, nothing after the
     chat template's opened assistant turn."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import datasets
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
+from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys
 from unstar_trl.text import PLAIN_TEMPLATE, contains_answer, format_completion, rouge_l_recall, task_prompt
 
 TOFU_SPLITS = {"forget": "forget10", "retain": "retain90", "neighbor": "real_authors"}
@@ -38,7 +39,9 @@ FIELDS = ("id", "question", "answer")
 # ---- data -------------------------------------------------------------------------------------------------------
 
 def load(view: str, data_dir: str | None = None, format: str = "auto", **metadata) -> datasets.DatasetDict:
-    """The documents of one task view as {"test": Dataset}; each has `role` (which metric it counts towards)."""
+    """The documents of one task view as {"test": Dataset}; each has `role` (which metric it counts towards). A
+    metadata key that is neither ours nor a model argument (which lm-eval mixes in) is refused."""
+    check_task_metadata(metadata, lm_eval_metadata_keys())
     data = _data(data_dir, format, metadata)
     if view in ("forget", "neighbor"):
         docs = [_doc(record, view) for record in getattr(data, view)]

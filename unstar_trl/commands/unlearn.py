@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import UsageError, atomic_directory, refuse_foreign_folder, refuse_overwrite, write_json
+from ..io import (UsageError, atomic_directory, check_output_folder, json_safe, output_lock, refuse_overwrite,
+                  write_json)
 from ..recipes import find_recipe, read_recipe
 
 REPORT_FILE = "unlearn_report.json"
@@ -175,18 +176,26 @@ def _run(args) -> int:
         return 0
     if "--help-all" in argv:
         argv = [item if item != "--help-all" else "--help" for item in argv]
+    from ..method.trainers.base import require_retain
+
     script_args, config, model_args, recipe_path = parse(argv)
     source, output_dir = model_args.model_name_or_path, config.output_dir
     if config.trust_remote_code:
         raise UsageError("--trust_remote_code: unstar never runs a model folder's own code")
     refuse_overwrite(output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
-    refuse_foreign_folder(output_dir, REPORT_FILE)
-    data = _load_data(script_args)
-    model, tokenizer = _load_model(model_args)
-    resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
-                **json.loads(json.dumps(config.to_dict(), default=str))}
-    report = _unlearn(script_args, config, model_args, data, model, tokenizer, resolved)
+    check_output_folder(output_dir, REPORT_FILE)
+    _check_resume(config)
     main_process = config.process_index == 0  # under torchrun / accelerate launch only rank 0 writes
+    with output_lock(output_dir) if main_process else contextlib.nullcontext():
+        data = _load_data(script_args)
+        require_retain(config, data.targeted_retain if script_args.targeted else data.retain)
+        model, tokenizer = _load_model(model_args)
+        resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
+                    **json.loads(json.dumps(config.to_dict(), default=str))}
+        report = _unlearn(script_args, config, model_args, data, model, tokenizer, resolved)
+    if main_process:
+        for warning in report["warnings"]:
+            print(f"unstar: warning: {warning}", file=sys.stderr)
     if report["diverged"]:
         diverged = report["diverged"]
         raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
@@ -231,12 +240,11 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
     source, output_dir = model_args.model_name_or_path, config.output_dir
     start = time.perf_counter()
     before = knowledge_report(model, tokenizer, data, config.prompt_template)
-    resume = {"true": True, "false": None}.get(str(config.resume_from_checkpoint).lower(),
-                                               config.resume_from_checkpoint)
-    checkpoints = Path(str(output_dir) + CHECKPOINTS_SUFFIX) if config.save_strategy != "no" or resume else None
+    resume, checkpoints = _checkpointing(config)
     main_process = config.process_index == 0
     diverged = None
-    with atomic_directory(output_dir) if main_process else _discarded() as staging:
+    with _removed_when_empty(checkpoints if main_process else None), \
+            atomic_directory(output_dir) if main_process else _discarded() as staging:
         config.output_dir = str(checkpoints or staging / "trainer")
         trainer = METHODS[script_args.method][0](
             model=model, args=config, processing_class=tokenizer,
@@ -269,10 +277,55 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
                   "steps": diverged["kept_step"] if diverged else getattr(trainer, "steps", trainer.state.global_step),
                   "seconds": round(time.perf_counter() - start, 1),
                   "diverged": diverged, "config": resolved, "history": trainer.history}
+        report["warnings"] = run_warnings(report)
         write_json(staging / REPORT_FILE, report)
     if checkpoints is not None and main_process:  # the run ended and its output is in place
         shutil.rmtree(checkpoints, ignore_errors=True)
     return report
+
+
+def _checkpointing(config) -> tuple[bool | str | None, Path | None]:
+    """(what --resume_from_checkpoint asks for: True, a folder or None; the checkpoints folder beside output_dir,
+    None when the run neither saves nor resumes checkpoints)."""
+    resume = {"true": True, "false": None}.get(str(config.resume_from_checkpoint).lower(),
+                                               config.resume_from_checkpoint)
+    checkpoints = Path(str(config.output_dir) + CHECKPOINTS_SUFFIX) if config.save_strategy != "no" or resume else None
+    return resume, checkpoints
+
+
+def _check_resume(config) -> None:
+    """Refuse, before loading anything, a checkpoints folder that cannot be written and a resume with nothing to
+    resume from (whether a checkpoint belongs to this run, the trainer checks)."""
+    resume, checkpoints = _checkpointing(config)
+    if checkpoints is not None:
+        check_output_folder(checkpoints)
+    folder = checkpoints if resume is True else Path(resume) if resume else None
+    if folder is not None and not (folder.is_dir() and any(folder.iterdir())):
+        raise UsageError(f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint in {folder}")
+
+
+@contextlib.contextmanager
+def _removed_when_empty(folder: Path | None):
+    """Remove `folder` on the way out when it holds nothing: the Trainer creates its output_dir at once, so a run
+    that fails before its first checkpoint would leave an empty checkpoints folder behind."""
+    try:
+        yield
+    finally:
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def run_warnings(report: dict) -> list[str]:
+    """One line for each sign that a run that ended trained or measured less than it seems."""
+    warnings = []
+    key = "targeted_acc" if report["targeted"] else "forget_acc"
+    if report["before"].get(key) == 0:
+        warnings.append(f"the model answered none of the facts to unlearn before it started ({key} 0.0): nothing "
+                        "was there to unlearn; check the model, the data and prompt_template")
+    if report["steps"] == 0 and not report["diverged"]:
+        warnings.append("no optimizer step was taken: the written weights are the input model's")
+    warnings.extend(f"{place} is not a finite number; written as null" for place in json_safe(report)[1])
+    return warnings
 
 
 def summary_line(report: dict, output_dir: str) -> str:

@@ -23,7 +23,7 @@ from typing import Callable
 import datasets
 from transformers import PrinterCallback
 
-from ..io import write_json, write_text_atomic
+from ..io import check_output_folder, output_lock, write_json, write_text_atomic
 from ..text import PLAIN_TEMPLATE
 from .bench_measures import Measured, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
@@ -92,7 +92,8 @@ QUICK = BenchSettings(seeds=(0,), step_budget=2, max_rounds=1, probe_every=1, re
 def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path, *, build: Callable[..., dict],
               settings: BenchSettings = BenchSettings(), progress: bool = True) -> dict:
     """Build the world at `world_dir` with `build(world_dir, progress=False)` unless its world.json exists, run
-    `methods` on it, write the outputs to `output_dir` and return the results."""
+    `methods` on it, write the outputs to `output_dir` and return the results. An `output_dir` that could not be
+    written is refused before anything runs, and so is a second bench into it while one runs."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..data import load_unlearning_data
@@ -100,8 +101,10 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
 
     datasets.disable_progress_bars()
     world_dir, output_dir = Path(world_dir), Path(output_dir)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), disable=not progress) as bar:
+    check_output_folder(output_dir)
+    with output_lock(output_dir), Progress(TextColumn("{task.description}"), BarColumn(),
+                                           TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                           disable=not progress) as bar:
         task = bar.add_task("bench", total=len(methods) * len(settings.seeds) + 3)
         if not (world_dir / WORLD_FILE).exists():
             bar.update(task, description=f"building the world and its retain model in {world_dir}")
@@ -126,12 +129,12 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
             results["methods"][method] = row(runs)
             results["curves"][method] = [{"step": 0, "forget_acc": target.values["forget_acc"],
                                           "retain_acc": target.values["retain_acc"]}, *runs[0].curve]
+        write_json(output_dir / "results.json", results)
+        write_text_atomic(output_dir / "results.md", markdown_report(results))
+        plot_over_steps(results["curves"], output_dir / "forget_retain_over_steps.png")
+        plot_methods(results, output_dir / "methods.png")
+        plot_forget_vs_kept(results, output_dir / "forget_vs_kept.png")
         bar.update(task, description="done")
-    write_json(output_dir / "results.json", results)
-    write_text_atomic(output_dir / "results.md", markdown_report(results))
-    plot_over_steps(results["curves"], output_dir / "forget_retain_over_steps.png")
-    plot_methods(results, output_dir / "methods.png")
-    plot_forget_vs_kept(results, output_dir / "forget_vs_kept.png")
     return results
 
 

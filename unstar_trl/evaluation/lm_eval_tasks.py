@@ -8,14 +8,24 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 from pathlib import Path
 from typing import Iterable
 
+from ..data import SPLIT_ROLES
 from ..io import UsageError
 from ..models import load_model
 
 DEFAULT_TASKS = ("unstar_*",)
+TASK_METADATA = ("data_dir", "format", *(f"{role}_split" for role in SPLIT_ROLES), "anti_samples")
+"""The metadata keys the unstar tasks read (see tasks/unstar/utils.py)."""
+LM_EVAL_METADATA = ("version", "config_source")
+"""What lm-eval itself writes into every task's metadata."""
+LOADER_ARGUMENTS = ("attn_implementation", "device_map", "low_cpu_mem_usage", "load_in_8bit", "load_in_4bit")
+"""Model arguments that lm-eval's HFLM passes on to `from_pretrained` (a plain lm_eval run merges every model
+argument into the metadata)."""
 
 
 def tasks_path() -> Path:
@@ -30,12 +40,42 @@ def task_manager(data_dir: str | Path | None = None, data_format: str | None = N
     data passed as metadata."""
     from lm_eval.tasks import TaskManager
 
+    if metadata is not None:
+        check_task_metadata(metadata)
     metadata = dict(metadata or {})
     if data_dir is not None:
         metadata["data_dir"] = str(data_dir)
     if data_format is not None:
         metadata["format"] = data_format
     return TaskManager(include_path=str(tasks_path()), include_defaults=False, metadata=metadata)
+
+
+def check_task_metadata(metadata, also: Iterable[str] = ()) -> None:
+    """Refuse metadata that is not a mapping, a key that no unstar task reads (nor one of `also`: what lm-eval mixes
+    in), and a value of ours that is not a string: a misspelt key would otherwise leave its default in place and
+    evaluate other data."""
+    if not isinstance(metadata, dict):
+        raise UsageError(f"metadata must be a JSON object of key: value, got {metadata!r:.60}")
+    allowed = set(also)
+    for key, value in metadata.items():
+        if key not in TASK_METADATA and key not in allowed:
+            close = difflib.get_close_matches(key, TASK_METADATA, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"unknown metadata key {key!r}{hint}; the unstar tasks read {', '.join(TASK_METADATA)}")
+        if key in TASK_METADATA and not isinstance(value, str):
+            raise UsageError(f"metadata {key!r} must be a string, got {value!r:.60}")
+
+
+@functools.cache
+def lm_eval_metadata_keys() -> frozenset[str]:
+    """What lm-eval mixes into a task's metadata besides `--metadata`: its own keys and, in a plain `lm_eval` run,
+    the `--model_args` of its HF model (HFLM's parameters and the loader arguments it passes on)."""
+    import inspect
+
+    from lm_eval.models.huggingface import HFLM
+
+    parameters = {*inspect.signature(HFLM.__init__).parameters, *inspect.signature(HFLM._create_model).parameters}
+    return frozenset((parameters - {"self", "kwargs"}) | {*LM_EVAL_METADATA, *LOADER_ARGUMENTS})
 
 
 def expand_tasks(manager, tasks: Iterable[str]) -> list[str]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..data import DataError
+from ..io import UsageError
 from ..text import PLAIN_TEMPLATE, contains_answer, format_prompt
 
 
@@ -23,7 +25,8 @@ class Verdict:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 16, batch_size: int = 64,
              stop_at_newline: bool = True, description: str | None = None, **generate_kwargs) -> list[str]:
-    """Greedy (unless `generate_kwargs` say otherwise) continuations of `prompts`, batched with left padding."""
+    """Greedy (unless `generate_kwargs` say otherwise) continuations of `prompts`, batched with left padding; never
+    past the model's positions (`max_new_tokens` shrinks to the room a batch's prompts leave)."""
     was_training = model.training
     model.eval()
     padding_side = tokenizer.padding_side
@@ -37,7 +40,8 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 16, 
         for start in tqdm(batches, desc=description, disable=description is None, leave=False):
             batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(model.device)
-            tokens = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            room = _room(model, batch["input_ids"].shape[1], max_new_tokens)
+            tokens = model.generate(**batch, max_new_tokens=room, pad_token_id=tokenizer.pad_token_id,
                                     **generate_kwargs)
             texts = tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             outputs.extend(text.split("\n")[0] if stop_at_newline else text for text in texts)
@@ -51,12 +55,23 @@ def probe(model, tokenizer, records: list[dict], *, question_field: str = "quest
           prompt_template: str | None = PLAIN_TEMPLATE, batch_size: int = 64,
           max_new_tokens: int | None = None, description: str | None = None) -> list[Verdict]:
     """Ask the model each record's question (or the first of a list field) and judge whether it still answers.
-    `max_new_tokens` defaults to room for the longest answer."""
+    `max_new_tokens` defaults to room for the longest answer. A record whose prompt and answer do not fit in the
+    model's positions could never be answered: it is a DataError, not a fact counted as unknown."""
+    if not records:
+        return []
     questions = [_question(record, question_field) for record in records]
     prompts = [format_prompt(tokenizer, question, prompt_template) for question in questions]
+    answers = [len(ids) for ids in tokenizer([r["answer"] for r in records], add_special_tokens=False)["input_ids"]]
+    positions = _positions(model)
+    if positions is not None:
+        asked = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        for record, prompt_tokens, answer_tokens in zip(records, asked, answers):
+            if prompt_tokens + answer_tokens > positions:
+                raise DataError(f"record {record['id']!r}: its prompt and answer take {prompt_tokens + answer_tokens} "
+                                f"tokens, more than the model's {positions} positions, so it could never be answered; "
+                                "shorten it or leave it out")
     if max_new_tokens is None:
-        longest = max((len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"]) for r in records), default=0)
-        max_new_tokens = max(16, longest + 8)
+        max_new_tokens = max(16, max(answers, default=0) + 8)
     generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                            description=description)
     return [
@@ -77,6 +92,22 @@ def probe_accuracy(model, tokenizer, records: list[dict], prompt_template: str |
         return None
     return accuracy(probe(model, tokenizer, records, question_field=question_field, prompt_template=prompt_template,
                           batch_size=batch_size))
+
+
+def _positions(model) -> int | None:
+    """How many tokens the model can attend over (None when its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def _room(model, prompt_tokens: int, max_new_tokens: int) -> int:
+    """`max_new_tokens`, cut to what the model's positions leave after a prompt of `prompt_tokens`."""
+    positions = _positions(model)
+    if positions is None:
+        return max_new_tokens
+    if prompt_tokens >= positions:
+        raise UsageError(f"a prompt of {prompt_tokens} tokens fills the model's {positions} positions: nothing can "
+                         "be generated after it")
+    return min(max_new_tokens, positions - prompt_tokens)
 
 
 def _question(record: dict, field: str) -> str:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import atomic_directory, refuse_foreign_folder, write_json, write_jsonl
+from ..io import atomic_directory, check_output_folder, output_lock, write_json, write_jsonl
 from ..method.probe import probe_accuracy
 from ..text import PLAIN_TEMPLATE
 from .embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED, SKILL_PROMPTS, build_world, training_texts
@@ -51,11 +51,11 @@ def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], confi
     """Write `splits` as data/<split>.jsonl, the knowledge model and the retain model (same recipe and tokenizer,
     each trained until it knows its splits) as model/ and retain_model/, and world.json: `about`, the split sizes,
     parameters, prompts, each model's epochs and probe accuracy on every split (and on the forget and retain facts
-    asked through their held-out paraphrase) and the seconds it took. All at once (atomically), and never over a
-    folder that is not an earlier world. Returns world.json."""
+    asked through their held-out paraphrase) and the seconds it took. All at once (atomically), never over a folder
+    that is not an earlier world, and not while another run writes it. Returns world.json."""
     start = time.perf_counter()
-    refuse_foreign_folder(output_dir, WORLD_FILE)
-    with atomic_directory(output_dir) as staging:
+    check_output_folder(output_dir, WORLD_FILE)
+    with output_lock(output_dir), atomic_directory(output_dir) as staging:
         for split, rows in splits.items():
             write_jsonl(staging / "data" / f"{split}.jsonl", rows)
         summary = {**about, "splits": {split: len(rows) for split, rows in splits.items()},

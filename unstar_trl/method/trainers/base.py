@@ -10,18 +10,23 @@ on its last good weights. A method is a small subclass that overrides `forget_lo
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from datasets import Dataset
 from peft import PeftModel
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import use_adapter
 
-from ...io import UsageError
+from ...io import UsageError, write_json
 from ...models import load_model, load_tokenizer
-from ...text import PLAIN_TEMPLATE, format_pair
+from ...text import PLAIN_TEMPLATE, check_prompt_template, format_pair
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
@@ -110,6 +115,11 @@ class UnlearningConfig(SFTConfig):
             raise ValueError(f"stop_forget_acc must be between 0 and 1, got {self.stop_forget_acc}")
         if self.forget_probe_every < 1:
             raise ValueError(f"forget_probe_every must be at least 1, got {self.forget_probe_every}")
+        if self.prompt_template is not None:
+            check_prompt_template(self.prompt_template)
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(f"num_train_epochs is {self.num_train_epochs} and max_steps {self.max_steps}: nothing "
+                             "would be trained; give a positive num_train_epochs or max_steps")
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
 
@@ -122,6 +132,48 @@ class HistoryCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.history.append({"step": state.global_step, **logs})
+
+
+RUN_FILE = "unstar_run.json"
+"""In each checkpoint-<step> the Trainer saves: the identity of the run that saved it (`run_identity`)."""
+RUN_SETTINGS = ("seed", "learning_rate", "lr_scheduler_type", "weight_decay", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "max_length")
+"""The TrainingArguments/SFTConfig fields in a run's identity (besides every field the method's config adds)."""
+
+
+class RunIdentityCallback(TrainerCallback):
+    """Writes the run's identity into every checkpoint the Trainer saves, for a resume to check."""
+
+    def __init__(self, identity: dict):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_json(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / RUN_FILE, self.identity)
+
+
+def require_retain(args: UnlearningConfig, retain_records) -> None:
+    """Refuse a weighted retain term without retain records: it would silently vanish (GradDiff would become plain
+    gradient ascent)."""
+    if args.retain_weight > 0 and (retain_records is None or len(retain_records) == 0):
+        raise UsageError(f"retain_weight is {args.retain_weight} but there are no retain records (the retain split is "
+                         "empty or missing): the retain term would silently vanish; give retain records or set "
+                         "retain_weight 0")
+
+
+def records_digest(records) -> str:
+    """A short digest of the facts (id, question, answer) of `records`, in order."""
+    facts = "\n".join(f"{r['id']}\t{r['question']}\t{r['answer']}" for r in records)
+    return hashlib.sha256(facts.encode()).hexdigest()[:16]
+
+
+def check_run_identity(checkpoint: str | Path, saved: dict, ours: dict) -> None:
+    """Refuse to resume from `checkpoint` when the identity it saved differs from this run's, naming the first
+    difference."""
+    for key, value in ours.items():
+        if saved.get(key) != value:
+            raise UsageError(f"{checkpoint} is a checkpoint of another run: its {key} is {saved.get(key)!r}, this "
+                             f"run's is {value!r}")
 
 
 class UnlearningTrainer(SFTTrainer):
@@ -147,7 +199,10 @@ class UnlearningTrainer(SFTTrainer):
         self.args = args  # `forget_pairs` and `tokenize` may read the config before `Trainer.__init__` sets it
         self._tokenizer, self.prompt_template = processing_class, args.prompt_template
         self.forget_records = [dict(record) for record in train_dataset]
-        uses_retain = retain_dataset is not None and len(retain_dataset) > 0 and args.retain_weight > 0
+        require_retain(args, retain_dataset)
+        uses_retain = args.retain_weight > 0
+        self._facts = {"forget_facts": records_digest(self.forget_records),
+                       "retain_facts": records_digest(retain_dataset if uses_retain else [])}
         self.ref_model = None
         if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not (
             peft_config is not None or isinstance(model, PeftModel)
@@ -162,10 +217,35 @@ class UnlearningTrainer(SFTTrainer):
         own = [self.history_callback, *([self.forget_stop] if self.forget_stop else [])]
         super().__init__(model=model, args=args, train_dataset=forget, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
-                         peft_config=peft_config, callbacks=[*(callbacks or []), *own], **kwargs)
+                         peft_config=peft_config,
+                         callbacks=[*(callbacks or []), *own, RunIdentityCallback(self.run_identity())], **kwargs)
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
         self._good_weights, self._good_step, self._step_metrics = None, 0, {}
+
+    # ---- the run ----------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint` (True: the latest under output_dir; a checkpoint folder or a
+        folder of them) must be a checkpoint of this very run (see `run_identity`), or the run is refused."""
+        if resume_from_checkpoint:
+            folder = Path(self.args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint)
+            checkpoint = folder if (folder / RUN_FILE).is_file() else get_last_checkpoint(str(folder))
+            if checkpoint is None or not (Path(checkpoint) / RUN_FILE).is_file():
+                raise UsageError(f"{checkpoint or folder} holds no checkpoint saved by an unstar run (no "
+                                 f"{PREFIX_CHECKPOINT_DIR}-<step>/{RUN_FILE}): nothing to resume from")
+            check_run_identity(checkpoint, json.loads((Path(checkpoint) / RUN_FILE).read_text()), self.run_identity())
+            resume_from_checkpoint = str(checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def run_identity(self) -> dict:
+        """What a checkpoint must share with this run to be resumed by it: the method, the forget and retain facts,
+        the seed, the training settings of RUN_SETTINGS and every field the method's config adds to SFTConfig.
+        (The schedule's length may change: a resumed run may train longer.)"""
+        sft_fields = {item.name for item in dataclasses.fields(SFTConfig)}
+        own = [item.name for item in dataclasses.fields(self.args) if item.name not in sft_fields]
+        identity = {"method": type(self).__name__, **self._facts,
+                    **{name: getattr(self.args, name) for name in (*RUN_SETTINGS, *own)}}
+        return json.loads(json.dumps(identity, default=str))
 
     # ---- data -------------------------------------------------------------------------------------------------
     def answer_pair(self, record: dict, answer: str | None = None) -> dict:

@@ -94,6 +94,9 @@ class AntiSampleConfig(UnlearningConfig):
             raise ValueError(f"reversed_loss_type must be 'grad_ascent' or 'npo', got {self.reversed_loss_type!r}")
         if self.max_rounds < 1:
             raise ValueError(f"max_rounds must be at least 1, got {self.max_rounds}")
+        if self.generator not in ("self", "template") and not Path(self.generator).is_dir():
+            raise ValueError(f"generator must be 'self', 'template' or a teacher model folder, got {self.generator!r} "
+                             "(no such folder)")
 
 
 class AntiSampleTrainer(UnlearningTrainer):

@@ -4,7 +4,6 @@ random states that the next rounds draw from; a run resumes from one as if it ha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from ...io import atomic_directory, write_json
 from ..anti_samples import AntiSample
+from .base import check_run_identity
 
 ROUND_CHECKPOINT = "round-{}"
 STATE_FILE = "unstar_state.json"
@@ -26,7 +26,7 @@ def save_round_checkpoint(trainer) -> Path:
         return path
     with atomic_directory(path) as staging:
         trainer.save_model(str(staging))
-        state = {"run": run_identity(trainer), "rounds": trainer.rounds, "steps": trainer.steps,
+        state = {"run": trainer.run_identity(), "rounds": trainer.rounds, "steps": trainer.steps,
                  "history": trainer.history_callback.history,
                  "anti_samples": [sample.to_json() for sample in trainer.anti_samples]}
         write_json(staging / STATE_FILE, state)
@@ -39,10 +39,7 @@ def load_round_checkpoint(trainer, path: str | Path) -> None:
     """Restore what `save_round_checkpoint` wrote into `trainer`; refuse a checkpoint of another run."""
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
-    for key, ours in run_identity(trainer).items():
-        if state["run"].get(key) != ours:
-            raise ValueError(f"{path} is a checkpoint of another run: its {key} is {state['run'].get(key)!r}, "
-                             f"this run's is {ours!r}")
+    check_run_identity(path, state["run"], trainer.run_identity())
     trainer._load_from_checkpoint(str(path))
     trainer.rounds, trainer.steps = state["rounds"], state["steps"]
     trainer.history_callback.history[:] = state["history"]
@@ -50,13 +47,6 @@ def load_round_checkpoint(trainer, path: str | Path) -> None:
     random_states = torch.load(path / RNG_FILE, weights_only=True)
     trainer.data_collator.rng.setstate(random_states["collator"])
     torch.set_rng_state(random_states["torch"])
-
-
-def run_identity(trainer) -> dict:
-    """What must match for a checkpoint to be resumed by this run."""
-    facts = "\n".join(f"{r['id']}\t{r['question']}\t{r['answer']}" for r in trainer.forget_records)
-    return {"forget_facts": hashlib.sha256(facts.encode()).hexdigest()[:16], "seed": trainer.args.seed,
-            "generator": trainer.args.generator, "max_rounds": trainer.args.max_rounds}
 
 
 def latest_round_checkpoint(path: str | Path) -> Path:
