@@ -24,6 +24,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tasks", default="unstar_*", help="comma-separated task names or wildcards")
     parser.add_argument("--metadata", default=None, type=json.loads,
                         help='extra task metadata as JSON, e.g. \'{"forget_split": "forget01"}\'')
+    parser.add_argument("--prompt-template", default="auto",
+                        help="the model's prompt format: auto (what the model folder records, else its chat template "
+                        "if it has one, else 'Question: {question}\\nAnswer:'), chat, or a template with {question}")
     parser.add_argument("--limit", type=float, default=None, help="documents per task (a fraction if < 1)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
@@ -36,14 +39,16 @@ def _run(args) -> int:
 
     from ..evaluation.lm_eval_tasks import evaluate_model
     from ..io import write_json
+    from ..text import describe_prompt_template
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the table
     start = time.perf_counter()
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = evaluate_model(args.model, adapter=args.adapter, tasks=args.tasks.split(","), data_dir=args.data_dir,
                              data_format=args.format, limit=limit, batch_size=args.batch_size, device=args.device,
-                             metadata=args.metadata)
+                             metadata=args.metadata, prompt_template=args.prompt_template)
     print(make_table(results))
+    print(f"prompt format: {describe_prompt_template(results['prompt_template'])}")
     print(f"wall time {time.perf_counter() - start:.0f}s")
     if args.output:
         write_json(args.output, results)

@@ -3,6 +3,7 @@
     lm_eval --model hf --model_args pretrained=DIR --include_path $(unstar tasks-path) --tasks 'unstar_*' \\
         --metadata '{"data_dir": "WORLD/data"}'
     results = evaluate_model(model, tokenizer, data_dir="WORLD/data")   # the same tasks, no subprocess
+    lm_eval ... --apply_chat_template                                   # for a chat model (as evaluate_model does)
     results["summary"]                                                  # {"forget_qa_acc": 0.97, ...}
 """
 
@@ -14,6 +15,7 @@ from typing import Iterable
 
 from ..io import UsageError
 from ..models import load_model
+from ..text import AUTO, read_prompts_file, resolve_prompt_template
 
 DEFAULT_TASKS = ("unstar_*",)
 
@@ -52,29 +54,35 @@ def expand_tasks(manager, tasks: Iterable[str]) -> list[str]:
 def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT_TASKS,
                    data_dir: str | Path | None = None, data_format: str | None = None, limit: int | float | None = None,
                    batch_size: int = 32, device: str = "cpu", adapter: str | Path | None = None,
-                   metadata: dict | None = None) -> dict:
-    """Run the unstar tasks on a model (in memory, or a folder loaded with `models.load_model`) and return
-    {"summary": {"forget_qa_acc": ...}, "n_samples": ...} and lm-eval's "results", "higher_is_better", "versions",
-    "n-shot" and "group_subtasks" (what `lm_eval.utils.make_table` prints)."""
+                   metadata: dict | None = None, prompt_template: str | None = AUTO) -> dict:
+    """Run the unstar tasks on a model (in memory, or a folder loaded with `models.load_model`) in its prompt format
+    (`prompt_template`, by default the one its folder records, else its chat template if it has one: then lm-eval
+    applies the chat template) and return {"summary": {"forget_qa_acc": ...}, "n_samples": ..., "prompt_template"}
+    and lm-eval's "results", "higher_is_better", "versions", "n-shot" and "group_subtasks" (what
+    `lm_eval.utils.make_table` prints)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    manager = task_manager(data_dir, data_format, metadata)
-    names = expand_tasks(manager, tasks)
     if isinstance(model_or_path, (str, Path)):
         model, loaded_tokenizer = load_model(model_or_path, adapter=adapter, device=device)
         tokenizer = tokenizer or loaded_tokenizer
+        folders = [folder for folder in (adapter, model_or_path) if folder is not None]
+        model_dir = next((folder for folder in folders if read_prompts_file(folder) is not None), model_or_path)
     else:
-        model = model_or_path.to(device)
+        model, model_dir = model_or_path.to(device), getattr(model_or_path.config, "_name_or_path", None)
     if tokenizer is None:
         raise UsageError("evaluate_model needs the tokenizer of an in-memory model")
+    template = resolve_prompt_template(prompt_template, tokenizer, model_dir)
+    manager = task_manager(data_dir, data_format, {**(metadata or {}), "prompt_template": template})
+    names = expand_tasks(manager, tasks)
     was_training = model.training
     try:
         lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
-        results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager, log_samples=False)
+        results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager, log_samples=False,
+                                  apply_chat_template=template is None)
     finally:
         model.train(was_training)
-    return {"summary": summarize(results["results"]), "n_samples": results["n-samples"],
+    return {"summary": summarize(results["results"]), "n_samples": results["n-samples"], "prompt_template": template,
             **{key: results.get(key, {}) for key in ("results", "higher_is_better", "versions", "n-shot",
                                                      "group_subtasks")}}
 
