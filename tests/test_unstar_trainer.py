@@ -47,7 +47,7 @@ def test_template_generator_forgets_and_keeps_retain(model_and_tokenizer, data, 
     assert after["paraphrase_acc"] <= 0.10
     assert after["retain_acc"] >= 0.9 * before["retain_acc"]
     assert trainer.rounds[0]["known"] == len(data.forget) and trainer.rounds[-1]["known"] == 0
-    assert trainer.steps > 0 and {"anti_sample_nll", "retain_loss"} <= set(trainer.history[0])
+    assert trainer.state.global_step > 0 and {"anti_sample_nll", "retain_loss"} <= set(trainer.history[0])
 
 
 def test_audit_file_holds_every_kept_anti_sample_and_none_names_the_truth(model_and_tokenizer, data, tmp_path):

@@ -16,15 +16,20 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from transformers import TrainerCallback
+from transformers.utils import logging
+from transformers.trainer_utils import IntervalStrategy
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import use_adapter
 
+from ...data import as_records
 from ...io import UsageError
 from ...models import load_model, load_tokenizer
-from ...text import PLAIN_TEMPLATE, format_pair
+from ...text import AUTO, CHAT, format_pair, resolve_prompt_template
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .losses import entropy_share, kl_to_reference, nll
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -35,8 +40,10 @@ class UnlearningConfig(SFTConfig):
     Parameters:
         > Prompt format
 
-        prompt_template (`str` or `None`, *optional*, defaults to `"Question: {question}\nAnswer:"`):
-            Prompt with a `{question}` slot, the answer after one space; None: the tokenizer's chat template.
+        prompt_template (`str` or `None`, *optional*, defaults to `"auto"`):
+            Prompt with a `{question}` slot, the answer after one space; None or "chat": the tokenizer's chat template;
+            "auto": the format the model folder records, else its chat template if it has one, else
+            `"Question: {question}\nAnswer:"`. Training, probing and anti-sample writing all use it.
 
         > Loss
 
@@ -51,9 +58,10 @@ class UnlearningConfig(SFTConfig):
     """
 
     prompt_template: str | None = field(
-        default=PLAIN_TEMPLATE,
-        metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. None: the "
-                  "tokenizer's chat template (completion: answer + eos)."},
+        default=AUTO,
+        metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. 'chat' (or None): "
+                  "the tokenizer's chat template (completion: answer + eos). 'auto': the model folder's recorded "
+                  "format, else its chat template if it has one, else 'Question: {question}\\nAnswer:'."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss (gamma)."})
     retain_weight: float = field(
@@ -95,8 +103,15 @@ class UnlearningConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.eval_strategy != "no":
+            raise ValueError(f"eval_strategy '{IntervalStrategy(self.eval_strategy).value}': unlearning trainers "
+                             "evaluate no loss during training (leave it 'no'); measure the model with the unstar_* "
+                             "tasks")
         if self.retain_loss_type not in ("nll", "kl"):
             raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}")
+        if self.prompt_template not in (None, AUTO, CHAT) and "{question}" not in self.prompt_template:
+            raise ValueError(f"prompt_template {self.prompt_template!r} has no {{question}} slot; give a template "
+                             "with one, 'auto' or 'chat'")
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
 
@@ -125,6 +140,14 @@ class UnlearningTrainer(SFTTrainer):
     def __init__(self, model, args: UnlearningConfig | None = None, train_dataset=None, retain_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):
         args = args or self.config_class(output_dir="unlearning-output")
+        if kwargs.get("eval_dataset") is not None:
+            raise ValueError("eval_dataset: unlearning trainers do not evaluate a loss during training; measure what "
+                             "the model still knows with evaluation.knowledge_report or the unstar_* lm-eval tasks")
+        if train_dataset is None:
+            raise ValueError("give train_dataset: the forget records (question, answer)")
+        train_dataset = as_records(train_dataset, "train_dataset")
+        retain_dataset = as_records(retain_dataset if retain_dataset is not None else [], "retain_dataset")
+        source = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
         if isinstance(model, str):
             model = load_model(model)[0]
         if processing_class is None:
@@ -132,8 +155,10 @@ class UnlearningTrainer(SFTTrainer):
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         self.args = args  # `forget_pairs` and `tokenize` may read the config before `Trainer.__init__` sets it
-        self._tokenizer, self.prompt_template = processing_class, args.prompt_template
-        uses_retain = retain_dataset is not None and len(retain_dataset) > 0 and args.retain_weight > 0
+        self._tokenizer = processing_class
+        self.prompt_template = resolve_prompt_template(args.prompt_template, processing_class, source)
+        """The run's one prompt format (None: the chat template), resolved from `args.prompt_template`."""
+        uses_retain = len(retain_dataset) > 0 and args.retain_weight > 0
         self.ref_model = None
         if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not (
             peft_config is not None or isinstance(model, PeftModel)
@@ -149,6 +174,13 @@ class UnlearningTrainer(SFTTrainer):
         if self.ref_model is not None:
             self.ref_model.to(self.accelerator.device)
         self._good_weights, self._good_step, self._step_metrics = None, 0, {}
+        self.warnings: list[str] = []
+        """What the run warned about (also logged), for its report."""
+
+    def warn(self, message: str) -> None:
+        """Log a warning about the run and keep it in `warnings`."""
+        logger.warning(message)
+        self.warnings.append(message)
 
     # ---- data -------------------------------------------------------------------------------------------------
     def answer_pair(self, record: dict, answer: str | None = None) -> dict:
