@@ -24,7 +24,7 @@ from transformers import PrinterCallback
 
 from ..io import write_json, write_text_atomic
 from ..method.probe import probe_accuracy
-from ..text import PLAIN_TEMPLATE
+from ..text import AUTO, resolve_prompt_template
 from .attacks import relearn
 from .bench_report import markdown_table, plot_methods, plot_over_steps
 from .meters import ProbeCallback, TokenCounter
@@ -107,8 +107,9 @@ def _target_entry(world_dir: Path, data, settings: BenchSettings) -> dict:
     from .knowledge import knowledge_report
 
     model, tokenizer = load_model(world_dir / "model")
-    entry = {**knowledge_report(model, tokenizer, data, PLAIN_TEMPLATE), **_lm_eval(model, tokenizer, world_dir),
-             "relearn_acc": _relearn(model, tokenizer, data.forget, PLAIN_TEMPLATE, settings),
+    template = resolve_prompt_template(AUTO, tokenizer, world_dir / "model")
+    entry = {**knowledge_report(model, tokenizer, data, template), **_lm_eval(model, tokenizer, world_dir),
+             "relearn_acc": _relearn(model, tokenizer, data.forget, template, settings),
              "steps": 0, "seconds": 0.0, "tokens_per_second": None}
     return _finish(entry)
 
@@ -152,9 +153,9 @@ def _unlearn(method: str, world_dir: Path, forget: list[dict], retain: list[dict
     with tempfile.TemporaryDirectory() as scratch:
         config = config_from_recipe(config_class, method_recipe(method, targeted), output_dir=scratch,
                                     disable_tqdm=True, report_to="none", dataloader_pin_memory=False, **overrides)
-        callback.template = config.prompt_template
         trainer = trainer_class(model=model, args=config, processing_class=tokenizer, train_dataset=forget,
                                 retain_dataset=retain, callbacks=[callback])
+        callback.template = trainer.prompt_template
         trainer.data_collator = counter = TokenCounter(trainer.data_collator)
         trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for a print of every log
         start, diverged = time.perf_counter(), None
@@ -164,7 +165,7 @@ def _unlearn(method: str, world_dir: Path, forget: list[dict], retain: list[dict
             diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
         seconds = time.perf_counter() - start - callback.seconds
     model = trainer.model.eval()
-    return {"model": model, "tokenizer": tokenizer, "template": config.prompt_template, "steps": callback.step,
+    return {"model": model, "tokenizer": tokenizer, "template": trainer.prompt_template, "steps": callback.step,
             "seconds": seconds, "tokens": counter.tokens, "diverged": diverged, "curve": callback.points}
 
 
