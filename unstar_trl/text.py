@@ -74,13 +74,13 @@ def resolve_prompt_template(template: str | None, tokenizer=None, model_dir: str
         if "{question}" not in template:
             raise ValueError(f"prompt_template {template!r} has no {{question}} slot (or give 'auto' or 'chat')")
         return template
-    recorded = read_prompts_file(model_dir) if model_dir is not None and Path(model_dir).is_dir() else None
+    recorded = read_prompts_file(model_dir) if model_dir and Path(model_dir).is_dir() else None
     if recorded is not None:
         return recorded.get("prompt_template")
     if tokenizer is not None:
         has_chat = bool(getattr(tokenizer, "chat_template", None))
     else:
-        has_chat = model_dir is not None and has_saved_chat_template(model_dir)
+        has_chat = bool(model_dir) and has_saved_chat_template(model_dir)
     return None if has_chat else PLAIN_TEMPLATE
 
 

@@ -9,7 +9,6 @@ on its last good weights. A method is a small subclass that overrides `forget_lo
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +27,7 @@ from ...text import AUTO, CHAT, format_pair, resolve_prompt_template
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .losses import entropy_share, kl_to_reference, nll
+from .reference import frozen_reference
 
 logger = logging.get_logger(__name__)
 
@@ -159,11 +159,6 @@ class UnlearningTrainer(SFTTrainer):
         self.prompt_template = resolve_prompt_template(args.prompt_template, processing_class, source)
         """The run's one prompt format (None: the chat template), resolved from `args.prompt_template`."""
         uses_retain = len(retain_dataset) > 0 and args.retain_weight > 0
-        self.ref_model = None
-        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not (
-            peft_config is not None or isinstance(model, PeftModel)
-        ):
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         forget = Dataset.from_list([self.tokenize(pair) for record in train_dataset
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
@@ -171,8 +166,11 @@ class UnlearningTrainer(SFTTrainer):
         super().__init__(model=model, args=args, train_dataset=forget, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
                          peft_config=peft_config, callbacks=[*(callbacks or []), self.history_callback], **kwargs)
-        if self.ref_model is not None:
-            self.ref_model.to(self.accelerator.device)
+        self.ref_model = None
+        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not isinstance(
+            self.model, PeftModel
+        ):
+            self.ref_model = frozen_reference(self, source)
         self._good_weights, self._good_step, self._step_metrics = None, 0, {}
         self.warnings: list[str] = []
         """What the run warned about (also logged), for its report."""
