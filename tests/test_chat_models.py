@@ -109,3 +109,29 @@ def test_peft_output_is_an_adapter_unless_merged(chat_world, tmp_path):
     for model in (AutoPeftModelForCausalLM.from_pretrained(adapter), AutoModelForCausalLM.from_pretrained(merged)):
         assert probe_accuracy(model, tokenizer, forget, None) == report["after"]["forget_acc"]
     assert unstar_eval(adapter, chat_world, tmp_path / "adapter.json") == pytest.approx(report["after"]["forget_acc"])
+
+
+def test_the_format_is_the_models_record_else_its_chat_template_else_plain(world_dir, chat_world, tmp_path):
+    from test_tasks import utils
+    from transformers import AutoTokenizer
+
+    from unstar_trl.text import PLAIN_TEMPLATE, PROMPTS_FILE, resolve_prompt_template
+
+    chat, plain = (AutoTokenizer.from_pretrained(folder / "model") for folder in (chat_world, world_dir))
+    assert resolve_prompt_template("auto", chat, chat_world / "model") is None  # its chat template
+    assert resolve_prompt_template("auto", plain, world_dir / "model") == PLAIN_TEMPLATE  # its record
+    assert resolve_prompt_template("auto", plain, tmp_path) == PLAIN_TEMPLATE  # neither
+    assert resolve_prompt_template("Q: {question}", chat, chat_world / "model") == "Q: {question}"  # given
+    assert resolve_prompt_template("chat", plain) is None
+    recorded = tmp_path / "recorded"
+    shutil.copytree(chat_world / "model", recorded)
+    (recorded / PROMPTS_FILE).write_text(json.dumps({"prompt_template": "Q: {question}", "skill_prompts": None}))
+    assert resolve_prompt_template("auto", chat, recorded) == "Q: {question}"  # the record beats the template
+    # the lm-eval tasks read the same from the folders lm-eval's model_args name
+    assert utils.prompt_template({"pretrained": str(chat_world / "model")}) is None
+    assert utils.prompt_template({"pretrained": str(recorded)}) == "Q: {question}"
+    assert utils.prompt_template({"pretrained": str(chat_world / "model"), "peft": str(recorded)}) == "Q: {question}"
+    assert utils.prompt_template({"pretrained": str(recorded), "prompt_template": None}) is None
+    assert utils.prompt_template({}) == PLAIN_TEMPLATE
+    doc = utils.load("forget", data_dir=str(chat_world / "data"), pretrained=str(chat_world / "model"))["test"][0]
+    assert (doc["prompt"], doc["target"], doc["chat"]) == (doc["question"], doc["answer"], True)

@@ -68,11 +68,10 @@ def resolve_prompt_template(template: str | None, tokenizer=None, model_dir: str
     """The one format a run uses. An explicit plain template stays (it needs a `{question}` slot); None or "chat"
     is the chat template. For "auto": the format recorded in `model_dir`'s PROMPTS_FILE, else the chat template when
     the tokenizer (the loaded one, or else the one saved in `model_dir`) has one, else PLAIN_TEMPLATE."""
+    check_prompt_template(template)
     if template is None or template == CHAT:
         return None
     if template != AUTO:
-        if "{question}" not in template:
-            raise ValueError(f"prompt_template {template!r} has no {{question}} slot (or give 'auto' or 'chat')")
         return template
     recorded = read_prompts_file(model_dir) if model_dir and Path(model_dir).is_dir() else None
     if recorded is not None:
@@ -82,6 +81,14 @@ def resolve_prompt_template(template: str | None, tokenizer=None, model_dir: str
     else:
         has_chat = bool(model_dir) and has_saved_chat_template(model_dir)
     return None if has_chat else PLAIN_TEMPLATE
+
+
+def check_prompt_template(template: str | None) -> None:
+    """Raise ValueError for a `prompt_template` that is neither None, "auto", "chat" nor a template with a
+    `{question}` slot."""
+    if template not in (None, AUTO, CHAT) and "{question}" not in template:
+        raise ValueError(f"prompt_template {template!r} has no {{question}} slot; give a template with one, 'auto' "
+                         "or 'chat'")
 
 
 def has_saved_chat_template(model_dir: str | Path) -> bool:

@@ -44,11 +44,11 @@ class UnlearnArguments:
     targeted: bool = field(default=False, metadata={"help": "Unlearn the targeted split instead of the forget split."})
     columns: str | None = field(
         default=None,
-        metadata={"help": "Our field names for the data's columns, e.g. subject=name,question=prompt (our=theirs)."},
+        metadata={"help": "Our fields for the data's columns, as ours=theirs: subject=name,question=prompt."},
     )
     merge_adapter: bool = field(
         default=False,
-        metadata={"help": "With use_peft, save the model with the adapter merged in (default: the adapter alone)."},
+        metadata={"help": "With use_peft, save the model with the adapter merged in, not the adapter alone."},
     )
 
 

@@ -15,15 +15,15 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from transformers import TrainerCallback
-from transformers.utils import logging
 from transformers.trainer_utils import IntervalStrategy
+from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import use_adapter
 
 from ...data import as_records
 from ...io import UsageError
 from ...models import load_model, load_tokenizer
-from ...text import AUTO, CHAT, format_pair, resolve_prompt_template
+from ...text import AUTO, check_prompt_template, format_pair, resolve_prompt_template
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .losses import entropy_share, kl_to_reference, nll
@@ -109,9 +109,7 @@ class UnlearningConfig(SFTConfig):
                              "tasks")
         if self.retain_loss_type not in ("nll", "kl"):
             raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}")
-        if self.prompt_template not in (None, AUTO, CHAT) and "{question}" not in self.prompt_template:
-            raise ValueError(f"prompt_template {self.prompt_template!r} has no {{question}} slot; give a template "
-                             "with one, 'auto' or 'chat'")
+        check_prompt_template(self.prompt_template)
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
 
 
@@ -143,8 +141,8 @@ class UnlearningTrainer(SFTTrainer):
         if kwargs.get("eval_dataset") is not None:
             raise ValueError("eval_dataset: unlearning trainers do not evaluate a loss during training; measure what "
                              "the model still knows with evaluation.knowledge_report or the unstar_* lm-eval tasks")
-        if train_dataset is None:
-            raise ValueError("give train_dataset: the forget records (question, answer)")
+        if train_dataset is None or len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty: give the forget records (question, answer)")
         train_dataset = as_records(train_dataset, "train_dataset")
         retain_dataset = as_records(retain_dataset if retain_dataset is not None else [], "retain_dataset")
         source = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 from transformers.trainer_utils import TrainOutput
 
+from ...text import format_prompt
 from ..anti_samples import DROP_REASONS, AntiSample, filter_anti_samples
 from ..follow_ups import follow_up_questions
 from ..generators import make_generator
-from ...text import format_prompt
 from ..probe import nothing_known_message, probe
 from .unstar_checkpoints import latest_round_checkpoint, load_round_checkpoint, save_round_checkpoint
 
@@ -69,10 +69,11 @@ class NoAntiSamplesError(ValueError):
     """A round that kept none of the anti-samples it made: nothing to fit for the facts still known."""
 
     def __init__(self, round_index: int, known: int, made: int, dropped: dict[str, int]):
-        reasons = ", ".join(f"{reason} {count}" for reason, count in dropped.items() if count) or "none made"
+        reasons = ", ".join(f"{reason} {count}" for reason, count in dropped.items() if count)
+        what = (f"the filters dropped every one ({reasons}; see anti_samples_dropped.jsonl)" if made else
+                "(the template generator needs perturbed_answers in the records)")
         super().__init__(f"UnSTAR round {round_index}: the generator made {made} anti-samples for the {known} facts "
-                         f"still known and the filters dropped every one ({reasons}); see "
-                         "anti_samples_dropped.jsonl, or try another generator or more n_wrong_answers")
+                         f"still known and {what}; try another generator or more n_wrong_answers")
 
 
 def log_round(trainer, log: dict) -> None:
