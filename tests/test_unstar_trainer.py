@@ -148,7 +148,7 @@ def test_a_round_that_keeps_no_anti_sample_is_a_clear_error(model_and_tokenizer,
                                 train_dataset=forget, processing_class=tokenizer)
     with pytest.raises(NoAntiSamplesError, match=rf"round 0: the generator made {len(forget)} anti-samples for the "
                        rf"{len(forget)} facts still known and the filters dropped every one \(leaks_answer "
-                       rf"{len(forget)}\)"):
+                       rf"{len(forget)}; see anti_samples_dropped.jsonl\)"):
         trainer.train()
     dropped = [json.loads(line) for line in (tmp_path / DROPPED_FILE).read_text().splitlines()]
     assert len(dropped) == len(forget) and {row["reason"] for row in dropped} == {"leaks_answer"}

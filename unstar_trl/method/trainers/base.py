@@ -138,6 +138,9 @@ class UnlearningTrainer(SFTTrainer):
     def __init__(self, model, args: UnlearningConfig | None = None, train_dataset=None, retain_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):
         args = args or self.config_class(output_dir="unlearning-output")
+        source = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
+        if isinstance(model, str):
+            model = load_model(model)[0]
         if kwargs.get("eval_dataset") is not None:
             raise ValueError("eval_dataset: unlearning trainers do not evaluate a loss during training; measure what "
                              "the model still knows with evaluation.knowledge_report or the unstar_* lm-eval tasks")
@@ -145,9 +148,6 @@ class UnlearningTrainer(SFTTrainer):
             raise ValueError("train_dataset is empty: give the forget records (question, answer)")
         train_dataset = as_records(train_dataset, "train_dataset")
         retain_dataset = as_records(retain_dataset if retain_dataset is not None else [], "retain_dataset")
-        source = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
-        if isinstance(model, str):
-            model = load_model(model)[0]
         if processing_class is None:
             processing_class = load_tokenizer(model.config._name_or_path)
         if processing_class.pad_token is None:
