@@ -216,6 +216,8 @@ def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, s
     (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": "Q: {question}", "skill_prompts": None}))
     with pytest.raises(ValueError, match="taught no skill prompts"):
         load_skill_prompts(tmp_path, chat)
+    (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": None, "skill_prompts": None}))
+    assert load_skill_prompts(tmp_path, chat) is None  # a chat model's output folder: the paper's prompts
 
 
 def test_chat_models_get_the_paper_prompts_through_the_chat_template(self_taught, forget_records, monkeypatch):

@@ -186,7 +186,12 @@ ROW_ERRORS = {
     "not an object": ("[1, 2]", "row 1: expected a JSON object, got a list"),
     "missing question": ({"id": "a", "answer": "x"}, "row 1: field 'question' is missing"),
     "missing answer": ({"id": "a", "question": "q"}, "row 1: field 'answer' is missing"),
-    "missing id": ({"question": "q", "answer": "x"}, "row 1: field 'id' is missing"),
+    "empty id": (fact(""), "row 1: field 'id' is empty"),
+    "both paraphrase fields": (fact("a", paraphrased_question="Where?", paraphrased_questions=["Where?"]),
+                               "row 1: fields 'paraphrased_question' and 'paraphrased_questions' are both given"),
+    "long conversation": ({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q?"},
+                                        {"role": "assistant", "content": "A"}]},
+                          "row 1: a conversation with roles ['system', 'user', 'assistant']"),
     "empty question": (fact("a", question=""), "row 1: field 'question' is empty"),
     "blank answer": (fact("a", answer=" \t"), "row 1: field 'answer' is empty"),
     "number answer": (fact("a", answer=7), "row 1: field 'answer' must be a string, got a number"),
@@ -336,3 +341,66 @@ def test_fuzz_round_trip(records):
     with tempfile.TemporaryDirectory() as folder:
         write_jsonl(Path(folder) / "forget.jsonl", records)
         assert load_records(Path(folder) / "forget.jsonl") == [{**FILLED, **record} for record in records]
+
+
+# Your own data: the common QA shape, column maps, Dataset objects, ids made when missing
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+QA_ROWS = [{"question": "Who wrote Ada's Song?", "answer": "Bel Quill", "paraphrased_question": "Whose is Ada's Song?",
+            "perturbed_answer": ["Cor Tam", "Dov Ren"]},
+           {"question": "Where is Tesk?", "answer": "Varn"}]
+
+
+def test_the_readme_loads_a_plain_qa_jsonl(tmp_path, monkeypatch):
+    import re
+
+    snippet = re.search(r"## Your own data\n.*?```python\n(.*?)```", README.read_text(), re.S)[1]
+    write_jsonl(tmp_path / "my_forget.jsonl", QA_ROWS)
+    write_jsonl(tmp_path / "my_retain.jsonl", [{"prompt": "Who is Ann?", "response": "A harpist"}])
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(snippet, scope)
+    forget, retain = scope["forget"], scope["retain"]
+    assert forget[0]["paraphrased_questions"] == ["Whose is Ada's Song?"]
+    assert forget[0]["perturbed_answers"] == ["Cor Tam", "Dov Ren"] and "perturbed_answer" not in forget[0]
+    assert forget[1]["paraphrased_questions"] == [] and all(record["id"] for record in forget)
+    assert (retain[0]["question"], retain[0]["answer"]) == ("Who is Ann?", "A harpist") and "prompt" not in retain[0]
+    UnlearningData(forget=forget, retain=retain).validate()
+
+
+def test_made_ids_are_stable_and_the_same_for_a_file_and_its_dataset(tmp_path):
+    import subprocess
+    import sys
+
+    from datasets import Dataset
+
+    write_jsonl(tmp_path / "qa.jsonl", [*QA_ROWS, QA_ROWS[1]])  # a repeated row gets an id of its own
+    from_file = load_records(tmp_path / "qa.jsonl")
+    ids = [record["id"] for record in from_file]
+    assert len(set(ids)) == 3 and ids[2] == f"{ids[1]}-dup1"
+    assert load_records(Dataset.from_json(str(tmp_path / "qa.jsonl"))) == from_file
+    assert load_records(Dataset.from_list([*QA_ROWS, QA_ROWS[1]])) == from_file
+    another_run = subprocess.run(
+        [sys.executable, "-c", f"from unstar_trl.data import load_records; "
+         f"print([r['id'] for r in load_records({str(tmp_path / 'qa.jsonl')!r})])"],
+        capture_output=True, text=True, env={"PYTHONHASHSEED": "7", "PATH": ""}, check=True)
+    assert another_run.stdout.strip() == str(ids)
+
+
+def test_column_map_and_dataset_dicts(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"name": "Ada Bell", "prompt": "Where was Ada Bell born?", "response": "Tesk", "alt": "Ada Bell's city?"}]
+    splits = DatasetDict({"forget": Dataset.from_list(rows), "retain": Dataset.from_list(
+        [{"name": "Bo", "prompt": "Who is Bo?", "response": "A cook", "alt": None}])})
+    columns = {"subject": "name", "question": "prompt", "answer": "response", "paraphrased_question": "alt"}
+    data = load_unlearning_data(splits, column_map=columns)
+    record = data.forget[0]
+    assert (record["subject"], record["question"], record["answer"]) == ("Ada Bell", rows[0]["prompt"], "Tesk")
+    assert record["paraphrased_questions"] == ["Ada Bell's city?"] and data.retain[0]["paraphrased_questions"] == []
+    assert not {"name", "prompt", "response", "alt"} & set(record)
+    assert data.sources["forget"] == "DatasetDict[forget]"
+    write_jsonl(tmp_path / "forget.jsonl", rows)
+    assert load_records(tmp_path / "forget.jsonl", column_map=columns) == data.forget
+    with pytest.raises(DataError, match=r"forget.jsonl row 1: column 'title' \(column_map\) is not in this source"):
+        load_records(tmp_path / "forget.jsonl", column_map={"subject": "title"})

@@ -1,5 +1,5 @@
 """`unstar unlearn` with 2 CPU processes, under torchrun and under accelerate launch: DDP splits the batches, rank 0
-alone writes the output."""
+alone writes the output; and the frozen reference of the methods that need one, prepared for the run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -45,3 +47,72 @@ def test_unstar_under_accelerate_launch_two_cpu_processes(world_dir, tmp_path):
     done = _unlearn([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "-m"],
                     world_dir, out)
     _check_two_ranks(done, tmp_path, out)
+
+
+REFERENCE_RUN = """
+import sys, torch
+from unstar_trl.data import load_unlearning_data
+from unstar_trl.method.trainers import {trainer}, {config}
+
+world, output_dir = sys.argv[1:]
+data = load_unlearning_data(world + "/data")
+config = {config}(output_dir=output_dir, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3, seed=0,
+                  use_cpu=True, disable_tqdm=True, max_forget_nll=None, max_entropy_share=None{extra})
+trainer = {trainer}(world + "/model", config, train_dataset=data.forget, retain_dataset=data.retain)
+reference = trainer.ref_model
+start = {{name: parameter.detach().clone() for name, parameter in reference.named_parameters()}}
+trainer.train()
+model = trainer.accelerator.unwrap_model(trainer.model)
+assert trainer.accelerator.num_processes == 2 and type(trainer.model_wrapped).__name__ == "DistributedDataParallel"
+assert reference is trainer.ref_model and not isinstance(reference, torch.nn.parallel.DistributedDataParallel)
+assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+assert all(torch.equal(start[name], p) for name, p in reference.named_parameters()), "the reference moved"
+assert any(not torch.equal(start[name], p) for name, p in model.named_parameters()), "the model did not move"
+print("rank", trainer.accelerator.process_index, "reference frozen")
+"""
+
+
+@pytest.mark.parametrize("trainer, config, extra", [
+    ("NPOTrainer", "NPOConfig", ""),
+    ("GradDiffTrainer", "GradDiffConfig", ", retain_loss_type='kl'"),
+])
+def test_the_frozen_reference_under_two_cpu_processes(world_dir, tmp_path, trainer, config, extra):
+    """Full fine-tuning with a reference (NPO; GradDiff with a KL retain term) under DDP: the reference is placed
+    once per process, unwrapped (never trained) and unchanged by the run, while the model trains."""
+    script = tmp_path / "reference_run.py"
+    script.write_text(REFERENCE_RUN.format(trainer=trainer, config=config, extra=extra))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                           str(world_dir), str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert ranks == ["rank 0 reference frozen", "rank 1 reference frozen"]
+
+
+def test_a_reference_is_never_a_copy_of_weights_this_process_does_not_hold(world_dir, monkeypatch):
+    """What cannot run here (DeepSpeed, FSDP on GPUs) on a stand-in trainer: ranks > 0 under FSDP's
+    cpu_ram_efficient_loading hold meta tensors, refused; under ZeRO-3 the reference is loaded again from the
+    model's folder (a copy of partitions would be empty), and refused without one."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from unstar_trl.method.trainers import reference
+
+    def trainer(model):
+        accelerator = SimpleNamespace(prepare_model=lambda model, evaluation_mode: model)
+        return SimpleNamespace(model=model, is_deepspeed_enabled=False, is_fsdp_enabled=False, accelerator=accelerator)
+
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(world_dir / "model"))
+    with pytest.raises(ValueError, match="^the frozen reference would copy weights this process does not hold"):
+        reference.frozen_reference(trainer(meta), str(world_dir / "model"))
+    monkeypatch.setattr(reference, "is_deepspeed_zero3_enabled", lambda: True)
+    loaded = reference.frozen_reference(trainer(meta), str(world_dir / "model"))
+    expected = AutoModelForCausalLM.from_pretrained(world_dir / "model")
+    assert all(torch.equal(parameter, dict(expected.named_parameters())[name])
+               for name, parameter in loaded.named_parameters())
+    assert not loaded.training and not any(parameter.requires_grad for parameter in loaded.parameters())
+    with pytest.raises(ValueError, match="under DeepSpeed ZeRO-3 is loaded again from the model's folder"):
+        reference.frozen_reference(trainer(meta), "org/hub-model")

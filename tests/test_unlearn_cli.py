@@ -99,3 +99,43 @@ def test_tofu_recipes_parse_for_a_gpu_user(tofu_dir, tmp_path):
         data = load_unlearning_data(tofu_dir, format=script_args.data_format, forget_split=script_args.forget_split,
                                     retain_split=script_args.retain_split)
         assert data.forget and data.retain, recipe.name
+
+
+def test_columns_map_a_users_data(chat_world, tmp_path, capsys):
+    data = tmp_path / "qa"
+    data.mkdir()
+    for split in ("forget", "retain"):
+        rows = [json.loads(line) for line in (chat_world / "data" / f"{split}.jsonl").read_text().splitlines()]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"prompt": row["question"], "response": row["answer"], "name": row["subject"]}) + "\n" for row in rows))
+    argv = ["--method", "grad_ascent", "--model_name_or_path", chat_world / "model", "--data_dir", data,
+            "--max_steps", 1]
+    code, err = run([*argv, "--output_dir", tmp_path / "out", "--columns", "question=prompt,answer=response,"
+                     "subject=name"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "unlearn_report.json").read_text())
+    assert report["before"]["forget_acc"] == 1.0 and report["warnings"] == []  # read, and asked, as taught
+    code, err = run([*argv, "--output_dir", tmp_path / "bad", "--columns", "question"], capsys)
+    assert code != 0 and err.splitlines()[-1].endswith(
+        "--columns: 'question' is not ours=theirs (e.g. --columns subject=name,question=prompt)")
+
+
+def test_tofu_neighbours_default_to_real_authors(tofu_dir):
+    from unstar_trl.commands.unlearn import UnlearnArguments, _load_data
+    from unstar_trl.data import load_records
+
+    data = _load_data(UnlearnArguments(data_dir=str(tofu_dir), forget_split="forget01", retain_split="retain99"))
+    assert data.neighbor == load_records(tofu_dir, split="real_authors") and data.neighbor
+
+
+def test_a_format_the_model_was_not_taught_is_a_warning_in_the_report(chat_world, tmp_path, capsys):
+    code, err = run(["--method", "grad_ascent", "--model_name_or_path", chat_world / "model", "--data_dir",
+                     chat_world / "data", "--output_dir", tmp_path / "out", "--max_steps", 1, "--prompt_template",
+                     "Question: {question}\nAnswer:"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "unlearn_report.json").read_text())
+    assert report["before"]["forget_acc"] == 0.0 and report["prompt_template"] == "Question: {question}\nAnswer:"
+    (warning,) = report["warnings"]
+    assert warning.startswith("0/6 forget facts are known under the prompt format 'Question: {question}\\nAnswer:'")
+    assert json.loads((tmp_path / "out" / "unstar_prompts.json").read_text())["prompt_template"] == (
+        "Question: {question}\nAnswer:")

@@ -1,19 +1,22 @@
 """AntiSampleTrainer on the real world model: it forgets, keeps the rest, never trains on the truth, and is a drop-in
-TRL trainer (full fine-tuning and LoRA, template and self-taught generators, targeted mode)."""
+TRL trainer (full fine-tuning and LoRA, template and self-taught generators, targeted mode) whose rounds are one run
+and whose failures are loud."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from unstar_trl import AntiSampleConfig, AntiSampleTrainer
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.text import contains_answer
 from unstar_trl.evaluation.knowledge import knowledge_report
-from unstar_trl.method.trainers.unstar import ANTI_SAMPLES_FILE
+from unstar_trl.method.trainers.unstar import ANTI_SAMPLES_FILE, DROPPED_FILE
+from unstar_trl.method.trainers.unstar_rounds import NoAntiSamplesError
 
 
 @pytest.fixture()
@@ -47,7 +50,7 @@ def test_template_generator_forgets_and_keeps_retain(model_and_tokenizer, data, 
     assert after["paraphrase_acc"] <= 0.10
     assert after["retain_acc"] >= 0.9 * before["retain_acc"]
     assert trainer.rounds[0]["known"] == len(data.forget) and trainer.rounds[-1]["known"] == 0
-    assert trainer.steps > 0 and {"anti_sample_nll", "retain_loss"} <= set(trainer.history[0])
+    assert trainer.state.global_step > 0 and {"anti_sample_nll", "retain_loss"} <= set(trainer.history[0])
 
 
 def test_audit_file_holds_every_kept_anti_sample_and_none_names_the_truth(model_and_tokenizer, data, tmp_path):
@@ -100,3 +103,99 @@ def test_targeted_mode_refuses_siblings_missing_from_retain(model_and_tokenizer,
     with pytest.raises(ValueError, match="none of its siblings"):
         AntiSampleTrainer(model=model, args=AntiSampleConfig(output_dir=str(tmp_path)), train_dataset=data.targeted,
                           retain_dataset=data.retain[:1], processing_class=tokenizer)
+
+
+# ---- one run, loud failures -------------------------------------------------------------------------------------
+
+class LogRecorder(TrainerCallback):
+    """What a report_to integration sees: the step and the figures of every log."""
+
+    def __init__(self):
+        self.logs: list[tuple[int, dict]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append((state.global_step, dict(logs)))
+
+
+def test_rounds_are_one_run_with_one_step_counter(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    recorder = LogRecorder()
+    args = AntiSampleConfig(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=1,
+                            learning_rate=2e-4, max_rounds=3)
+    trainer = AntiSampleTrainer(model=model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
+                                processing_class=tokenizer, callbacks=[recorder])
+    output = trainer.train()
+    fitted = [log for log in trainer.rounds if log["steps"]]
+    assert len(fitted) >= 2, "too few rounds to look across them"
+    assert output.global_step == trainer.state.global_step == sum(log["steps"] for log in trainer.rounds)
+    losses = [(step, logs["loss"]) for step, logs in recorder.logs if "loss" in logs]
+    assert [step for step, _ in losses] == list(range(1, output.global_step + 1))  # each step logged once, in order
+    steps = [step for step, _ in recorder.logs]
+    assert steps == sorted(steps) and [entry["step"] for entry in trainer.state.log_history] == steps
+    per_round = [logs for _, logs in recorder.logs if "forget_acc" in logs]
+    assert [logs["round"] for logs in per_round] == [log["round"] for log in trainer.rounds]
+    assert [logs["kept"] for logs in per_round] == [log["kept"] for log in trainer.rounds]
+    assert all(f"dropped_{reason}" in per_round[0] for reason in trainer.rounds[0]["dropped"])
+    assert output.metrics["rounds"] == len(fitted) and output.metrics["forget_acc"] == trainer.rounds[-1]["forget_acc"]
+    assert output.training_loss == pytest.approx(sum(loss for _, loss in losses) / len(losses), rel=1e-3)
+
+
+def test_a_round_that_keeps_no_anti_sample_is_a_clear_error(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    forget = [{**record, "perturbed_answers": [f"{record['answer']} Minor"], "paraphrased_questions": []}
+              for record in data.forget]  # every wrong answer names the true one
+    trainer = AntiSampleTrainer(model=model, args=AntiSampleConfig(output_dir=str(tmp_path), follow_ups=0),
+                                train_dataset=forget, processing_class=tokenizer)
+    with pytest.raises(NoAntiSamplesError, match=rf"round 0: the generator made {len(forget)} anti-samples for the "
+                       rf"{len(forget)} facts still known and the filters dropped every one \(leaks_answer "
+                       rf"{len(forget)}; see anti_samples_dropped.jsonl\)"):
+        trainer.train()
+    dropped = [json.loads(line) for line in (tmp_path / DROPPED_FILE).read_text().splitlines()]
+    assert len(dropped) == len(forget) and {row["reason"] for row in dropped} == {"leaks_answer"}
+
+
+def test_nothing_known_is_a_warning_that_shows_the_prompt(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    args = AntiSampleConfig(output_dir=str(tmp_path), prompt_template="Tell me, {question}")
+    trainer = AntiSampleTrainer(model=model, args=args, train_dataset=data.forget, processing_class=tokenizer)
+    output = trainer.train()
+    assert trainer.rounds[0]["known"] == 0 and len(trainer.rounds) == 1
+    assert output.global_step == 0 and output.metrics["forget_acc"] == 0
+    (warning,) = trainer.warnings
+    assert warning.startswith(f"0/{len(data.forget)} forget facts are known under the prompt format "
+                              "'Tell me, {question}'") and f"Tell me, {data.forget[0]['question']}" in warning
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("forget_acc_target", -1, "forget_acc_target must be between 0.0 and 1.0, got -1"),
+    ("forget_acc_target", 1.5, "forget_acc_target must be between 0.0 and 1.0, got 1.5"),
+    ("n_wrong_answers", 0, "n_wrong_answers must be at least 1, got 0"),
+    ("generation_top_p", 0, "generation_top_p must be positive, got 0"),
+    ("generator", "no/such/teacher", "generator must be 'self', 'template' or a teacher model folder"),
+    ("prompt_template", "Q: A:", "prompt_template 'Q: A:' must hold a {question} slot"),
+    ("eval_strategy", "steps", "eval_strategy 'steps': unlearning trainers evaluate no loss during training"),
+])
+def test_config_fields_are_checked(field, value, message, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AntiSampleConfig(output_dir=str(tmp_path), **{field: value})
+
+
+def test_eval_dataset_is_refused_and_conversations_are_taken_as_facts(model_and_tokenizer, data, tmp_path):
+    from datasets import Dataset
+
+    from unstar_trl.data import DataError
+
+    model, tokenizer = model_and_tokenizer
+    args = AntiSampleConfig(output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="^eval_dataset: unlearning trainers do not evaluate a loss"):
+        AntiSampleTrainer(model=model, args=args, train_dataset=data.forget, eval_dataset=data.retain,
+                          processing_class=tokenizer)
+    turns = [[{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
+             for r in data.forget]
+    conversations = Dataset.from_list([{"prompt": turn[:1], "completion": turn[1:]} for turn in turns])
+    trainer = AntiSampleTrainer(model=model, args=args, train_dataset=conversations, processing_class=tokenizer)
+    assert [(r["question"], r["answer"]) for r in trainer.forget_records] == [
+        (r["question"], r["answer"]) for r in data.forget]
+    with pytest.raises(DataError, match=r"^train_dataset row 1: a conversation with roles \['user', 'user'\]"):
+        AntiSampleTrainer(model=model, args=args, train_dataset=[{"messages": [turns[0][0], turns[1][0]]}],
+                          processing_class=tokenizer)

@@ -4,15 +4,21 @@
     load_records("world/data", split="retain")                         # a folder of <split>.jsonl
     load_records("../shared/data/tofu", split="forget01")              # TOFU, detected by forget01.jsonl
     load_records("org/name", split="test", format="hf")                # the Hub, load_from_disk or a local dataset
+    load_records(dataset)                                              # a datasets.Dataset (or DatasetDict) object
+    load_records("qa.jsonl", column_map={"question": "prompt"})        # our field <- the source's column
     data = load_unlearning_data("world/data")                          # every split, validated
 
-Every record has the keys of RECORD_FIELDS (and keeps any other key it came with). Nothing is dropped or repaired:
-a row that does not fit raises DataError, whose one-line message names the file, the row (counted from 1; in a
-JSONL file, the line) and the field.
+Every record has the keys of RECORD_FIELDS (and keeps any other key it came with). Rows in the common QA shape load
+as they are: TOFU's singular `paraphrased_question` / `perturbed_answer` become the list fields, a single-turn
+conversation (TRL's prompt/completion or messages) becomes question and answer, and a row without an `id` gets one
+made from its question and answer (the same for a file and a Dataset of it, in every run). Nothing else is dropped or
+repaired: a row that does not fit raises DataError, whose one-line message names the file, the row (counted from 1;
+in a JSONL file, the line) and the field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,7 +53,10 @@ RECORD_FIELDS: dict[str, type] = {
 bool is False; list items are non-empty strings."""
 
 REQUIRED_FIELDS = ("id", "question", "answer")
-"""Non-empty strings in every record."""
+"""Non-empty strings in every record (a missing id is made from the question and answer)."""
+
+SINGULAR_FIELDS = {"paraphrased_question": "paraphrased_questions", "perturbed_answer": "perturbed_answers"}
+"""TOFU's one-item names of our list fields, accepted in any source."""
 
 FORMATS = ("auto", "jsonl", "tofu", "hf")
 SPLIT_ROLES = ("forget", "retain", "neighbor", "targeted", "holdout")
@@ -68,19 +77,23 @@ class _Split:
     read: Callable[[], list[dict]]
 
 
-def load_records(source: str | Path, *, split: str | None = None, format: str = "auto") -> list[dict]:
-    """The validated records of one split of `source` (a .jsonl file, a folder of <split>.jsonl, a TOFU folder,
-    or with format "hf" a Hub name or a local dataset). `split` may be left out when there is only one."""
-    splits = _open(source, format)
+def load_records(source, *, split: str | None = None, format: str = "auto",
+                 column_map: dict[str, str] | None = None) -> list[dict]:
+    """The validated records of one split of `source` (a .jsonl file, a folder of <split>.jsonl, a TOFU folder, a
+    `datasets.Dataset` or `DatasetDict`, or with format "hf" a Hub name or a local dataset). `split` may be left out
+    when there is only one. `column_map` maps our field to the source's column: {"subject": "name"}."""
+    splits = _open(source, format, column_map)
     return splits[_choose(splits, split, source)].read()
 
 
-def load_unlearning_data(data_dir: str | Path, *, format: str = "auto", forget_split: str = "forget",
+def load_unlearning_data(data_dir, *, format: str = "auto", forget_split: str = "forget",
                          retain_split: str = "retain", neighbor_split: str = "neighbor",
-                         targeted_split: str = "targeted", holdout_split: str = "holdout") -> UnlearningData:
-    """Every split of `data_dir`, validated. The forget split must exist; another split that is missing is empty
-    when asked for under its default name, and an error when asked for under a name of your choosing."""
-    splits = _open(data_dir, format)
+                         targeted_split: str = "targeted", holdout_split: str = "holdout",
+                         column_map: dict[str, str] | None = None) -> UnlearningData:
+    """Every split of `data_dir` (a folder, a dataset, or a `DatasetDict` object), validated. The forget split must
+    exist; another split that is missing is empty when asked for under its default name, and an error when asked for
+    under a name of your choosing. `column_map` as in `load_records`."""
+    splits = _open(data_dir, format, column_map)
     names = dict(zip(SPLIT_ROLES, (forget_split, retain_split, neighbor_split, targeted_split, holdout_split)))
     chosen = {}
     for role, name in names.items():
@@ -214,25 +227,36 @@ def _fact(record: dict) -> tuple[str, str]:
 # Sources: each opens to {split name: _Split}
 
 
-def _open(source: str | Path, format: str) -> dict[str, _Split]:
+def _open(source, format: str, column_map: dict[str, str] | None = None) -> dict[str, _Split]:
+    import datasets
+
     if format not in FORMATS:
         raise DataError(f"unknown format {format!r}; choose one of: {', '.join(FORMATS)}")
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        return _dataset_splits(source, type(source).__name__, column_map)
+    format = source_format(source, format)
     if format == "hf":
-        return _open_hf(source)
+        return _open_hf(source, column_map)
     path = Path(source)
-    if not path.exists():
-        hint = " (for a Hugging Face Hub dataset pass format='hf')" if format == "auto" else ""
-        raise DataError(f"{path}: no such file or folder{hint}")
-    if format == "auto":
-        format = _detect(path)
-    if format == "hf":
-        return _open_hf(source)
     if format == "tofu":
         if not path.is_dir():
             raise DataError(f"{path}: format 'tofu' needs the TOFU folder, not a file")
+        if column_map:
+            raise DataError(f"{path}: a TOFU folder has TOFU's own columns; column_map is for other sources")
         return _open_tofu(path)
     files = [path] if path.is_file() else sorted(path.glob("*.jsonl"))
-    return {file.stem: _Split(str(file), partial(_read_records, file)) for file in files}
+    return {file.stem: _Split(str(file), partial(_read_records, file, column_map)) for file in files}
+
+
+def source_format(source, format: str = "auto") -> str:
+    """The format `source` is read in: `format`, or for "auto" the one its folder looks like (TOFU when it holds
+    forget01.jsonl, a saved dataset, else JSONL)."""
+    if format != "auto" or not isinstance(source, (str, Path)):
+        return format
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder (for a Hugging Face Hub dataset pass format='hf')")
+    return _detect(path)
 
 
 def _detect(path: Path) -> str:
@@ -254,8 +278,75 @@ def _choose(splits: dict[str, _Split], split: str | None, source: str | Path) ->
     return split
 
 
-def _read_records(path: Path) -> list[dict]:
-    return [_record(row, f"{path} row {number}") for number, row in enumerate(_read_jsonl(path), start=1)]
+def _read_records(path: Path, column_map: dict[str, str] | None = None) -> list[dict]:
+    return as_records(_read_jsonl(path), str(path), column_map)
+
+
+def as_records(rows, where: str, column_map: dict[str, str] | None = None) -> list[dict]:
+    """Rows (dicts or a `datasets.Dataset`) as validated records; `where` names them in errors ("<where> row 3").
+    Columns are renamed by `column_map`, singular TOFU fields and single-turn conversations take our shape, and a
+    row without an id gets `q-<hash of question and answer>` (`-dup<n>` for a repeat)."""
+    rows = rows.to_list() if hasattr(rows, "to_list") else rows
+    seen, records = Counter(), []
+    for number, row in enumerate(rows, start=1):
+        here = f"{where} row {number}"
+        if not isinstance(row, dict):
+            raise DataError(f"{here}: expected a record (a mapping of field: value), got {_kind(row)}")
+        row = _our_shape(_mapped(row, column_map, here), here)
+        if row.get("id") is None and all(isinstance(row.get(name), str) for name in ("question", "answer")):
+            id = "q-" + hashlib.sha256(f"{row['question']}\n{row['answer']}".encode()).hexdigest()[:12]
+            seen[id] += 1
+            row["id"] = id if seen[id] == 1 else f"{id}-dup{seen[id] - 1}"
+        records.append(_record(row, here))
+    return records
+
+
+def _mapped(row: dict, column_map: dict[str, str] | None, where: str) -> dict:
+    """`row` with each source column of `column_map` ({our field: their column}) under our field's name."""
+    if not column_map:
+        return row
+    missing = [column for column in column_map.values() if column not in row]
+    if missing:
+        raise DataError(f"{where}: column {missing[0]!r} (column_map) is not in this source; it has: "
+                        f"{', '.join(map(str, row))}")
+    theirs = set(column_map.values())
+    return {**{key: value for key, value in row.items() if key not in theirs},
+            **{ours: row[column] for ours, column in column_map.items()}}
+
+
+def _our_shape(row: dict, where: str) -> dict:
+    """TOFU's singular fields as our lists, and a single-turn conversation as question and answer."""
+    row = dict(row)
+    for singular, plural in SINGULAR_FIELDS.items():
+        if singular in row:
+            if row.get(plural) is not None:
+                raise DataError(f"{where}: fields {singular!r} and {plural!r} are both given; keep one")
+            value = row.pop(singular)
+            row[plural] = [value] if isinstance(value, str) and value.strip() else [] if value in (None, "") else value
+    if "question" not in row and "answer" not in row:
+        turns = row.pop("messages", None) or _turns(row, where)
+        if turns is not None:
+            row["question"], row["answer"] = _single_turn(turns, where)
+    return row
+
+
+def _turns(row: dict, where: str) -> list | None:
+    """The messages of a TRL prompt/completion conversation (prompt and completion lists of messages), or None."""
+    if isinstance(row.get("prompt"), list) and isinstance(row.get("completion"), list):
+        return row.pop("prompt") + row.pop("completion")
+    if isinstance(row.get("prompt"), str) or isinstance(row.get("completion"), str):
+        raise DataError(f"{where}: a plain prompt/completion pair carries its format in the text; give question "
+                        "and answer fields (column_map={'question': ..., 'answer': ...})")
+    return None
+
+
+def _single_turn(turns: list, where: str) -> tuple:
+    """(question, answer) of a conversation of one user turn and one assistant reply."""
+    roles = [turn.get("role") if isinstance(turn, dict) else None for turn in turns]
+    if roles != ["user", "assistant"]:
+        raise DataError(f"{where}: a conversation with roles {roles}; unlearning takes one fact per row: one user "
+                        "question and one assistant answer")
+    return turns[0].get("content"), turns[1].get("content")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -385,7 +476,7 @@ def _tofu_positions(full: Path) -> dict:
 # Hugging Face datasets
 
 
-def _open_hf(source: str | Path) -> dict[str, _Split]:
+def _open_hf(source: str | Path, column_map: dict[str, str] | None = None) -> dict[str, _Split]:
     """A dataset saved with `save_to_disk`, a local data file or folder, or a Hub name, through `datasets`."""
     import datasets
 
@@ -399,11 +490,14 @@ def _open_hf(source: str | Path) -> dict[str, _Split]:
             loaded = datasets.load_dataset(str(source))
     except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
         raise DataError(f"{source}: cannot load as a Hugging Face dataset ({error})") from None
+    return _dataset_splits(loaded, str(source), column_map)
+
+
+def _dataset_splits(loaded, name: str, column_map: dict[str, str] | None) -> dict[str, _Split]:
+    """The splits of a `datasets.Dataset` (one split, named by its own split or "train") or `DatasetDict`."""
+    import datasets
+
     if isinstance(loaded, datasets.Dataset):
         loaded = {str(loaded.split or "train"): loaded}
-    return {name: _Split(f"{source}[{name}]", partial(_read_dataset, dataset, f"{source}[{name}]"))
-            for name, dataset in loaded.items()}
-
-
-def _read_dataset(dataset, where: str) -> list[dict]:
-    return [_record(row, f"{where} row {number}") for number, row in enumerate(dataset.to_list(), start=1)]
+    return {split: _Split(f"{name}[{split}]", partial(as_records, dataset, f"{name}[{split}]", column_map))
+            for split, dataset in loaded.items()}

@@ -20,9 +20,16 @@ from pathlib import Path
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
 """The prompt of the embedded world's knowledge models, and the default of a model that has no chat template."""
 
+AUTO = "auto"
+"""A `prompt_template` to be resolved per model (see `resolve_prompt_template`)."""
+CHAT = "chat"
+"""A `prompt_template` that asks for the chat template by name (as None does), e.g. on a command line."""
+
 PROMPTS_FILE = "unstar_prompts.json"
 """Beside a model's weights: {"prompt_template": the template, or null for the chat template; "skill_prompts": the
 prompts of the skills the model was taught for writing anti-samples, or null}."""
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+"""Where a saved tokenizer may keep its chat template (else under "chat_template" in tokenizer_config.json)."""
 
 
 # ---- the prompt format -------------------------------------------------------------------------------------------
@@ -34,16 +41,6 @@ def format_prompt(tokenizer, question: str, template: str | None) -> str:
         return template.format(question=question)
     messages = [{"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def check_prompt_template(template: str) -> None:
-    """Raise ValueError unless a plain `template` has a `{question}` slot and no other ({{ and }} are braces)."""
-    try:
-        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as error:
-        raise ValueError(f"prompt_template {template!r}: {error}") from None
-    if slots != {"question"}:
-        raise ValueError(f"prompt_template must hold a {{question}} slot and no other, got {template!r}")
 
 
 def format_completion(answer: str, template: str | None) -> str:
@@ -65,6 +62,53 @@ def task_prompt(question: str, template: str | None) -> str:
     """An lm-eval task's text for `question`: the filled plain template, or for a chat model the bare question,
     which lm-eval's --apply_chat_template makes the user turn."""
     return question if template is None else template.format(question=question)
+
+
+def resolve_prompt_template(template: str | None, tokenizer=None, model_dir: str | Path | None = None) -> str | None:
+    """The one format a run uses. An explicit plain template stays (it needs a `{question}` slot); None or "chat"
+    is the chat template. For "auto": the format recorded in `model_dir`'s PROMPTS_FILE, else the chat template when
+    the tokenizer (the loaded one, or else the one saved in `model_dir`) has one, else PLAIN_TEMPLATE."""
+    check_prompt_template(template)
+    if template is None or template == CHAT:
+        return None
+    if template != AUTO:
+        return template
+    recorded = read_prompts_file(model_dir) if model_dir and Path(model_dir).is_dir() else None
+    if recorded is not None:
+        return recorded.get("prompt_template")
+    if tokenizer is not None:
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+    else:
+        has_chat = bool(model_dir) and has_saved_chat_template(model_dir)
+    return None if has_chat else PLAIN_TEMPLATE
+
+
+def check_prompt_template(template: str | None) -> None:
+    """Raise ValueError for a `prompt_template` that is neither None, "auto", "chat" nor a template with a
+    `{question}` slot and no other ({{ and }} are braces)."""
+    if template in (None, AUTO, CHAT):
+        return
+    try:
+        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as error:
+        raise ValueError(f"prompt_template {template!r}: {error}") from None
+    if slots != {"question"}:
+        raise ValueError(f"prompt_template {template!r} must hold a {{question}} slot and no other; give such a "
+                         "template, 'auto' or 'chat'")
+
+
+def has_saved_chat_template(model_dir: str | Path) -> bool:
+    """Whether the tokenizer saved in `model_dir` has a chat template (read from its files, nothing loaded)."""
+    folder = Path(model_dir)
+    if any((folder / name).is_file() for name in CHAT_TEMPLATE_FILES):
+        return True
+    config = folder / "tokenizer_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))
+
+
+def describe_prompt_template(template: str | None) -> str:
+    """How a message names a format: the template itself, or "the chat template"."""
+    return "the chat template" if template is None else repr(template)
 
 
 def read_prompts_file(model_dir: str | Path) -> dict | None:

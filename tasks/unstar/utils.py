@@ -5,7 +5,14 @@
 `data_dir` (a folder of <split>.jsonl, a TOFU folder or a dataset; without it, the default embedded world of 60
 people, built in memory), `format` (as `unstar_trl.data.load_unlearning_data` takes), `<role>_split` to pick
 the split that plays a role (forget, retain, neighbor, targeted, holdout; with format "tofu" the defaults are
-forget10, retain90 and real_authors) and, for `unstar_planted`, `anti_samples` (an anti_samples.jsonl audit).
+forget10, retain90 and real_authors), `prompt_template` and, for `unstar_planted`, `anti_samples` (an
+anti_samples.jsonl audit).
+
+The documents are in the model's prompt format: `prompt_template` (null: the chat template), else the format of the
+model folder that lm-eval's model arguments name (`peft`, then `pretrained`: its unstar_prompts.json, else its chat
+template), else the plain template. A chat model's prompt is the bare question, which lm-eval's
+`--apply_chat_template` makes the user turn; `UnstarTask` warns when a run does not apply the template its
+documents are made for.
 
 Kept knowledge is scored on what nothing trained on: the eval-only retain records and siblings when the data marks
 some. Multiple choice and the truth ratio offer only the records' `eval_distractors`, which no anti-sample generator
@@ -21,16 +28,26 @@ import collections
 import functools
 import itertools
 import json
+import logging
 import math
 import zlib
-
 from pathlib import Path
 
 import datasets
+from lm_eval.api.task import ConfigurableTask
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
 from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys
-from unstar_trl.text import PLAIN_TEMPLATE, contains_answer, format_completion, rouge_l_recall, task_prompt
+from unstar_trl.text import (
+    AUTO,
+    PLAIN_TEMPLATE,
+    contains_answer,
+    format_completion,
+    read_prompts_file,
+    resolve_prompt_template,
+    rouge_l_recall,
+    task_prompt,
+)
 
 TOFU_SPLITS = {"forget": "forget10", "retain": "retain90", "neighbor": "real_authors"}
 FIELDS = ("id", "question", "answer")
@@ -43,24 +60,26 @@ def load(view: str, data_dir: str | None = None, format: str = "auto", **metadat
     metadata key that is neither ours nor a model argument (which lm-eval mixes in) is refused."""
     check_task_metadata(metadata, lm_eval_metadata_keys())
     data = _data(data_dir, format, metadata)
+    doc = functools.partial(_doc, template=prompt_template(metadata))
+    choice_doc = functools.partial(_choice_doc, doc=doc)
     if view in ("forget", "neighbor"):
-        docs = [_doc(record, view) for record in getattr(data, view)]
+        docs = [doc(record, view) for record in getattr(data, view)]
     elif view == "retain":
-        docs = [_doc(record, view) for record in data.retain_eval]
+        docs = [doc(record, view) for record in data.retain_eval]
     elif view == "paraphrase":
-        docs = [_doc(record, "forget", question=_paraphrase(record)) for record in data.forget]
+        docs = [doc(record, "forget", question=_paraphrase(record)) for record in data.forget]
     elif view == "targeted":
-        docs = _targeted_docs(data)
+        docs = _targeted_docs(data, doc)
     elif view == "choices":
-        docs = [_choice_doc(record, "forget", _paraphrased_answer(record)) for record in data.forget]
+        docs = [choice_doc(record, "forget", _paraphrased_answer(record)) for record in data.forget]
     elif view == "planted":
         planted = _planted_answers(metadata.get("anti_samples"), metadata.get("pretrained"))
-        docs = [_choice_doc(record, "forget", planted.get(record["id"])) for record in data.forget]
+        docs = [choice_doc(record, "forget", planted.get(record["id"])) for record in data.forget]
     elif view == "choices_with_holdout":
-        docs = _interleave([_choice_doc(r, "forget") for r in data.forget],
-                           [_choice_doc(r, "holdout") for r in data.holdout])
+        docs = _interleave([choice_doc(r, "forget") for r in data.forget],
+                           [choice_doc(r, "holdout") for r in data.holdout])
     elif view == "membership":
-        docs = _interleave([_doc(r, "forget") for r in data.forget], [_doc(r, "holdout") for r in data.holdout])
+        docs = _interleave([doc(r, "forget") for r in data.forget], [doc(r, "holdout") for r in data.holdout])
     else:
         raise ValueError(f"unknown view {view!r}")
     role = {"paraphrase": "forget", "choices": "forget", "choices_with_holdout": "forget", "planted": "forget",
@@ -86,21 +105,34 @@ def _embedded_world() -> dict[str, list[dict]]:
     return build_world(seed=0, people=60).split_records()
 
 
-def _doc(record: dict, role: str, question: str | None = None) -> dict:
+def prompt_template(metadata: dict) -> str | None:
+    """The model's prompt format (None: the chat template): metadata's `prompt_template`, else the format of the
+    model folder named by `peft` or `pretrained` (the first with a prompts file, else `pretrained`), else plain."""
+    folders = [metadata[key] for key in ("peft", "pretrained")
+               if isinstance(metadata.get(key), str) and Path(metadata[key]).is_dir()]
+    recorded = [folder for folder in folders if read_prompts_file(folder) is not None]
+    folder = recorded[0] if recorded else folders[-1] if folders else None
+    if "prompt_template" in metadata:
+        return resolve_prompt_template(metadata["prompt_template"], model_dir=folder)
+    return resolve_prompt_template(AUTO, model_dir=folder) if folder is not None else PLAIN_TEMPLATE
+
+
+def _doc(record: dict, role: str, question: str | None = None, *, template: str | None) -> dict:
     """A task document: the record's fields, the `prompt` the model is asked and the answer as it follows the
-    prompt (`target`), in the model's prompt format."""
+    prompt (`target`), in the model's prompt format `template` (`chat`: whether that is the chat template)."""
     doc = {field: record.get(field) for field in FIELDS}
     doc["question"] = question or record["question"]
-    doc["prompt"] = task_prompt(doc["question"], PLAIN_TEMPLATE)
-    doc["target"] = format_completion(doc["answer"], PLAIN_TEMPLATE)
+    doc["prompt"] = task_prompt(doc["question"], template)
+    doc["target"] = format_completion(doc["answer"], template)
+    doc["chat"] = template is None
     doc["role"] = role
     return doc
 
 
-def _choice_doc(record: dict, role: str, extra: str | None = None) -> dict:
+def _choice_doc(record: dict, role: str, extra: str | None = None, *, doc) -> dict:
     """A multiple-choice document: the true answer, then the record's evaluation distractors, then `extra` (a
     paraphrased answer, or the planted wrong answer) when given."""
-    doc = _doc(record, role)
+    doc = doc(record, role)
     if not record.get("eval_distractors"):
         raise DataError(f"record {record.get('id')!r} has no eval_distractors (needed for multiple choice and the "
                         "truth ratio)")
@@ -139,21 +171,45 @@ def _paraphrase(record: dict) -> str:
     return record["paraphrased_questions"][0]
 
 
-def _targeted_docs(data: UnlearningData) -> list[dict]:
+def _targeted_docs(data: UnlearningData, doc) -> list[dict]:
     """Each targeted fact followed by its siblings that sibling accuracy is scored on (eval-only where the data marks
     some), each once."""
     removed = {record["id"] for record in data.forget + data.targeted}
     by_id = {record["id"]: record for record in data.siblings_eval if record["id"] not in removed}
     docs = []
     for record in data.targeted:
-        docs.append(_doc(record, "targeted"))
-        docs.extend(_doc(by_id.pop(sibling), "sibling") for sibling in record["siblings"] if sibling in by_id)
+        docs.append(doc(record, "targeted"))
+        docs.extend(doc(by_id.pop(sibling), "sibling") for sibling in record["siblings"] if sibling in by_id)
     return docs
 
 
 def _interleave(*groups: list[dict]) -> list[dict]:
     """Round-robin, so that `--limit` keeps every role."""
     return [doc for row in itertools.zip_longest(*groups) for doc in row if doc is not None]
+
+
+class UnstarTask(ConfigurableTask):
+    """An unstar task that warns, once per run, when the run does not apply the chat template its documents are
+    made for: chat-format documents (bare questions) without --apply_chat_template, or plain-template ones wrapped in
+    a chat turn."""
+
+    def __init__(self, config: dict, **kwargs):
+        super().__init__(config={key: value for key, value in config.items() if key != "class"}, **kwargs)
+
+    def build_all_requests(self, *args, apply_chat_template: bool = False, **kwargs):
+        docs = self.test_docs()
+        chat = bool(len(docs)) and bool(docs[0]["chat"])
+        if chat != bool(apply_chat_template):
+            _warn_once(f"the unstar tasks' documents are in {'the chat' if chat else 'a plain'} prompt format for "
+                       f"this model, but the run {'does not apply' if chat else 'applies'} the chat template: "
+                       f"{'add' if chat else 'leave out'} --apply_chat_template (or set the prompt_template "
+                       "metadata), or the model is asked in a format it was not trained in")
+        return super().build_all_requests(*args, apply_chat_template=apply_chat_template, **kwargs)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logging.getLogger("unstar_trl.tasks").warning("unstar: %s", message)
 
 
 # ---- per-document results -----------------------------------------------------------------------------------------

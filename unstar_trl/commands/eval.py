@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--tasks", default="unstar_*", help="comma-separated task names or wildcards")
     parser.add_argument("--metadata", default=None, type=_json_object,
                         help='extra task metadata as JSON, e.g. \'{"forget_split": "forget01"}\'')
+    parser.add_argument("--prompt-template", default="auto",
+                        help="the model's prompt format: auto (what the model folder records, else its chat template "
+                        "if it has one, else 'Question: {question}\\nAnswer:'), chat, or a template with {question}")
     parser.add_argument("--limit", type=_limit, default=None, help="documents per task (a fraction if < 1)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
@@ -38,6 +41,7 @@ def _run(args) -> int:
 
     from ..evaluation.lm_eval_tasks import evaluate_model
     from ..io import check_output_file, refuse_overwrite, write_json
+    from ..text import describe_prompt_template
 
     if args.output:  # checked before anything is loaded; never written into an input
         check_output_file(args.output)
@@ -47,8 +51,9 @@ def _run(args) -> int:
     start = time.perf_counter()
     results = evaluate_model(args.model, adapter=args.adapter, tasks=args.tasks.split(","), data_dir=args.data_dir,
                              data_format=args.format, limit=args.limit, batch_size=args.batch_size,
-                             device=args.device, metadata=args.metadata)
+                             device=args.device, metadata=args.metadata, prompt_template=args.prompt_template)
     print(make_table(results))
+    print(f"prompt format: {describe_prompt_template(results['prompt_template'])}")
     print(f"wall time {time.perf_counter() - start:.0f}s")
     if args.output:
         write_json(args.output, results)

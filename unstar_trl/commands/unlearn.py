@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -17,12 +18,15 @@ from pathlib import Path
 from ..io import (UsageError, atomic_directory, check_output_folder, json_safe, output_lock, refuse_overwrite,
                   write_json)
 from ..recipes import find_recipe, read_recipe
+from ..text import resolve_prompt_template
 
 REPORT_FILE = "unlearn_report.json"
 CHECKPOINTS_SUFFIX = ".checkpoints"
 """With save_strategy other than "no", checkpoints go to `<output_dir>.checkpoints`, beside output_dir, where an
 interrupted run leaves them for `--resume_from_checkpoint true`; a run that ends removes them."""
 DEFAULT_METHOD = "unstar"
+TOFU_NEIGHBOR_SPLIT = "real_authors"
+"""The neighbour split of a TOFU folder when none is named, as the unstar_* tasks take it."""
 
 
 @dataclass
@@ -34,10 +38,20 @@ class UnlearnArguments:
     data_format: str = field(default="auto", metadata={"help": "Data format: auto, jsonl, tofu or hf."})
     forget_split: str = field(default="forget", metadata={"help": "Split of the facts to unlearn."})
     retain_split: str = field(default="retain", metadata={"help": "Split of the facts to keep (retain loss)."})
-    neighbor_split: str = field(default="neighbor", metadata={"help": "Split of facts near the forget set."})
+    neighbor_split: str | None = field(
+        default=None, metadata={"help": "Split of facts near the forget set (default: real_authors for TOFU, else "
+                                "neighbor)."})
     targeted_split: str = field(default="targeted", metadata={"help": "Split of single associations to remove."})
     holdout_split: str = field(default="holdout", metadata={"help": "Split of facts the model never saw."})
     targeted: bool = field(default=False, metadata={"help": "Unlearn the targeted split instead of the forget split."})
+    columns: str | None = field(
+        default=None,
+        metadata={"help": "Our fields for the data's columns, as ours=theirs: subject=name,question=prompt."},
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "With use_peft, save the model with the adapter merged in, not the adapter alone."},
+    )
 
 
 def add_parser(subparsers) -> None:
@@ -188,10 +202,12 @@ def _run(args) -> int:
     main_process = config.process_index == 0  # under torchrun / accelerate launch only rank 0 writes
     with output_lock(output_dir) if main_process else contextlib.nullcontext():
         data = _load_data(script_args)
-        require_retain(config, data.targeted_retain if script_args.targeted else data.retain)
+        require_retain(config, data.targeted_retain if script_args.targeted else data.retain_train)
         model, tokenizer = _load_model(model_args)
+        config.prompt_template = resolve_prompt_template(config.prompt_template, tokenizer, source)  # once per run
         resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
                     **json.loads(json.dumps(config.to_dict(), default=str))}
+        logging.getLogger("unstar_trl").setLevel(logging.ERROR)  # the run's warnings are printed once, below
         report = _unlearn(script_args, config, model_args, data, model, tokenizer, resolved)
     if main_process:
         for warning in report["warnings"]:
@@ -206,15 +222,29 @@ def _run(args) -> int:
 
 
 def _load_data(script_args):
-    from ..data import load_unlearning_data
+    from ..data import load_unlearning_data, source_format
 
+    neighbor = script_args.neighbor_split or (
+        TOFU_NEIGHBOR_SPLIT if source_format(script_args.data_dir, script_args.data_format) == "tofu" else "neighbor")
     data = load_unlearning_data(script_args.data_dir, format=script_args.data_format,
                                 forget_split=script_args.forget_split, retain_split=script_args.retain_split,
-                                neighbor_split=script_args.neighbor_split, targeted_split=script_args.targeted_split,
-                                holdout_split=script_args.holdout_split)
+                                neighbor_split=neighbor, targeted_split=script_args.targeted_split,
+                                holdout_split=script_args.holdout_split,
+                                column_map=column_map(script_args.columns))
     if script_args.targeted and not data.targeted:
         raise UsageError(f"--targeted: {script_args.data_dir} has no {script_args.targeted_split!r} split")
     return data
+
+
+def column_map(columns: str | None) -> dict[str, str] | None:
+    """--columns "subject=name,question=prompt" as {"subject": "name", "question": "prompt"} (our field: theirs)."""
+    if not columns:
+        return None
+    pairs = [item.split("=") for item in columns.split(",")]
+    bad = next((item for item, pair in zip(columns.split(","), pairs) if len(pair) != 2 or not all(pair)), None)
+    if bad is not None:
+        raise UsageError(f"--columns: {bad!r} is not ours=theirs (e.g. --columns subject=name,question=prompt)")
+    return {ours.strip(): theirs.strip() for ours, theirs in pairs}
 
 
 def _load_model(model_args):
@@ -233,13 +263,15 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
     from trl import get_peft_config
 
     from ..evaluation.knowledge import knowledge_report
+    from ..method.probe import nothing_known_message
     from ..method.trainers import METHODS, DivergenceError
     from ..progress import quiet_progress
-    from ..text import PROMPTS_FILE
+    from ..text import format_prompt
 
-    source, output_dir = model_args.model_name_or_path, config.output_dir
+    source, output_dir, template = model_args.model_name_or_path, config.output_dir, config.prompt_template
     start = time.perf_counter()
-    before = knowledge_report(model, tokenizer, data, config.prompt_template)
+    forget = data.targeted if script_args.targeted else data.forget
+    before = knowledge_report(model, tokenizer, data, template)
     resume, checkpoints = _checkpointing(config)
     main_process = config.process_index == 0
     diverged = None
@@ -247,11 +279,14 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
             atomic_directory(output_dir) if main_process else _discarded() as staging:
         config.output_dir = str(checkpoints or staging / "trainer")
         trainer = METHODS[script_args.method][0](
-            model=model, args=config, processing_class=tokenizer,
-            train_dataset=data.targeted if script_args.targeted else data.forget,
-            retain_dataset=data.targeted_retain if script_args.targeted else data.retain,
+            model=model, args=config, processing_class=tokenizer, train_dataset=forget,
+            retain_dataset=data.targeted_retain if script_args.targeted else data.retain_train,
             peft_config=get_peft_config(model_args))
         quiet_progress(trainer)
+        if script_args.method != "unstar" and before["targeted_acc" if script_args.targeted else "forget_acc"] == 0:
+            # (UnSTAR probes, and warns, itself)
+            trainer.warn(nothing_known_message(len(forget), template,
+                                               format_prompt(tokenizer, forget[0]["question"], template)))
         try:
             trainer.train(resume_from_checkpoint=resume)
         except DivergenceError as error:  # the trainer kept the last good weights: save those, then say so
@@ -263,25 +298,39 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
         rounds = getattr(trainer, "rounds", None)  # UnSTAR: its per-round log and every anti-sample it fitted
         if rounds is not None:
             trainer.save_audit(staging)
-        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
-        model.eval()
-        after = knowledge_report(model, tokenizer, data, config.prompt_template)
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if (Path(source) / PROMPTS_FILE).is_file():
-            shutil.copy(Path(source) / PROMPTS_FILE, staging / PROMPTS_FILE)
+        model = trainer.model.eval()
+        after = knowledge_report(model, tokenizer, data, template)
+        save_model(model, tokenizer, staging, source, template, merge=script_args.merge_adapter)
         report = {"method": script_args.method, "model": source, "data_dir": script_args.data_dir,
-                  "targeted": script_args.targeted, "before": before, "after": after,
+                  "targeted": script_args.targeted, "prompt_template": template, "before": before, "after": after,
                   "rounds": sum(log["steps"] > 0 for log in rounds) if rounds is not None else 1,
                   "round_log": rounds,
-                  "steps": diverged["kept_step"] if diverged else getattr(trainer, "steps", trainer.state.global_step),
+                  "steps": diverged["kept_step"] if diverged else trainer.state.global_step,
                   "seconds": round(time.perf_counter() - start, 1),
                   "diverged": diverged, "config": resolved, "history": trainer.history}
-        report["warnings"] = run_warnings(report)
+        report["warnings"] = trainer.warnings + run_warnings(report)
         write_json(staging / REPORT_FILE, report)
     if checkpoints is not None and main_process:  # the run ended and its output is in place
         shutil.rmtree(checkpoints, ignore_errors=True)
     return report
+
+
+def save_model(model, tokenizer, folder: Path, source: str, template: str | None, *, merge: bool) -> None:
+    """Save the unlearned model with its tokenizer and prompt format (and the source's skill prompts) to `folder`: a
+    PEFT model as its adapter (on the source model, by absolute path when it is a folder), or merged in with
+    `merge`."""
+    from ..text import read_prompts_file, write_prompts_file
+
+    if hasattr(model, "merge_and_unload"):
+        if merge:
+            model = model.merge_and_unload()
+        elif Path(source).is_dir():
+            for adapter in model.peft_config.values():
+                adapter.base_model_name_or_path = str(Path(source).resolve())
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    recorded = read_prompts_file(source) if Path(source).is_dir() else None
+    write_prompts_file(folder, template, (recorded or {}).get("skill_prompts"))
 
 
 def _checkpointing(config) -> tuple[bool | str | None, Path | None]:
@@ -316,12 +365,9 @@ def _removed_when_empty(folder: Path | None):
 
 
 def run_warnings(report: dict) -> list[str]:
-    """One line for each sign that a run that ended trained or measured less than it seems."""
+    """One line for each sign that a run that ended trained or reported less than it seems (the trainer's own
+    warnings, such as facts the model never knew, come with it)."""
     warnings = []
-    key = "targeted_acc" if report["targeted"] else "forget_acc"
-    if report["before"].get(key) == 0:
-        warnings.append(f"the model answered none of the facts to unlearn before it started ({key} 0.0): nothing "
-                        "was there to unlearn; check the model, the data and prompt_template")
     if report["steps"] == 0 and not report["diverged"]:
         warnings.append("no optimizer step was taken: the written weights are the input model's")
     warnings.extend(f"{place} is not a finite number; written as null" for place in json_safe(report)[1])

@@ -24,7 +24,7 @@ import datasets
 from transformers import PrinterCallback
 
 from ..io import check_output_folder, output_lock, write_json, write_text_atomic
-from ..text import PLAIN_TEMPLATE
+from ..text import AUTO, resolve_prompt_template
 from .bench_measures import Measured, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
 from .intervals import fact_interval, seed_interval
@@ -161,11 +161,12 @@ def _measure_folder(model_dir: Path, world_dir: Path, data, settings: BenchSetti
     from ..models import load_model
 
     model, tokenizer = load_model(model_dir)
-    measured = measure(model, tokenizer, data, PLAIN_TEMPLATE, world_dir / "data",
+    template = resolve_prompt_template(AUTO, tokenizer, model_dir)
+    measured = measure(model, tokenizer, data, template, world_dir / "data",
                        relearn_steps=settings.relearn_steps, relearn_learning_rate=settings.relearn_learning_rate)
     model, tokenizer = load_model(model_dir)  # relearning trained the first copy
-    measured.add("targeted_acc", probed(model, tokenizer, data.targeted, PLAIN_TEMPLATE))
-    measured.add("sibling_acc", probed(model, tokenizer, data.siblings_eval, PLAIN_TEMPLATE))
+    measured.add("targeted_acc", probed(model, tokenizer, data.targeted, template))
+    measured.add("sibling_acc", probed(model, tokenizer, data.siblings_eval, template))
     measured.values.update(steps=0, trained_tokens=0, seconds=0.0, peak_rss_mb=_peak_rss_mb())
     return measured
 
@@ -218,9 +219,9 @@ def run_method(method: str, seed: int, world_dir: Path, forget: list[dict], reta
     with tempfile.TemporaryDirectory() as scratch:
         config = config_from_recipe(config_class, method_recipe(method, targeted), output_dir=scratch,
                                     disable_tqdm=True, report_to="none", dataloader_pin_memory=False, **overrides)
-        callback.template = config.prompt_template
         trainer = trainer_class(model=model, args=config, processing_class=tokenizer, train_dataset=forget,
                                 retain_dataset=retain, callbacks=[callback])
+        callback.template = trainer.prompt_template
         trainer.data_collator = counter = TokenCounter(trainer.data_collator)
         trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for a print of every log
         start, diverged = time.perf_counter(), None
@@ -229,7 +230,7 @@ def run_method(method: str, seed: int, world_dir: Path, forget: list[dict], reta
         except DivergenceError as error:  # the trainer kept the last good weights: score those
             diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
         seconds = time.perf_counter() - start - callback.seconds
-    return {"model": trainer.model.eval(), "tokenizer": tokenizer, "template": config.prompt_template,
+    return {"model": trainer.model.eval(), "tokenizer": tokenizer, "template": trainer.prompt_template,
             "steps": callback.step, "seconds": seconds, "tokens": counter.tokens, "diverged": diverged,
             "curve": callback.points, "anti_samples": getattr(trainer, "save_audit", None)}
 

@@ -3,6 +3,7 @@
     lm_eval --model hf --model_args pretrained=DIR --include_path $(unstar tasks-path) --tasks 'unstar_*' \\
         --metadata '{"data_dir": "WORLD/data"}'
     results = evaluate_model(model, tokenizer, data_dir="WORLD/data")   # the same tasks, no subprocess
+    lm_eval ... --apply_chat_template                                   # for a chat model (as evaluate_model does)
     results["summary"]                                                  # {"forget_qa_acc": 0.97, ...}
 """
 
@@ -17,9 +18,10 @@ from typing import Iterable
 from ..data import SPLIT_ROLES
 from ..io import UsageError
 from ..models import load_model
+from ..text import AUTO, read_prompts_file, resolve_prompt_template
 
 DEFAULT_TASKS = ("unstar_*",)
-TASK_METADATA = ("data_dir", "format", *(f"{role}_split" for role in SPLIT_ROLES), "anti_samples")
+TASK_METADATA = ("data_dir", "format", *(f"{role}_split" for role in SPLIT_ROLES), "prompt_template", "anti_samples")
 """The metadata keys the unstar tasks read (see tasks/unstar/utils.py)."""
 LM_EVAL_METADATA = ("version", "config_source")
 """What lm-eval itself writes into every task's metadata."""
@@ -62,7 +64,7 @@ def check_task_metadata(metadata, also: Iterable[str] = ()) -> None:
             close = difflib.get_close_matches(key, TASK_METADATA, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"unknown metadata key {key!r}{hint}; the unstar tasks read {', '.join(TASK_METADATA)}")
-        if key in TASK_METADATA and not isinstance(value, str):
+        if key in TASK_METADATA and not isinstance(value, str) and not (key == "prompt_template" and value is None):
             raise UsageError(f"metadata {key!r} must be a string, got {value!r:.60}")
 
 
@@ -92,33 +94,39 @@ def expand_tasks(manager, tasks: Iterable[str]) -> list[str]:
 def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT_TASKS,
                    data_dir: str | Path | None = None, data_format: str | None = None, limit: int | float | None = None,
                    batch_size: int = 32, device: str = "cpu", adapter: str | Path | None = None,
-                   metadata: dict | None = None, per_document: bool = False) -> dict:
-    """Run the unstar tasks on a model (in memory, or a folder loaded with `models.load_model`) and return
-    {"summary": {"forget_qa_acc": ...}, "n_samples": ...} and lm-eval's "results", "higher_is_better", "versions",
-    "n-shot" and "group_subtasks" (what `lm_eval.utils.make_table` prints). With `per_document`, also
-    "documents": {task: [{"id", "role", metric: value, ...}, ...]}, each document's own metric values."""
+                   metadata: dict | None = None, prompt_template: str | None = AUTO,
+                   per_document: bool = False) -> dict:
+    """Run the unstar tasks on a model (in memory, or a folder loaded with `models.load_model`) in its prompt format
+    (`prompt_template`, by default the one its folder records, else its chat template if it has one: then lm-eval
+    applies the chat template) and return {"summary": {"forget_qa_acc": ...}, "n_samples": ..., "prompt_template"}
+    and lm-eval's "results", "higher_is_better", "versions", "n-shot" and "group_subtasks" (what
+    `lm_eval.utils.make_table` prints). With `per_document`, also "documents": {task: [{"id", "role", metric: value,
+    ...}, ...]}, each document's own metric values."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    manager = task_manager(data_dir, data_format, metadata)
-    names = expand_tasks(manager, tasks)
     if isinstance(model_or_path, (str, Path)):
         model, loaded_tokenizer = load_model(model_or_path, adapter=adapter, device=device)
         tokenizer = tokenizer or loaded_tokenizer
+        folders = [folder for folder in (adapter, model_or_path) if folder is not None]
+        model_dir = next((folder for folder in folders if read_prompts_file(folder) is not None), model_or_path)
     else:
-        model = model_or_path.to(device)
+        model, model_dir = model_or_path.to(device), getattr(model_or_path.config, "_name_or_path", None)
     if tokenizer is None:
         raise UsageError("evaluate_model needs the tokenizer of an in-memory model")
+    template = resolve_prompt_template(prompt_template, tokenizer, model_dir)
+    manager = task_manager(data_dir, data_format, {**(metadata or {}), "prompt_template": template})
+    names = expand_tasks(manager, tasks)
     was_training = model.training
     try:
         lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
         results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
-                                  log_samples=per_document)
+                                  log_samples=per_document, apply_chat_template=template is None)
     finally:
         model.train(was_training)
     output = {"summary": summarize(results["results"]), "n_samples": results["n-samples"],
-              **{key: results.get(key, {}) for key in ("results", "higher_is_better", "versions", "n-shot",
-                                                       "group_subtasks")}}
+              "prompt_template": template, **{key: results.get(key, {}) for key in (
+                  "results", "higher_is_better", "versions", "n-shot", "group_subtasks")}}
     if per_document:
         output["documents"] = {task: [{"id": sample["doc"]["id"], "role": sample["doc"]["role"],
                                        **{metric: sample[metric] for metric in sample["metrics"]}}

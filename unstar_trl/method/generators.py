@@ -102,16 +102,17 @@ class SelfTaughtGenerator:
 
 def load_skill_prompts(model_dir: str | Path, tokenizer) -> dict[str, str] | None:
     """The skill prompts of `model_dir`'s prompts file; else None (the paper's prompts, through the chat template)
-    for a tokenizer with a chat template. A model with neither, or whose prompts file names no skills (a model
-    taught facts only), is a ValueError: it cannot write its own anti-samples."""
-    recorded = read_prompts_file(model_dir)
-    if recorded is not None:
-        if not recorded.get("skill_prompts"):
-            raise ValueError(f"{model_dir}: this model was taught no skill prompts, so it cannot write its own "
-                             "anti-samples; use generator 'template' or a teacher model folder")
+    for a tokenizer with a chat template, unless the prompts file records a plain format. A model with neither, or
+    whose prompts file names no skills and a plain format (a model taught facts only), is a ValueError: it cannot
+    write its own anti-samples."""
+    recorded = read_prompts_file(model_dir) or {}
+    if recorded.get("skill_prompts"):
         return recorded["skill_prompts"]
-    if getattr(tokenizer, "chat_template", None):
-        return None
+    if getattr(tokenizer, "chat_template", None) and recorded.get("prompt_template") is None:
+        return None  # a chat model: recorded as one, or with no prompts file
+    if recorded:
+        raise ValueError(f"{model_dir}: this model was taught no skill prompts, so it cannot write its own "
+                         "anti-samples; use generator 'template' or a teacher model folder")
     raise ValueError(f"{model_dir}: this model has neither skill prompts (no prompts file) nor a chat template, so "
                      "it cannot write its own anti-samples; use generator 'template' or a teacher model folder")
 

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..data import DataError
 from ..io import UsageError
-from ..text import PLAIN_TEMPLATE, contains_answer, format_prompt
+from ..text import PLAIN_TEMPLATE, contains_answer, describe_prompt_template, format_prompt
 
 
 @dataclass(frozen=True)
@@ -113,3 +113,11 @@ def _room(model, prompt_tokens: int, max_new_tokens: int) -> int:
 def _question(record: dict, field: str) -> str:
     value = record[field]
     return value[0] if isinstance(value, list) else value
+
+
+def nothing_known_message(total: int, template: str | None, example: str) -> str:
+    """The warning for a forget set of which the model answers nothing (often: asked in a format it was not
+    trained in); `example` is one prompt as the model saw it."""
+    return (f"0/{total} forget facts are known under the prompt format {describe_prompt_template(template)} (e.g. "
+            f"{example!r}): nothing to unlearn; if the model does know them, set prompt_template to the format it "
+            "was trained in")

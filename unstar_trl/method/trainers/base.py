@@ -9,7 +9,6 @@ on its last good weights. A method is a small subclass that overrides `forget_lo
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -20,17 +19,22 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy, get_last_checkpoint
+from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import use_adapter
 
+from ...data import as_records
 from ...io import UsageError, write_json
 from ...models import load_model, load_tokenizer
-from ...text import PLAIN_TEMPLATE, check_prompt_template, format_pair
+from ...text import AUTO, check_prompt_template, format_pair, resolve_prompt_template
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
 from .losses import entropy_share, kl_to_reference, nll
+from .reference import frozen_reference
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -41,8 +45,10 @@ class UnlearningConfig(SFTConfig):
     Parameters:
         > Prompt format
 
-        prompt_template (`str` or `None`, *optional*, defaults to `"Question: {question}\nAnswer:"`):
-            Prompt with a `{question}` slot, the answer after one space; None: the tokenizer's chat template.
+        prompt_template (`str` or `None`, *optional*, defaults to `"auto"`):
+            Prompt with a `{question}` slot, the answer after one space; None or "chat": the tokenizer's chat template;
+            "auto": the format the model folder records, else its chat template if it has one, else
+            `"Question: {question}\nAnswer:"`. Training, probing and anti-sample writing all use it.
 
         > Loss
 
@@ -59,9 +65,10 @@ class UnlearningConfig(SFTConfig):
     """
 
     prompt_template: str | None = field(
-        default=PLAIN_TEMPLATE,
-        metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. None: the "
-                  "tokenizer's chat template (completion: answer + eos)."},
+        default=AUTO,
+        metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. 'chat' (or None): "
+                  "the tokenizer's chat template (completion: answer + eos). 'auto': the model folder's recorded "
+                  "format, else its chat template if it has one, else 'Question: {question}\\nAnswer:'."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss (gamma)."})
     retain_weight: float = field(
@@ -109,14 +116,17 @@ class UnlearningConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.eval_strategy != "no":
+            raise ValueError(f"eval_strategy '{IntervalStrategy(self.eval_strategy).value}': unlearning trainers "
+                             "evaluate no loss during training (leave it 'no'); measure the model with the unstar_* "
+                             "tasks")
         if self.retain_loss_type not in ("nll", "kl"):
             raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}")
         if self.stop_forget_acc is not None and not 0 <= self.stop_forget_acc <= 1:
             raise ValueError(f"stop_forget_acc must be between 0 and 1, got {self.stop_forget_acc}")
         if self.forget_probe_every < 1:
             raise ValueError(f"forget_probe_every must be at least 1, got {self.forget_probe_every}")
-        if self.prompt_template is not None:
-            check_prompt_template(self.prompt_template)
+        check_prompt_template(self.prompt_template)
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ValueError(f"num_train_epochs is {self.num_train_epochs} and max_steps {self.max_steps}: nothing "
                              "would be trained; give a positive num_train_epochs or max_steps")
@@ -190,38 +200,53 @@ class UnlearningTrainer(SFTTrainer):
     def __init__(self, model, args: UnlearningConfig | None = None, train_dataset=None, retain_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):
         args = args or self.config_class(output_dir="unlearning-output")
+        source = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
         if isinstance(model, str):
             model = load_model(model)[0]
+        if kwargs.get("eval_dataset") is not None:
+            raise ValueError("eval_dataset: unlearning trainers do not evaluate a loss during training; measure what "
+                             "the model still knows with evaluation.knowledge_report or the unstar_* lm-eval tasks")
+        if train_dataset is None or len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty: give the forget records (question, answer)")
+        train_dataset = as_records(train_dataset, "train_dataset")
+        retain_dataset = as_records(retain_dataset if retain_dataset is not None else [], "retain_dataset")
         if processing_class is None:
             processing_class = load_tokenizer(model.config._name_or_path)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         self.args = args  # `forget_pairs` and `tokenize` may read the config before `Trainer.__init__` sets it
-        self._tokenizer, self.prompt_template = processing_class, args.prompt_template
+        self._tokenizer = processing_class
+        self.prompt_template = resolve_prompt_template(args.prompt_template, processing_class, source)
+        """The run's one prompt format (None: the chat template), resolved from `args.prompt_template`."""
         self.forget_records = [dict(record) for record in train_dataset]
         require_retain(args, retain_dataset)
         uses_retain = args.retain_weight > 0
         self._facts = {"forget_facts": records_digest(self.forget_records),
                        "retain_facts": records_digest(retain_dataset if uses_retain else [])}
-        self.ref_model = None
-        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not (
-            peft_config is not None or isinstance(model, PeftModel)
-        ):
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         forget = Dataset.from_list([self.tokenize(pair) for record in self.forget_records
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
         self.history_callback = HistoryCallback()
         self.forget_stop = None if args.stop_forget_acc is None else ForgetStop(
-            self.forget_records, processing_class, args.prompt_template, args.stop_forget_acc, args.forget_probe_every)
+            self.forget_records, processing_class, self.prompt_template, args.stop_forget_acc, args.forget_probe_every)
         own = [self.history_callback, *([self.forget_stop] if self.forget_stop else [])]
         super().__init__(model=model, args=args, train_dataset=forget, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
                          peft_config=peft_config,
                          callbacks=[*(callbacks or []), *own, RunIdentityCallback(self.run_identity())], **kwargs)
-        if self.ref_model is not None:
-            self.ref_model.to(self.accelerator.device)
+        self.ref_model = None
+        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not isinstance(
+            self.model, PeftModel
+        ):
+            self.ref_model = frozen_reference(self, source)
         self._good_weights, self._good_step, self._step_metrics = None, 0, {}
+        self.warnings: list[str] = []
+        """What the run warned about (also logged), for its report."""
+
+    def warn(self, message: str) -> None:
+        """Log a warning about the run and keep it in `warnings`."""
+        logger.warning(message)
+        self.warnings.append(message)
 
     # ---- the run ----------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from transformers.trainer_utils import IntervalStrategy
+from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
-from ...data import check_siblings_in
+from ...data import as_records, check_siblings_in
 from ...io import write_jsonl
 from ...text import format_pair
 from ..anti_samples import AntiSample, write_anti_samples
@@ -26,6 +26,7 @@ from .losses import mean_nll, nll, npo_loss, sequence_log_probs
 from .unstar_rounds import run_rounds
 
 ANTI_SAMPLES_FILE = "anti_samples.jsonl"
+DROPPED_FILE = "anti_samples_dropped.jsonl"
 ROUNDS_FILE = "rounds.jsonl"
 
 
@@ -92,11 +93,22 @@ class AntiSampleConfig(UnlearningConfig):
         super().__post_init__()
         if self.reversed_loss_type not in ("grad_ascent", "npo"):
             raise ValueError(f"reversed_loss_type must be 'grad_ascent' or 'npo', got {self.reversed_loss_type!r}")
-        if self.max_rounds < 1:
-            raise ValueError(f"max_rounds must be at least 1, got {self.max_rounds}")
+        bounds = {"max_rounds": (1, None), "forget_acc_target": (0.0, 1.0), "n_paraphrases": (0, None),
+                  "n_wrong_answers": (1, None), "follow_ups": (0, None), "generation_batch_size": (1, None),
+                  "reversed_loss_weight": (0.0, None)}
+        for name, (low, high) in bounds.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                within = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise ValueError(f"{name} must be {within}, got {value}")
+        for name in ("generation_temperature", "generation_top_p", "npo_beta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.generation_top_p > 1:
+            raise ValueError(f"generation_top_p must be at most 1, got {self.generation_top_p}")
         if self.generator not in ("self", "template") and not Path(self.generator).is_dir():
-            raise ValueError(f"generator must be 'self', 'template' or a teacher model folder, got {self.generator!r} "
-                             "(no such folder)")
+            raise ValueError(f"generator must be 'self', 'template' or a teacher model folder; {self.generator!r} "
+                             "is none of these")
 
 
 class AntiSampleTrainer(UnlearningTrainer):
@@ -111,54 +123,63 @@ class AntiSampleTrainer(UnlearningTrainer):
     def __init__(self, model, args: AntiSampleConfig | None = None, train_dataset=None, retain_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):
         args = args or AntiSampleConfig(output_dir="unstar-output")
-        forget_records = [dict(record) for record in train_dataset]
-        if any(record.get("siblings") for record in forget_records):  # targeted mode
-            check_siblings_in(forget_records, retain_dataset or [], "retain_dataset")
+        self.forget_records = as_records(train_dataset, "train_dataset") if train_dataset is not None else []
+        retain_records = as_records(retain_dataset if retain_dataset is not None else [], "retain_dataset")
+        if any(record.get("siblings") for record in self.forget_records):  # targeted mode
+            check_siblings_in(self.forget_records, retain_records, "retain_dataset")
         self.needs_reference = args.reversed_loss_weight > 0 and args.reversed_loss_type == "npo"
         # SFTTrainer inspects a non-empty train_dataset at init; each round replaces it with the anti-samples.
-        super().__init__(model, args, train_dataset=forget_records, retain_dataset=retain_dataset,
+        super().__init__(model, args, train_dataset=self.forget_records, retain_dataset=retain_records,
                          processing_class=processing_class, peft_config=peft_config, callbacks=callbacks, **kwargs)
         sibling_ids = {sibling for record in self.forget_records for sibling in record.get("siblings") or []}
-        siblings = [self.tokenize(self.answer_pair(record)) for record in (retain_dataset or [])
+        siblings = [self.tokenize(self.answer_pair(record)) for record in retain_records
                     if record["id"] in sibling_ids]
         self.data_collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed,
                                                 siblings)
         self.anti_samples: list[AntiSample] = []
         """Every anti-sample kept so far, in the order the rounds made them."""
+        self.dropped: list[tuple[AntiSample, str]] = []
+        """Every anti-sample the filters dropped, with its reason (`anti_samples.DROP_REASONS` or changed_answer)."""
         self.rounds: list[dict] = []
         """One log per round: facts still known, anti-samples made, kept and dropped (by reason), steps."""
-        self.steps = 0
-        """Optimizer steps over all rounds."""
-        # A round, not a Trainer step, is what UnSTAR resumes from: each round is its own Trainer.train(), whose
-        # step count starts at 0, so the Trainer's own checkpoints could not be resumed across rounds.
+        # A round, not a Trainer step, is what UnSTAR resumes from: the anti-samples of the next round depend on
+        # the probe after this one, which the Trainer's own checkpoints do not hold.
         self.save_rounds = self.args.save_strategy != IntervalStrategy.NO
         self.args.save_strategy = IntervalStrategy.NO
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         """Rounds of probe -> generate -> filter -> fit, until the forget facts are gone or `max_rounds` (see
-        `unstar_rounds.run_rounds`). `resume_from_checkpoint`: a round checkpoint folder, a folder of them (the
-        latest is taken) or True (the latest under output_dir); the run goes on from the round after it as if it
-        had never stopped."""
+        `unstar_rounds.run_rounds`); one run: its step counter, `state.log_history` and the returned TrainOutput
+        cover every round. `resume_from_checkpoint`: a round checkpoint folder, a folder of them (the latest is
+        taken) or True (the latest under output_dir); the run goes on from the round after it as if it had never
+        stopped."""
         return run_rounds(self, resume_from_checkpoint)
 
-    def fit(self, round_index: int):
-        """One `Trainer.train()` over every anti-sample kept so far, within what is left of `max_steps` (the budget
-        of the whole run, all rounds together); fresh optimizer, steps counted on."""
+    def fit(self) -> TrainOutput:
+        """One `Trainer.train()` over every anti-sample kept so far, with a fresh optimizer, within what is left of
+        `max_steps` (the budget of the whole run, all rounds together); its steps go on from the run's (see
+        `_init_training_state`)."""
         self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in self.anti_samples])
         self.optimizer, self.lr_scheduler = None, None
         budget = self.args.max_steps
         if budget > 0:
             per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
-            self.args.max_steps = min(per_epoch * math.ceil(self.args.num_train_epochs), budget - self.steps)
+            self.args.max_steps = min(per_epoch * math.ceil(self.args.num_train_epochs),
+                                      budget - self.state.global_step)
         try:
-            output = super().train()
+            return super().train()
         finally:
             self.args.max_steps = budget
-        for entry in self.history_callback.history:
-            entry.setdefault("round", round_index)
-            entry.setdefault("total_step", self.steps + entry["step"])
-        self.steps += output.global_step
-        return output
+
+    def _init_training_state(self, max_steps, *args, **kwargs):
+        """The Trainer starts each `train()` from a new state; a round goes on from the run's instead: the same
+        global step (so TensorBoard/W&B get one increasing step), log history, flos and token count."""
+        run = self.state
+        result = super()._init_training_state(max_steps, *args, **kwargs)
+        self.state.global_step, self.state.max_steps = run.global_step, run.global_step + max_steps
+        self.state.log_history, self.state.total_flos = run.log_history, run.total_flos
+        self.state.num_input_tokens_seen = run.num_input_tokens_seen
+        return result
 
     def anti_sample_features(self, sample: AntiSample) -> dict:
         """The tokenized anti-sample, with its question's true answer when the reversed term needs it."""
@@ -187,7 +208,10 @@ class AntiSampleTrainer(UnlearningTrainer):
         return loss
 
     def save_audit(self, output_dir: str | Path | None = None) -> None:
-        """Write every kept anti-sample and the per-round log (atomically) to `output_dir` (default: args')."""
+        """Write every kept anti-sample, every dropped one with its reason and the per-round log (atomically) to
+        `output_dir` (default: args')."""
         output_dir = Path(output_dir or self.args.output_dir)
         write_anti_samples(output_dir / ANTI_SAMPLES_FILE, self.anti_samples)
+        write_jsonl(output_dir / DROPPED_FILE, ({**sample.to_json(), "reason": reason}
+                                                for sample, reason in self.dropped))
         write_jsonl(output_dir / ROUNDS_FILE, self.rounds)

@@ -1,6 +1,7 @@
 """UnSTAR's round checkpoints: after each fitted round (with save_strategy other than "no"), `round-<k>` under
-output_dir holds the weights (or adapter), the kept anti-samples, the round log, the step count and history, and the
-random states that the next rounds draw from; a run resumes from one as if it had never stopped."""
+output_dir holds the weights (or adapter), the kept and dropped anti-samples, the round log, the Trainer's state (the
+run's step and log history) and the random states that the next rounds draw from; a run resumes from one as if it
+had never stopped."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 from pathlib import Path
 
 import torch
+from transformers import TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
 
 from ...io import atomic_directory, write_json
 from ..anti_samples import AntiSample
@@ -26,10 +29,12 @@ def save_round_checkpoint(trainer) -> Path:
         return path
     with atomic_directory(path) as staging:
         trainer.save_model(str(staging))
-        state = {"run": trainer.run_identity(), "rounds": trainer.rounds, "steps": trainer.steps,
+        state = {"run": trainer.run_identity(), "rounds": trainer.rounds,
                  "history": trainer.history_callback.history,
-                 "anti_samples": [sample.to_json() for sample in trainer.anti_samples]}
+                 "anti_samples": [sample.to_json() for sample in trainer.anti_samples],
+                 "dropped": [{**sample.to_json(), "reason": reason} for sample, reason in trainer.dropped]}
         write_json(staging / STATE_FILE, state)
+        trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))
         torch.save({"collator": trainer.data_collator.rng.getstate(), "torch": torch.get_rng_state()},
                    staging / RNG_FILE)
     return path
@@ -41,9 +46,12 @@ def load_round_checkpoint(trainer, path: str | Path) -> None:
     state = json.loads((path / STATE_FILE).read_text())
     check_run_identity(path, state["run"], trainer.run_identity())
     trainer._load_from_checkpoint(str(path))
-    trainer.rounds, trainer.steps = state["rounds"], state["steps"]
+    trainer.rounds = state["rounds"]
+    trainer.state = TrainerState.load_from_json(str(path / TRAINER_STATE_NAME))  # the run's step and log history
     trainer.history_callback.history[:] = state["history"]
     trainer.anti_samples = [AntiSample(**row) for row in state["anti_samples"]]
+    trainer.dropped = [(AntiSample(**{k: v for k, v in row.items() if k != "reason"}), row["reason"])
+                       for row in state["dropped"]]
     random_states = torch.load(path / RNG_FILE, weights_only=True)
     trainer.data_collator.rng.setstate(random_states["collator"])
     torch.set_rng_state(random_states["torch"])

@@ -4,24 +4,25 @@ forget facts are gone or the round limit is hit."""
 from __future__ import annotations
 
 from tqdm.auto import tqdm
+from transformers.trainer_utils import TrainOutput
 
+from ...text import format_prompt
 from ..anti_samples import DROP_REASONS, AntiSample, filter_anti_samples
 from ..follow_ups import follow_up_questions
 from ..generators import make_generator
-from ..probe import probe
+from ..probe import nothing_known_message, probe
 from .unstar_checkpoints import latest_round_checkpoint, load_round_checkpoint, save_round_checkpoint
 
 
-def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None):
+def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
     """Run an `AntiSampleTrainer`'s rounds (from the checkpoint named by `resume_from_checkpoint`, if any); each is
-    logged in `trainer.rounds`, its kept anti-samples added to `trainer.anti_samples`. Returns the last round's
-    TrainOutput."""
+    logged in `trainer.rounds` and through `trainer.log` (forget_acc, kept, dropped by reason), its kept anti-samples
+    added to `trainer.anti_samples`. Returns the TrainOutput of the whole run."""
     args = trainer.args
     if resume_from_checkpoint:
         load_round_checkpoint(trainer, latest_round_checkpoint(
             args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint))
     generator = make_generator(args, trainer.model, trainer._tokenizer)
-    output = None
     bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
                disable=args.disable_tqdm or not trainer.is_world_process_zero())
     for round_index in range(len(trainer.rounds), args.max_rounds + 1):
@@ -31,28 +32,69 @@ def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None):
                "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
                "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "steps": 0}
         bar.set_postfix(forget_acc=f"{log['forget_acc']:.2f}")
-        out_of_budget = 0 < args.max_steps <= trainer.steps
+        if round_index == 0 and facts_known == 0:
+            record = trainer.forget_records[0]
+            trainer.warn(nothing_known_message(len(trainer.forget_records), trainer.prompt_template,
+                                               format_prompt(trainer._tokenizer, record["question"],
+                                                             trainer.prompt_template)))
+        out_of_budget = 0 < args.max_steps <= trainer.state.global_step
         stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None
         if log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds or out_of_budget or stopped:
-            trainer.rounds.append(log)  # the final probe: nothing left to fit, no round or step left, or stopped
+            log_round(trainer, log)  # the final probe: nothing left to fit, no round or step left, or stopped
             break
         made = generator.generate(known, round_index)
         kept, dropped = filter_anti_samples(made, known)
         kept, changed = keep_same_answer(trainer, kept, known)
-        trainer.anti_samples.extend(kept)
+        dropped += [(sample, "changed_answer") for sample in changed]
         log.update(made=len(made), kept=len(kept),
-                   dropped={**{reason: sum(r == reason for _, r in dropped) for reason in DROP_REASONS},
-                            "changed_answer": changed})
-        output = trainer.fit(round_index)
-        log["steps"] = output.global_step
-        trainer.rounds.append(log)
+                   dropped={reason: sum(r == reason for _, r in dropped) for reason in (*DROP_REASONS,
+                                                                                       "changed_answer")})
+        trainer.anti_samples.extend(kept)
+        trainer.dropped.extend(dropped)
+        if not kept:
+            trainer.save_audit()
+            raise NoAntiSamplesError(round_index, facts_known, log["made"], log["dropped"])
+        steps_before = trainer.state.global_step
+        trainer.fit()
+        log["steps"] = trainer.state.global_step - steps_before
+        log_round(trainer, log)
         trainer.save_audit()
         if trainer.save_rounds:
             save_round_checkpoint(trainer)
         bar.update()
     bar.close()
     trainer.save_audit()
-    return output
+    return run_output(trainer)
+
+
+class NoAntiSamplesError(ValueError):
+    """A round that kept none of the anti-samples it made: nothing to fit for the facts still known."""
+
+    def __init__(self, round_index: int, known: int, made: int, dropped: dict[str, int]):
+        reasons = ", ".join(f"{reason} {count}" for reason, count in dropped.items() if count)
+        what = (f"the filters dropped every one ({reasons}; see anti_samples_dropped.jsonl)" if made else
+                "(the template generator needs perturbed_answers in the records)")
+        super().__init__(f"UnSTAR round {round_index}: the generator made {made} anti-samples for the {known} facts "
+                         f"still known and {what}; try another generator or more n_wrong_answers")
+
+
+def log_round(trainer, log: dict) -> None:
+    """Append a round's log to `trainer.rounds` and send its figures through `trainer.log` (to `report_to`)."""
+    trainer.rounds.append(log)
+    figures = {key: log[key] for key in ("round", "forget_acc", "known", "questions_answered", "made", "kept")}
+    trainer.log({**figures, **{f"dropped_{reason}": count for reason, count in log["dropped"].items()}})
+
+
+def run_output(trainer) -> TrainOutput:
+    """The TrainOutput of every round together, from the run's log history (so a resumed run gets it whole): the
+    step count, the loss averaged over every step, the summed runtime, and the last probe's forget_acc."""
+    state = trainer.state
+    ends = [entry for entry in state.log_history if "train_loss" in entry]  # one per round's Trainer.train()
+    steps = [entry["step"] - previous for entry, previous in zip(ends, [0] + [entry["step"] for entry in ends])]
+    loss = sum(entry["train_loss"] * count for entry, count in zip(ends, steps)) / max(sum(steps), 1)
+    metrics = {"train_runtime": round(sum(entry["train_runtime"] for entry in ends), 4), "train_loss": loss,
+               "total_flos": state.total_flos, "rounds": len(ends), "forget_acc": trainer.rounds[-1]["forget_acc"]}
+    return TrainOutput(state.global_step, loss, metrics)
 
 
 def still_known(trainer) -> tuple[list[dict], int]:
@@ -73,16 +115,17 @@ def still_known(trainer) -> tuple[list[dict], int]:
     return [question for question, known in zip(questions, verdicts) if known], len(questions)
 
 
-def keep_same_answer(trainer, samples: list[AntiSample], known: list[dict]) -> tuple[list[AntiSample], int]:
+def keep_same_answer(trainer, samples: list[AntiSample], known: list[dict]
+                     ) -> tuple[list[AntiSample], list[AntiSample]]:
     """Keep anti-samples whose question the model still answers with the true answer: a paraphrase that asks
     something else (another relation, say) would teach a wrong answer to a fact that must stay. Returns the kept
-    ones and how many were dropped."""
+    ones and the dropped ones."""
     answers = {record["id"]: record["answer"] for record in known}
     asked = list(dict.fromkeys((sample.source_id, sample.question) for sample in samples))
     verdicts = answers_known(trainer, [{"id": i, "question": q, "answer": answers[i]} for i, q in asked])
     same = {pair for pair, known in zip(asked, verdicts) if known}
     kept = [sample for sample in samples if (sample.source_id, sample.question) in same]
-    return kept, len(samples) - len(kept)
+    return kept, [sample for sample in samples if (sample.source_id, sample.question) not in same]
 
 
 def answers_known(trainer, records: list[dict]) -> list[bool]:
