@@ -56,7 +56,8 @@ def run_identity(trainer) -> dict:
     """What must match for a checkpoint to be resumed by this run."""
     facts = "\n".join(f"{r['id']}\t{r['question']}\t{r['answer']}" for r in trainer.forget_records)
     return {"forget_facts": hashlib.sha256(facts.encode()).hexdigest()[:16], "seed": trainer.args.seed,
-            "generator": trainer.args.generator, "max_rounds": trainer.args.max_rounds}
+            "generator": trainer.args.generator, "max_rounds": trainer.args.max_rounds,
+            "refit": trainer.args.refit}
 
 
 def latest_round_checkpoint(path: str | Path) -> Path:
