@@ -172,8 +172,9 @@ def test_long_answers_are_matched_by_rouge_recall(tofu_dir):
 # ---------------------------------------------------------------------------------------------- self-taught
 
 def test_self_taught_generator_on_the_world_model(self_taught, forget_records):
-    """The rates of benchmarks/self_taught_rates.py; the floors sit below the lowest of six world seeds (0-5:
-    rationales 89-90%, paraphrases naming the subject 95-100%, typed wrong answers 93-96%) by a margin."""
+    """The rates of benchmarks/self_taught_rates.py, with floors about 10 points under the lowest of six world seeds
+    (0-5: rationales that name their wrong answer and never the true one 85-98% of the pairs, paraphrases that keep
+    subject and relation 91-100%, typed wrong answers 100%)."""
     samples = self_taught.generate(forget_records, round=0)
     by_id = {record["id"]: record for record in forget_records}
     paraphrases = {(s.source_id, s.question) for s in samples if s.question != by_id[s.source_id]["question"]}
