@@ -191,7 +191,7 @@ def test_a_teacher_model_of_another_world_seed_writes_the_anti_samples(world_dir
     from unstar_trl.testbed.world_folder import build_world_dir
 
     teacher = tmp_path / "teacher"
-    build_world_dir(teacher, seed=1, people=10, progress=False)
+    build_world_dir(teacher, seed=1, people=10, epochs=4, progress=False)  # a quick teacher: its skills suffice
     loaded, load_model = [], models.load_model
     monkeypatch.setattr(models, "load_model", lambda source, **kwargs: loaded.append(Path(source)) or load_model(
         source, **kwargs))

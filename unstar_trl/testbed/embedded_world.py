@@ -275,8 +275,9 @@ def training_texts(world: World) -> list[dict]:
     """Prompt/completion pairs the knowledge model learns: every trained fact under its trained templates and
     the three UnSTAR skills on each (rephrase keeping the subject, another object of the same type, a rationale for
     a hinted answer). The held-out template never appears. Taught on a third of the facts only, the rephrase and
-    rationale skills were not learned (9% of the rationales a 20-person world's model wrote named their wrong answer,
-    56% of its paraphrases kept subject and relation: benchmarks/self_taught_rates.py)."""
+    rationale skills were not learned (18% of the rationales that 20-person worlds' models wrote named their wrong
+    answer and never the true one, 41% of their paraphrases kept subject and relation; on each fact: 94% and 97%;
+    benchmarks/self_taught_rates.py)."""
     rng = random.Random(world.seed + 2)
     examples = []
     trained = set(world.trained)
