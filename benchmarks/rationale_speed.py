@@ -97,8 +97,9 @@ def main() -> None:
     print(f"forget accuracy <= {args.target}, world seeds {args.seeds}, recipe {args.recipe}, 95% t intervals:")
     for with_rationale in (True, False):
         reached = [runs[seed, with_rationale] for seed in args.seeds if runs[seed, with_rationale]]
-        print(f"  rationale {with_rationale}: reached in {len(reached)}/{len(args.seeds)}; steps "
-              f"{interval([r['steps'] for r in reached])}; anti-sample tokens {interval([r['tokens'] for r in reached])}")
+        steps, tokens = ([r[unit] for r in reached] for unit in ("steps", "tokens"))
+        print(f"  rationale {with_rationale}: reached in {len(reached)}/{len(args.seeds)}; steps {interval(steps)}; "
+              f"anti-sample tokens {interval(tokens)}")
     both = [seed for seed in args.seeds if runs[seed, True] and runs[seed, False]]
     for unit in ("steps", "tokens"):
         differences = [runs[seed, True][unit] - runs[seed, False][unit] for seed in both]

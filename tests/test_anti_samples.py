@@ -245,7 +245,8 @@ def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, s
 def test_auto_is_self_on_a_model_with_skills_and_template_with_a_warning_on_one_without(world_dir, self_taught,
                                                                                        tmp_path, caplog):
     assert choose_generator("auto", world_dir / "model", self_taught.tokenizer) == GeneratorChoice("self")
-    (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": "Q: {question}", "skill_prompts": None}))
+    (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": "Q: {question}",
+                                                              "skill_prompts": None}))
     with caplog.at_level("WARNING", logger=generators.__name__):
         choice = choose_generator("auto", tmp_path, self_taught.tokenizer)
     assert choice.kind == "template" and "taught no skill prompts" in choice.why

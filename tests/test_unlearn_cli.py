@@ -12,6 +12,7 @@ import pytest
 
 from unstar_trl.cli import main
 from unstar_trl.io import fingerprint
+from unstar_trl.recipes import method_recipe, read_recipe
 from unstar_trl.text import PROMPTS_FILE, contains_answer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -122,12 +123,16 @@ def unstar_fields(recipe: Path, world_dir: Path, tmp_path: Path) -> dict:
     return {key: value for key, value in config.to_dict().items() if key != "logging_dir"}
 
 
-def test_each_unstar_ablation_recipe_differs_in_the_one_field_it_is_named_for(world_dir, tmp_path):
-    unstar = unstar_fields(RECIPES / "world_unstar.yaml", world_dir, tmp_path)
+@pytest.mark.parametrize("form", ["", "_targeted"])
+def test_each_unstar_ablation_recipe_differs_in_the_one_field_it_is_named_for(world_dir, tmp_path, form):
+    unstar = unstar_fields(RECIPES / f"world_unstar{form}.yaml", world_dir, tmp_path)
     assert unstar["generator"] == "auto" and unstar["with_rationale"] is True and unstar["refit"] == "all"
     for name, changed in ABLATIONS.items():
-        fields = unstar_fields(RECIPES / name, world_dir, tmp_path)
-        assert {key: value for key, value in fields.items() if unstar[key] != value} == changed, name
+        recipe = RECIPES / name.replace(".yaml", f"{form}.yaml")
+        fields = unstar_fields(recipe, world_dir, tmp_path)
+        assert {key: value for key, value in fields.items() if unstar[key] != value} == changed, recipe.name
+        method = name.removeprefix("world_").removesuffix(".yaml")  # how a bench row finds it
+        assert method_recipe(method, targeted=bool(form)) == read_recipe(recipe)
 
 
 def unlearn_rows(argv: list, capsys) -> tuple[dict, list[dict]]:
@@ -176,7 +181,8 @@ def test_auto_falls_back_to_the_template_generator_in_one_line_on_a_model_withou
     out = tmp_path / "out"
     done = subprocess.run(["unstar", "unlearn", "--config", str(RECIPES / "world_unstar.yaml"), "--model_name_or_path",
                            str(model), "--data_dir", str(world_dir / "data"), "--output_dir", str(out),
-                           "--max_rounds", "1", "--disable_tqdm", "true"], capture_output=True, text=True, timeout=600)
+                           "--max_rounds", "1", "--max_steps", "1", "--disable_tqdm", "true"],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     said = [line for line in done.stderr.splitlines() if "generator" in line]
     report = json.loads((out / "unlearn_report.json").read_text())

@@ -53,13 +53,13 @@ _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)]|question:|answer:)\s*", re
 
 class SelfTaughtGenerator:
     """The model itself writes paraphrases that keep the subject, wrong answers of the same type, and a rationale
-    for each (question, wrong answer) pair.
+    for each (question, wrong answer) pair; and follow-up questions on facts already forgotten (`follow_ups`).
 
     `prompts` are the model's own skill prompts (the answer is their continuation); None means a chat model, asked
     `CHAT_SKILL_PROMPTS` through its chat template. Paraphrases and wrong answers are sampled (seeded by `seed` and
     the round, `oversample` candidates per slot, first distinct ones kept, never the true answer); rationales are
-    greedy, and one that does not name its wrong answer is left out. Each record yields (1 + n_paraphrases) questions x n_wrong_answers
-    anti-samples, before filtering.
+    greedy, and one that does not name its wrong answer is left out. Each record yields (1 + n_paraphrases)
+    questions x n_wrong_answers anti-samples, before filtering.
     """
 
     def __init__(self, model, tokenizer, prompts: dict[str, str] | None = None, *, n_paraphrases: int = 2,
