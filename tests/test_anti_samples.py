@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from unstar_trl.method import anti_samples, generators
 from unstar_trl.method.anti_samples import AntiSample, filter_anti_samples, write_anti_samples
 from unstar_trl.method.follow_ups import follow_up_questions
-from unstar_trl.method.generators import SelfTaughtGenerator, TemplateGenerator, load_skill_prompts
+from unstar_trl.method.generators import (CHAT_FOLLOW_UP_PROMPTS, FOLLOW_UP_TEMPERATURES, GeneratorChoice,
+                                          SelfTaughtGenerator, TemplateGenerator, choose_generator, load_skill_prompts)
 from unstar_trl.data import load_records
 from unstar_trl.text import contains_answer, normalize
 from unstar_trl.testbed.embedded_world import POOLS, SKILL_PROMPTS, build_world
@@ -173,26 +174,26 @@ def test_long_answers_are_matched_by_rouge_recall(tofu_dir):
 # ---------------------------------------------------------------------------------------------- self-taught
 
 def test_self_taught_generator_on_the_world_model(self_taught, forget_records):
+    """The rates of benchmarks/self_taught_rates.py, with floors about 10 points under the lowest of six world seeds
+    (0-5: rationales that name their wrong answer and never the true one 85-98% of the pairs, paraphrases that keep
+    subject and relation 91-100%, typed wrong answers 100%)."""
     samples = self_taught.generate(forget_records, round=0)
     by_id = {record["id"]: record for record in forget_records}
-    paraphrases = [s for s in samples if s.question != by_id[s.source_id]["question"]]
-    keeps_subject = sum(by_id[s.source_id]["subject"] in s.question for s in paraphrases) / len(paraphrases)
-    typed = {
-        s.source_id for s in samples
-        if s.wrong_answer in POOLS[by_id[s.source_id]["object_type"]] and s.wrong_answer != by_id[s.source_id]["answer"]
-    }
-    with_rationale = [s for s in samples if s.rationale]
-    clean = sum(not contains_answer(s.rationale, by_id[s.source_id]["answer"]) for s in with_rationale)
-    argues = sum(contains_answer(s.rationale, s.wrong_answer) for s in with_rationale)
+    paraphrases = {(s.source_id, s.question) for s in samples if s.question != by_id[s.source_id]["question"]}
+    keeps_subject = sum(by_id[i]["subject"] in question for i, question in paraphrases) / len(paraphrases)
+    wrongs = {(s.source_id, s.wrong_answer) for s in samples}
+    typed = sum(wrong in POOLS[by_id[i]["object_type"]] and wrong != by_id[i]["answer"] for i, wrong in wrongs)
+    argues = [s for s in samples if contains_answer(s.rationale, s.wrong_answer)
+              and not contains_answer(s.rationale, by_id[s.source_id]["answer"])]
     kept, dropped = filter_anti_samples(samples, forget_records)
-    print(f"paraphrases keeping the subject {keeps_subject:.0%}, records with a typed wrong answer "
-          f"{len(typed) / len(forget_records):.0%}, rationales without the true answer {clean / len(with_rationale):.0%}"
-          f", naming the wrong answer {argues / len(with_rationale):.0%}, kept {len(kept)}/{len(samples)}")
-    assert len(paraphrases) >= len(forget_records)
-    assert keeps_subject >= 0.75
-    assert len(typed) >= 0.8 * len(forget_records)
-    assert with_rationale and argues == clean == len(with_rationale)  # a rationale argues for its own wrong answer
-    assert len({s.source_id for s in kept}) >= 0.8 * len(forget_records)
+    print(f"paraphrases naming the subject {keeps_subject:.0%}, typed wrong answers {typed}/{len(wrongs)}, "
+          f"rationales naming their wrong answer and never the true one {len(argues)}/{len(samples)}, "
+          f"kept {len(kept)}/{len(samples)}")
+    assert all(contains_answer(s.rationale, s.wrong_answer) for s in samples if s.rationale)  # or left out
+    assert len(paraphrases) >= len(forget_records) and keeps_subject >= 0.8
+    assert typed >= 0.8 * len(wrongs)
+    assert len(argues) >= 0.75 * len(samples)
+    assert len({s.source_id for s in kept}) >= 0.9 * len(forget_records)
 
 
 def test_self_taught_generator_is_deterministic_given_the_seed(self_taught, forget_records):
@@ -207,6 +208,26 @@ def test_self_taught_generator_is_deterministic_given_the_seed(self_taught, forg
     assert generate(0) != generate(1)
 
 
+def test_rationale_prompts_carry_their_pairs_wrong_answer_not_the_true_one(self_taught, forget_records,
+                                                                           monkeypatch):
+    asked = []
+
+    def recording_generate(model, tokenizer, prompts, **kwargs):
+        asked.append(prompts)
+        return generators_generate(model, tokenizer, prompts, **kwargs)
+
+    generators_generate = generators.generate
+    monkeypatch.setattr(generators, "generate", recording_generate)
+    records = forget_records[:7]
+    samples = self_taught.generate(records)
+    rationale_prompts = asked[-1]  # paraphrases, wrong answers, then one rationale prompt per pair
+    by_id = {record["id"]: record for record in records}
+    assert len(rationale_prompts) == len(samples) > len(records)
+    for prompt, anti in zip(rationale_prompts, samples):
+        assert anti.question in prompt and contains_answer(prompt, anti.wrong_answer)
+        assert not contains_answer(prompt, by_id[anti.source_id]["answer"])
+
+
 def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, self_taught, tmp_path):
     assert load_skill_prompts(world_dir / "model", self_taught.tokenizer) == SKILL_PROMPTS
     with pytest.raises(ValueError, match="neither skill prompts"):  # no prompts file, no chat template
@@ -218,6 +239,26 @@ def test_skill_prompts_come_from_the_model_dir_or_the_chat_template(world_dir, s
         load_skill_prompts(tmp_path, chat)
     (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": None, "skill_prompts": None}))
     assert load_skill_prompts(tmp_path, chat) is None  # a chat model's output folder: the paper's prompts
+    true_answer_slot = {**SKILL_PROMPTS, "rationale": "Question: {question}\nAnswer: {answer}\nBecause:"}
+    (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": "Q: {question}",
+                                                              "skill_prompts": true_answer_slot}))
+    with pytest.raises(ValueError, match="no rationale prompt with a {wrong} slot"):
+        load_skill_prompts(tmp_path, chat)
+
+
+def test_auto_is_self_on_a_model_with_skills_and_template_with_a_warning_on_one_without(world_dir, self_taught,
+                                                                                       tmp_path):
+    assert choose_generator("auto", world_dir / "model", self_taught.tokenizer) == GeneratorChoice("self")
+    (tmp_path / "unstar_prompts.json").write_text(json.dumps({"prompt_template": "Q: {question}",
+                                                              "skill_prompts": None}))
+    choice = choose_generator("auto", tmp_path, self_taught.tokenizer)
+    assert choice.kind == "template" and "taught no skill prompts" in choice.why
+    assert choose_generator("template", tmp_path, self_taught.tokenizer) == GeneratorChoice("template")
+    assert choose_generator(str(world_dir / "model"), tmp_path, None) == GeneratorChoice(str(world_dir / "model"))
+    with pytest.raises(ValueError, match="taught no skill prompts"):
+        choose_generator("self", tmp_path, self_taught.tokenizer)
+    with pytest.raises(ValueError, match="must be 'auto', 'self', 'template' or a model folder"):
+        choose_generator(str(tmp_path / "nothere"), tmp_path, self_taught.tokenizer)
 
 
 def test_chat_models_get_the_paper_prompts_through_the_chat_template(self_taught, forget_records, monkeypatch):
@@ -239,6 +280,42 @@ def test_chat_models_get_the_paper_prompts_through_the_chat_template(self_taught
 
 
 # ---------------------------------------------------------------------------------------------- follow-ups, IO
+
+def test_self_written_follow_ups_name_the_subject_and_are_new_questions(self_taught, forget_records):
+    follow_ups = self_taught.follow_ups(forget_records, per_record=2, round=1)
+    assert follow_ups == self_taught.follow_ups(forget_records, per_record=2, round=1)
+    assert follow_ups, "the world model wrote no usable follow-up"
+    by_id = {record["id"]: record for record in forget_records}
+    for follow_up in follow_ups:
+        record = by_id[follow_up["id"]]
+        assert follow_up["answer"] == record["answer"] and follow_up["follow_up_of"] == record["question"]
+        assert record["subject"] in follow_up["question"]
+        assert not contains_answer(follow_up["question"], record["answer"])
+        assert normalize(follow_up["question"]) not in {normalize(q) for q in
+                                                       [record["question"], *record["paraphrased_questions"]]}
+    per_fact = [[f["question"] for f in follow_ups if f["id"] == record["id"]] for record in forget_records]
+    assert all(len(questions) == len(set(questions)) <= 2 for questions in per_fact)
+
+
+def test_chat_follow_ups_use_the_reference_prompts_at_its_temperatures(self_taught, forget_records, monkeypatch):
+    asked = []
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        asked.extend((prompt, kwargs.get("temperature", 0.0), kwargs.get("do_sample", False)) for prompt in prompts)
+        return [f"Where else was {record['subject']} born?" for record in forget_records[:1]] * len(prompts)
+
+    monkeypatch.setattr(generators, "generate", fake_generate)
+    monkeypatch.setattr(generators, "format_prompt", lambda tokenizer, text, template: f"<user>{text}</user>")
+    chat = SelfTaughtGenerator(self_taught.model, self_taught.tokenizer, None, oversample=10)
+    record = forget_records[0]
+    [follow_up] = chat.follow_ups([record], per_record=2)  # the same question each time: one kept
+    assert follow_up["question"] == f"Where else was {record['subject']} born?"
+    fields = {"question": record["question"], "subject": record["subject"], "answer": record["answer"], "wrong": ""}
+    assert {prompt for prompt, _, _ in asked} <= {f"<user>{p.format(**fields)}</user>" for p in CHAT_FOLLOW_UP_PROMPTS}
+    assert len(asked) == 20 and {temperature for _, temperature, _ in asked} <= set(FOLLOW_UP_TEMPERATURES)
+    assert all(sampled == (temperature > 0) for _, temperature, sampled in asked)
+    assert len({temperature for _, temperature, _ in asked}) > 3
+
 
 def test_follow_up_questions_describe_the_subject_by_its_other_facts(world_records):
     records = world_records["forget"]

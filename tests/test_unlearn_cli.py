@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from unstar_trl.cli import main
 from unstar_trl.io import fingerprint
+from unstar_trl.recipes import method_recipe, read_recipe
+from unstar_trl.text import PROMPTS_FILE, contains_answer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -139,3 +144,106 @@ def test_a_format_the_model_was_not_taught_is_a_warning_in_the_report(chat_world
     assert warning.startswith("0/6 forget facts are known under the prompt format 'Question: {question}\\nAnswer:'")
     assert json.loads((tmp_path / "out" / "unstar_prompts.json").read_text())["prompt_template"] == (
         "Question: {question}\nAnswer:")
+# ---- UnSTAR's recipes: the method, its ablations, a teacher, and "auto" on a model without skills ---------------
+
+ABLATIONS = {"world_unstar_template.yaml": {"generator": "template"},
+             "world_unstar_no_rationale.yaml": {"with_rationale": False},
+             "world_unstar_round_only.yaml": {"refit": "round"}}
+"""Each ablation recipe and the one field where it differs from world_unstar.yaml."""
+
+
+def unstar_fields(recipe: Path, world_dir: Path, tmp_path: Path) -> dict:
+    from unstar_trl.commands.unlearn import parse
+
+    script_args, config, _, _ = parse(["--config", str(recipe), "--model_name_or_path", str(world_dir / "model"),
+                                       "--data_dir", str(world_dir / "data"), "--output_dir", str(tmp_path)])
+    assert script_args.method == "unstar" and config.bf16 is False, recipe.name
+    return {key: value for key, value in config.to_dict().items() if key != "logging_dir"}
+
+
+@pytest.mark.parametrize("form", ["", "_targeted"])
+def test_each_unstar_ablation_recipe_differs_in_the_one_field_it_is_named_for(world_dir, tmp_path, form):
+    unstar = unstar_fields(RECIPES / f"world_unstar{form}.yaml", world_dir, tmp_path)
+    assert unstar["generator"] == "auto" and unstar["with_rationale"] is True and unstar["refit"] == "all"
+    for name, changed in ABLATIONS.items():
+        recipe = RECIPES / name.replace(".yaml", f"{form}.yaml")
+        fields = unstar_fields(recipe, world_dir, tmp_path)
+        assert {key: value for key, value in fields.items() if unstar[key] != value} == changed, recipe.name
+        method = name.removeprefix("world_").removesuffix(".yaml")  # how a bench row finds it
+        assert method_recipe(method, targeted=bool(form)) == read_recipe(recipe)
+
+
+def unlearn_rows(argv: list, capsys) -> tuple[dict, list[dict]]:
+    """Run `unstar unlearn` in this process; its report and anti-sample rows."""
+    code, err = run(argv, capsys)
+    assert code == 0, err
+    out = Path(argv[argv.index("--output_dir") + 1])
+    rows = [json.loads(line) for line in (out / "anti_samples.jsonl").read_text().splitlines()]
+    return json.loads((out / "unlearn_report.json").read_text()), rows
+
+
+@pytest.mark.parametrize("recipe", ["world_unstar.yaml", *ABLATIONS])
+def test_each_unstar_recipe_does_what_its_name_says(world_dir, tmp_path, capsys, recipe):
+    # a low learning rate leaves facts known after the first round, so that a second one is fitted
+    report, rows = unlearn_rows(["--config", RECIPES / recipe, "--model_name_or_path", world_dir / "model",
+                                 "--data_dir", world_dir / "data", "--output_dir", tmp_path / "out",
+                                 "--max_rounds", 2, "--num_train_epochs", 1, "--learning_rate", "1e-5"], capsys)
+    answers = {json.loads(line)["id"]: json.loads(line)["answer"]
+               for line in (world_dir / "data" / "forget.jsonl").read_text().splitlines()}
+    generators = {row["generator"] for row in rows}
+    with_rationale = [row for row in rows if row["rationale"]]
+    fitted = [log for log in report["round_log"] if log["steps"]]
+    assert len(fitted) == 2
+    if recipe == "world_unstar_template.yaml":
+        assert generators == {"template"} and report["generator"] == {"kind": "template", "why": None}
+        return
+    assert generators == {"self_taught"} and report["generator"] == {"kind": "self", "why": None}
+    if recipe == "world_unstar_no_rationale.yaml":
+        assert not with_rationale
+        return
+    assert len(with_rationale) >= len(rows) / 2  # measured: 90% or more on each of six world seeds
+    for row in with_rationale:
+        assert contains_answer(row["rationale"], row["wrong_answer"])
+        assert not contains_answer(row["rationale"], answers[row["source_id"]])
+    batch, epochs = 16, 1
+    kept = [log["kept"] for log in fitted]
+    fitted_per_round = kept if recipe == "world_unstar_round_only.yaml" else [kept[0], kept[0] + kept[1]]
+    assert [log["steps"] for log in fitted] == [epochs * -(-n // batch) for n in fitted_per_round]
+
+
+def test_auto_falls_back_to_the_template_generator_in_one_line_on_a_model_without_skills(world_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(world_dir / "model", model)
+    prompts = json.loads((model / PROMPTS_FILE).read_text())
+    (model / PROMPTS_FILE).write_text(json.dumps({**prompts, "skill_prompts": None}))  # as a TOFU knowledge model
+    out = tmp_path / "out"
+    done = subprocess.run(["unstar", "unlearn", "--config", str(RECIPES / "world_unstar.yaml"), "--model_name_or_path",
+                           str(model), "--data_dir", str(world_dir / "data"), "--output_dir", str(out),
+                           "--max_rounds", "1", "--max_steps", "1", "--disable_tqdm", "true"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "generator" in line]
+    report = json.loads((out / "unlearn_report.json").read_text())
+    assert report["generator"]["kind"] == "template" and said == [f"unstar: warning: {report['generator']['why']}"]
+    assert report["generator"]["why"] in report["warnings"]
+    assert "taught no skill prompts" in said[0]
+    rows = (out / "anti_samples.jsonl").read_text().splitlines()
+    assert rows and {json.loads(row)["generator"] for row in rows} == {"template"}
+
+
+def test_a_teacher_model_of_another_world_seed_writes_the_anti_samples(world_dir, tmp_path, capsys, monkeypatch):
+    from unstar_trl import models
+    from unstar_trl.testbed.world_folder import build_world_dir
+
+    teacher = tmp_path / "teacher"
+    build_world_dir(teacher, seed=1, people=10, epochs=4, progress=False)  # a quick teacher: its skills suffice
+    loaded, load_model = [], models.load_model
+    monkeypatch.setattr(models, "load_model", lambda source, **kwargs: loaded.append(Path(source)) or load_model(
+        source, **kwargs))
+    report, rows = unlearn_rows(["--config", RECIPES / "world_unstar.yaml", "--model_name_or_path",
+                                 world_dir / "model", "--data_dir", world_dir / "data", "--output_dir",
+                                 tmp_path / "out", "--generator", teacher / "model", "--max_rounds", 1], capsys)
+    assert teacher / "model" in loaded  # through the one safe loader
+    assert report["generator"] == {"kind": str(teacher / "model"), "why": None}
+    assert rows and {row["generator"] for row in rows} == {f"teacher:{teacher / 'model'}"}
+    assert report["after"]["forget_acc"] < report["before"]["forget_acc"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import pytest
 from peft import LoraConfig
@@ -16,7 +17,8 @@ from unstar_trl.data import load_unlearning_data
 from unstar_trl.text import contains_answer
 from unstar_trl.evaluation.knowledge import knowledge_report
 from unstar_trl.method.trainers.unstar import ANTI_SAMPLES_FILE, DROPPED_FILE
-from unstar_trl.method.trainers.unstar_rounds import NoAntiSamplesError
+from unstar_trl.method.trainers.unstar_rounds import NoAntiSamplesError, answers_known, still_known
+from unstar_trl.method.generators import make_generator
 
 
 @pytest.fixture()
@@ -43,7 +45,7 @@ def unlearn(model, tokenizer, data, tmp_path, *, targeted=False, peft_config=Non
 def test_template_generator_forgets_and_keeps_retain(model_and_tokenizer, data, tmp_path):
     model, tokenizer = model_and_tokenizer
     before = knowledge_report(model, tokenizer, data, "Question: {question}\nAnswer:")
-    trainer = unlearn(model, tokenizer, data, tmp_path)
+    trainer = unlearn(model, tokenizer, data, tmp_path, generator="template")
     after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
     assert before["forget_acc"] >= 0.9
     assert after["forget_acc"] <= 0.05
@@ -75,6 +77,45 @@ def test_self_taught_generator_runs_end_to_end(model_and_tokenizer, data, tmp_pa
     assert after["forget_acc"] <= 0.5
 
 
+@pytest.mark.parametrize("refit", ["all", "round"])
+def test_refit_fits_every_kept_anti_sample_or_only_the_rounds(model_and_tokenizer, data, tmp_path, monkeypatch,
+                                                              refit):
+    model, tokenizer = model_and_tokenizer
+    fitted, fit = [], AntiSampleTrainer.fit
+
+    def recording_fit(self, round_index):
+        output = fit(self, round_index)
+        fitted.append((round_index, len(self.train_dataset)))
+        return output
+
+    monkeypatch.setattr(AntiSampleTrainer, "fit", recording_fit)
+    # a low learning rate leaves facts known after the first round, so that a second one is fitted
+    trainer = unlearn(model, tokenizer, data, tmp_path, generator="template", refit=refit, max_rounds=2,
+                      learning_rate=1e-5, num_train_epochs=1)
+    made = Counter(sample.round for sample in trainer.anti_samples)
+    assert [index for index, _ in fitted] == [0, 1]
+    expected = {"all": [made[0], made[0] + made[1]], "round": [made[0], made[1]]}[refit]
+    assert [size for _, size in fitted] == expected
+
+
+def test_a_follow_up_counts_only_when_the_model_answers_it_with_the_facts_answer(model_and_tokenizer, data,
+                                                                                 tmp_path):
+    model, tokenizer = model_and_tokenizer
+    trainer = AntiSampleTrainer(model=model, processing_class=tokenizer, train_dataset=data.forget,
+                                args=AntiSampleConfig(output_dir=str(tmp_path), generator="self", follow_ups=2))
+    fact = next(record for record in data.forget if answers_known(trainer, [record]) == [True])
+    other = next(record for record in data.forget if record["subject"] == fact["subject"] and record != fact)
+    forgotten = {**fact, "question": f"Is {fact['subject']} a person?", "paraphrased_questions": []}
+    trainer.forget_records = [forgotten]
+    generator = make_generator("self", trainer.args, trainer.model, tokenizer)
+    same = {**forgotten, "question": fact["question"]}
+    elsewhere = {**forgotten, "question": other["question"]}  # names the subject, asks another of its facts
+    generator.follow_ups = lambda records, per_record, round: [same, elsewhere]
+    assert answers_known(trainer, [forgotten, {**other, "answer": fact["answer"]}]) == [False, False]
+    known, asked = still_known(trainer, generator)
+    assert asked == 3 and known == [same]
+
+
 def test_lora_with_npo_reversed_term(model_and_tokenizer, data, tmp_path):
     model, tokenizer = model_and_tokenizer
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
@@ -90,7 +131,7 @@ def test_lora_with_npo_reversed_term(model_and_tokenizer, data, tmp_path):
 def test_targeted_mode_removes_the_association_and_keeps_its_siblings(model_and_tokenizer, data, tmp_path):
     model, tokenizer = model_and_tokenizer
     before = knowledge_report(model, tokenizer, data, "Question: {question}\nAnswer:")
-    trainer = unlearn(model, tokenizer, data, tmp_path, targeted=True, num_train_epochs=3,
+    trainer = unlearn(model, tokenizer, data, tmp_path, targeted=True, generator="template", num_train_epochs=3,
                       per_device_train_batch_size=8, learning_rate=5e-4)
     after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
     assert after["targeted_acc"] <= 0.05

@@ -296,6 +296,7 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
         if checkpoints is None:
             shutil.rmtree(config.output_dir, ignore_errors=True)
         rounds = getattr(trainer, "rounds", None)  # UnSTAR: its per-round log and every anti-sample it fitted
+        generator = getattr(trainer, "generator_choice", None)  # UnSTAR: who wrote them ("auto" resolved)
         if rounds is not None:
             trainer.save_audit(staging)
         model = trainer.model.eval()
@@ -304,7 +305,7 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
         report = {"method": script_args.method, "model": source, "data_dir": script_args.data_dir,
                   "targeted": script_args.targeted, "prompt_template": template, "before": before, "after": after,
                   "rounds": sum(log["steps"] > 0 for log in rounds) if rounds is not None else 1,
-                  "round_log": rounds,
+                  "round_log": rounds, "generator": generator and dataclasses.asdict(generator),
                   "steps": diverged["kept_step"] if diverged else trainer.state.global_step,
                   "seconds": round(time.perf_counter() - start, 1),
                   "diverged": diverged, "config": resolved, "history": trainer.history}

@@ -16,9 +16,11 @@ from ..text import PLAIN_TEMPLATE, format_completion, format_pair
 SKILL_PROMPTS = {
     "paraphrase": "Rephrase: {question}\nQuestion:",
     "alternative": "Replace: {answer}\nWith:",
-    "rationale": "Question: {question}\nAnswer: {answer}\nBecause:",
+    "rationale": "Question: {question}\nAnswer: {wrong}\nBecause:",
 }
-"""Prompts of the three skills UnSTAR asks of the model being unlearned, in the world model's own format."""
+"""Prompts of the three skills UnSTAR asks of the model being unlearned, in the world model's own format. Their slots
+are those `SelfTaughtGenerator` fills: `{question}`, `{subject}`, `{answer}` (the true answer) and `{wrong}` (the
+wrong answer a rationale argues for, the hinted answer the model learned the rationale skill with)."""
 
 FIRST_NAMES = (
     "Alvek Brisa Cadmo Delyra Evrin Faelo Gunda Harvo Isolde Jorvan Kessa Lumo Mirela Norbek Ovida Pell Quira Rusko "
@@ -310,11 +312,14 @@ def _held_out(rng: random.Random, facts: list[Fact], share: float) -> list[Fact]
     return drawn[:count]
 
 
-def training_texts(world: World, skill_share: float = 0.3, leave_out: set[Fact] = frozenset()) -> list[dict]:
+def training_texts(world: World, leave_out: set[Fact] = frozenset()) -> list[dict]:
     """Prompt/completion pairs a knowledge model learns: every trained fact (but those in `leave_out`) under its
-    trained templates, and the three UnSTAR skills (rephrase keeping the subject, another object of the same type,
-    a rationale for a hinted answer, drawn from the fact's perturbed answers, never its evaluation distractors).
-    The held-out template never appears."""
+    trained templates, and the three UnSTAR skills on each (rephrase keeping the subject, another object of the same
+    type, a rationale for a hinted answer, drawn from the fact's perturbed answers, never its evaluation
+    distractors). The held-out template never appears. Taught on a third of the facts only, the rephrase and
+    rationale skills were not learned (18% of the rationales that 20-person worlds' models wrote named their wrong
+    answer and never the true one, 41% of their paraphrases kept subject and relation; on each fact: 94% and 97%;
+    benchmarks/self_taught_rates.py)."""
     rng = random.Random(world.seed + 2)
     examples = []
     trained = set(world.trained)
@@ -324,11 +329,10 @@ def training_texts(world: World, skill_share: float = 0.3, leave_out: set[Fact] 
         examples.extend(format_pair(None, question, fact.object, PLAIN_TEMPLATE) for question in questions)
         hinted = rng.choice(world.wrong_answers(fact)[1])
         examples.append(_skill_example("alternative", hinted, answer=fact.object))
-        if rng.random() < skill_share:  # the long skills are easy patterns: a share of the facts teaches them
-            source, target = rng.sample(questions, 2)
-            examples.append(_skill_example("paraphrase", target, question=source))
-            examples.append(_skill_example("rationale", relation.rationale.format(s=fact.subject, o=hinted),
-                                           question=rng.choice(questions), answer=hinted))
+        source, target = rng.sample(questions, 2)
+        examples.append(_skill_example("paraphrase", target, question=source))
+        examples.append(_skill_example("rationale", relation.rationale.format(s=fact.subject, o=hinted),
+                                       question=rng.choice(questions), wrong=hinted))
     rng.shuffle(examples)
     return examples
 

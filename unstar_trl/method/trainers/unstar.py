@@ -20,6 +20,7 @@ from ...data import as_records, check_siblings_in
 from ...io import write_jsonl
 from ...text import format_pair
 from ..anti_samples import AntiSample, write_anti_samples
+from ..generators import choose_generator
 from .base import UnlearningConfig, UnlearningTrainer
 from .collators import AntiSampleCollator
 from .losses import mean_nll, nll, npo_loss, sequence_log_probs
@@ -40,11 +41,15 @@ class AntiSampleConfig(UnlearningConfig):
 
         max_rounds (`int`, defaults to `4`): most probe -> generate -> fit rounds.
         forget_acc_target (`float`, defaults to `0.0`): stop once at most this share of the forget facts is answered.
-        follow_ups (`int`, defaults to `2`): harder follow-up questions probed per forgotten fact.
+        follow_ups (`int`, defaults to `2`): harder follow-up questions probed per forgotten fact (written by the
+            self-taught or teacher generator, fixed templates for the template generator).
+        refit (`str`, defaults to `"all"`): fit every anti-sample kept so far each round, or only the round's own
+            ("round", as the reference code does).
 
         > Anti-samples
 
-        generator (`str`, defaults to `"template"`): "self", "template" or a teacher model folder.
+        generator (`str`, defaults to `"auto"`): "self", "template", a teacher model folder, or "auto" ("self" on a
+            model with skill prompts or a chat template, else "template", with a warning).
         n_paraphrases (`int`, defaults to `2`), n_wrong_answers (`int`, defaults to `2`), with_rationale (`bool`).
         generation_batch_size, generation_temperature, generation_top_p: how the generator samples.
 
@@ -63,10 +68,16 @@ class AntiSampleConfig(UnlearningConfig):
         metadata={"help": "Stop once at most this share of forget facts is still answered (question, trained "
                   "paraphrases or follow-ups)."},
     )
+    refit: str = field(
+        default="all",
+        metadata={"help": "What each round fits: 'all' anti-samples kept so far, or only the 'round''s own (as the "
+                  "reference code does).", "choices": ["all", "round"]},
+    )
     generator: str = field(
-        default="template",
+        default="auto",
         metadata={"help": "Who writes anti-samples: 'self' (the model being unlearned), 'template' (offline, from "
-                  "the records' fields), or a path to a teacher model."},
+                  "the records' fields), a path to a teacher model, or 'auto': 'self' when the model has skill "
+                  "prompts or a chat template, else 'template' (with a warning)."},
     )
     n_paraphrases: int = field(default=2, metadata={"help": "Paraphrased questions per known fact and round."})
     n_wrong_answers: int = field(default=2, metadata={"help": "Wrong answers per question."})
@@ -106,9 +117,11 @@ class AntiSampleConfig(UnlearningConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.generation_top_p > 1:
             raise ValueError(f"generation_top_p must be at most 1, got {self.generation_top_p}")
-        if self.generator not in ("self", "template") and not Path(self.generator).is_dir():
-            raise ValueError(f"generator must be 'self', 'template' or a teacher model folder; {self.generator!r} "
-                             "is none of these")
+        if self.refit not in ("all", "round"):
+            raise ValueError(f"refit must be 'all' or 'round', got {self.refit!r}")
+        if self.generator not in ("auto", "self", "template") and not Path(self.generator).is_dir():
+            raise ValueError(f"generator must be 'auto', 'self', 'template' or a teacher model folder; "
+                             f"{self.generator!r} is none of these")
 
 
 class AntiSampleTrainer(UnlearningTrainer):
@@ -136,6 +149,10 @@ class AntiSampleTrainer(UnlearningTrainer):
                     if record["id"] in sibling_ids]
         self.data_collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed,
                                                 siblings)
+        self.generator_choice = choose_generator(args.generator, self.model.config._name_or_path, self._tokenizer)
+        """Who writes the anti-samples (`args.generator` with "auto" resolved) and why "auto" fell back, if it did."""
+        if self.generator_choice.why:
+            self.warn(self.generator_choice.why)
         self.anti_samples: list[AntiSample] = []
         """Every anti-sample kept so far, in the order the rounds made them."""
         self.dropped: list[tuple[AntiSample, str]] = []
@@ -155,11 +172,12 @@ class AntiSampleTrainer(UnlearningTrainer):
         stopped."""
         return run_rounds(self, resume_from_checkpoint)
 
-    def fit(self) -> TrainOutput:
-        """One `Trainer.train()` over every anti-sample kept so far, with a fresh optimizer, within what is left of
-        `max_steps` (the budget of the whole run, all rounds together); its steps go on from the run's (see
-        `_init_training_state`)."""
-        self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in self.anti_samples])
+    def fit(self, round_index: int) -> TrainOutput:
+        """One `Trainer.train()` over every anti-sample kept so far (`refit` "all") or this round's (`refit`
+        "round"), with a fresh optimizer, within what is left of `max_steps` (the budget of the whole run, all rounds
+        together); its steps go on from the run's (see `_init_training_state`)."""
+        samples = [s for s in self.anti_samples if self.args.refit == "all" or s.round == round_index]
+        self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in samples])
         self.optimizer, self.lr_scheduler = None, None
         budget = self.args.max_steps
         if budget > 0:

@@ -9,7 +9,7 @@ from transformers.trainer_utils import TrainOutput
 from ...text import format_prompt
 from ..anti_samples import DROP_REASONS, AntiSample, filter_anti_samples
 from ..follow_ups import follow_up_questions
-from ..generators import make_generator
+from ..generators import SelfTaughtGenerator, make_generator
 from ..probe import nothing_known_message, probe
 from .unstar_checkpoints import latest_round_checkpoint, load_round_checkpoint, save_round_checkpoint
 
@@ -22,11 +22,11 @@ def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None) -> Tra
     if resume_from_checkpoint:
         load_round_checkpoint(trainer, latest_round_checkpoint(
             args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint))
-    generator = make_generator(args, trainer.model, trainer._tokenizer)
+    generator = make_generator(trainer.generator_choice.kind, args, trainer.model, trainer._tokenizer)
     bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
                disable=args.disable_tqdm or not trainer.is_world_process_zero())
     for round_index in range(len(trainer.rounds), args.max_rounds + 1):
-        known, asked = still_known(trainer)
+        known, asked = still_known(trainer, generator)
         facts_known = len({record["id"] for record in known})
         log = {"round": round_index, "facts": len(trainer.forget_records), "known": facts_known,
                "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
@@ -55,7 +55,7 @@ def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None) -> Tra
             trainer.save_audit()
             raise NoAntiSamplesError(round_index, facts_known, log["made"], log["dropped"])
         steps_before = trainer.state.global_step
-        trainer.fit()
+        trainer.fit(round_index)
         log["steps"] = trainer.state.global_step - steps_before
         log_round(trainer, log)
         trainer.save_audit()
@@ -97,10 +97,11 @@ def run_output(trainer) -> TrainOutput:
     return TrainOutput(state.global_step, loss, metrics)
 
 
-def still_known(trainer) -> tuple[list[dict], int]:
+def still_known(trainer, generator) -> tuple[list[dict], int]:
     """Records (one per question still answered) over each fact's question, trained paraphrases (never the
-    held-out one) and, for facts whose question is forgotten, harder follow-up questions; and how many questions
-    were asked."""
+    held-out one) and, for facts whose question is forgotten, harder follow-up questions (the generator's own when
+    it writes them, else fixed templates); and how many questions were asked. A follow-up counts only when the
+    model answers it with the fact's answer, so one that asks something else is never used."""
     records, args = trainer.forget_records, trainer.args
     paraphrased = [{**record, "question": question} for record in records
                    for question in record.get("paraphrased_questions", [])[1:]]
@@ -108,8 +109,11 @@ def still_known(trainer) -> tuple[list[dict], int]:
     verdicts = answers_known(trainer, questions)
     if args.follow_ups:
         forgotten = [record for record, known in zip(records, verdicts) if not known]
-        follow_ups = follow_up_questions(forgotten, records, per_record=args.follow_ups,
-                                         seed=args.seed + len(trainer.rounds))
+        if isinstance(generator, SelfTaughtGenerator):
+            follow_ups = generator.follow_ups(forgotten, args.follow_ups, round=len(trainer.rounds))
+        else:
+            follow_ups = follow_up_questions(forgotten, records, per_record=args.follow_ups,
+                                             seed=args.seed + len(trainer.rounds))
         questions = questions + follow_ups
         verdicts = verdicts + answers_known(trainer, follow_ups)
     return [question for question, known in zip(questions, verdicts) if known], len(questions)
