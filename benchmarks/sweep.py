@@ -19,7 +19,7 @@ from unstar_trl.data import load_unlearning_data
 from unstar_trl.evaluation.bench_measures import probed
 from unstar_trl.evaluation.bench_runner import BenchSettings, run_method
 from unstar_trl.method.trainers import METHODS
-from unstar_trl.recipes import recipes_dir
+from unstar_trl.recipes import read_recipe, recipes_dir
 from unstar_trl.testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TARGETED
 from unstar_trl.testbed.world_folder import WORLD_FILE, build_world_dir
 
@@ -54,9 +54,10 @@ def sweep(world: Path, methods: list[str], settings: BenchSettings) -> dict[str,
 
 
 def write_recipes(found: dict[str, dict]) -> None:
-    """Put each chosen learning rate into the method's world recipe(s), with a comment naming this sweep."""
+    """Put each chosen learning rate into every world recipe of the method (its ablations and targeted forms too),
+    with a comment naming this sweep."""
     for method, result in found.items():
-        for path in sorted(recipes_dir().glob(f"world_{method}*.yaml")):
+        for path in sorted(p for p in recipes_dir().glob("world_*.yaml") if read_recipe(p).get("method") == method):
             text = re.sub(r"^learning_rate: .*$", f"learning_rate: {result['chosen']:.1e}   # benchmarks/sweep.py",
                           path.read_text(), flags=re.M)
             path.write_text(text)
@@ -70,7 +71,8 @@ def _mean(values: dict[str, float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", default="sweep-world", help="world folder (built there, seed 1, if missing)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (the recipes of a "
+                        "method's ablations take its rate)")
     parser.add_argument("--write", action="store_true", help="write the chosen rates into recipes/world_*.yaml")
     args = parser.parse_args()
     world = Path(args.world)

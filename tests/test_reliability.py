@@ -544,7 +544,8 @@ def test_resuming_from_a_checkpoint_of_another_run_is_refused(world_dir, tmp_pat
     data = load_unlearning_data(world_dir / "data")
     config = AntiSampleConfig(output_dir=str(tmp_path / "kept"), save_strategy="epoch", max_rounds=1, seed=0,
                               disable_tqdm=True)
-    AntiSampleTrainer(str(world_dir / "model"), config, train_dataset=data.forget, retain_dataset=data.retain).train()
+    AntiSampleTrainer(str(world_dir / "model"), config, train_dataset=data.forget,
+                      retain_dataset=data.retain_train).train()  # what the CLI trains on
     assert (tmp_path / "kept" / "round-1" / "unstar_state.json").is_file()
     out = tmp_path / "out"
     code, err = cli(["unlearn", "--config", RECIPES / "world_unstar.yaml", "--model_name_or_path",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_reliability import (ENV, RECIPES, assert_one_line_error, cli, edit_rows, leftovers, pickled_weights_only,
-                              start_long_training, with_remote_code)
+                              read_rows, start_long_training, with_remote_code)
 from test_reliability import data, earlier_output, model  # noqa: F401 (fixtures: copies of the world to spoil)
 from test_tasks import utils as task_utils
 
@@ -206,7 +206,8 @@ def _checkpoint(world_dir, folder: Path, trainer_class, config_class, **settings
     data = load_unlearning_data(world_dir / "data")
     config = config_class(output_dir=str(folder), save_strategy="steps", save_steps=1, max_steps=1,
                           disable_tqdm=True, **settings)
-    trainer_class(str(world_dir / "model"), config, train_dataset=data.forget, retain_dataset=data.retain).train()
+    trainer_class(str(world_dir / "model"), config, train_dataset=data.forget,
+                  retain_dataset=data.retain_train).train()  # what the CLI trains on
     return folder / "checkpoint-1"
 
 
@@ -303,6 +304,7 @@ def test_lm_eval_cli_refuses_a_metadata_typo(world_dir, tmp_path):
 def test_an_empty_retain_split_is_refused_when_the_method_needs_it(world_dir, data, tmp_path, capsys,
                                                                   nothing_loads, method, extra):
     (data / "retain.jsonl").write_text("")
+    (data / "targeted.jsonl").write_text("")  # its siblings were in the retain split
     code, err = cli(["unlearn", "--method", method, "--model_name_or_path", world_dir / "model", "--data_dir", data,
                      "--output_dir", tmp_path / "out", "--max_steps", 1, *extra], capsys)
     assert_one_line_error(code, err, "but there are no retain records (the retain split is empty or missing)")
@@ -326,8 +328,8 @@ def test_an_empty_retain_is_refused_by_the_python_api(world_dir, tmp_path):
     pytest.param(["--prompt_template", "Tell me:"], "prompt_template 'Tell me:' must hold a {question} slot and no "
                  "other", id="template-without-question"),
     pytest.param(["--prompt_template", "{question} {answer}"], "no other", id="template-with-another-slot"),
-    pytest.param(["--generator", "/no/such/teacher"], "generator must be 'self', 'template' or a teacher model "
-                 "folder, got '/no/such/teacher'", id="no-such-teacher"),
+    pytest.param(["--generator", "/no/such/teacher"], "generator must be 'auto', 'self', 'template' or a teacher "
+                 "model folder; '/no/such/teacher' is none of these", id="no-such-teacher"),
 ])
 def test_a_run_that_cannot_train_is_refused_at_config_time(world_dir, tmp_path, capsys, nothing_loads, argv,
                                                             expected):
@@ -346,7 +348,8 @@ def test_forget_facts_the_model_never_knew_are_a_recorded_warning(world_dir, dat
     report = json.loads((out / "unlearn_report.json").read_text())
     assert report["before"]["forget_acc"] == 0.0
     (warning,) = report["warnings"]
-    assert "answered none of the facts to unlearn before it started (forget_acc 0.0)" in warning
+    facts = len(read_rows(data / "forget.jsonl"))
+    assert warning.startswith(f"0/{facts} forget facts are known under the prompt format 'Question: {{question}}")
     assert f"unstar: warning: {warning}" in err
 
 

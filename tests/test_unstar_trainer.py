@@ -102,7 +102,8 @@ def test_a_follow_up_counts_only_when_the_model_answers_it_with_the_facts_answer
                                                                                  tmp_path):
     model, tokenizer = model_and_tokenizer
     trainer = AntiSampleTrainer(model=model, processing_class=tokenizer, train_dataset=data.forget,
-                                args=AntiSampleConfig(output_dir=str(tmp_path), generator="self", follow_ups=2))
+                                args=AntiSampleConfig(output_dir=str(tmp_path), generator="self", follow_ups=2,
+                                                      retain_weight=0.0))
     fact = next(record for record in data.forget if answers_known(trainer, [record]) == [True])
     other = next(record for record in data.forget if record["subject"] == fact["subject"] and record != fact)
     forgotten = {**fact, "question": f"Is {fact['subject']} a person?", "paraphrased_questions": []}
@@ -185,7 +186,8 @@ def test_a_round_that_keeps_no_anti_sample_is_a_clear_error(model_and_tokenizer,
     model, tokenizer = model_and_tokenizer
     forget = [{**record, "perturbed_answers": [f"{record['answer']} Minor"], "paraphrased_questions": []}
               for record in data.forget]  # every wrong answer names the true one
-    trainer = AntiSampleTrainer(model=model, args=AntiSampleConfig(output_dir=str(tmp_path), follow_ups=0),
+    trainer = AntiSampleTrainer(model=model, args=AntiSampleConfig(output_dir=str(tmp_path), follow_ups=0,
+                                                                   retain_weight=0.0, generator="template"),
                                 train_dataset=forget, processing_class=tokenizer)
     with pytest.raises(NoAntiSamplesError, match=rf"round 0: the generator made {len(forget)} anti-samples for the "
                        rf"{len(forget)} facts still known and the filters dropped every one \(leaks_answer "
@@ -197,7 +199,7 @@ def test_a_round_that_keeps_no_anti_sample_is_a_clear_error(model_and_tokenizer,
 
 def test_nothing_known_is_a_warning_that_shows_the_prompt(model_and_tokenizer, data, tmp_path):
     model, tokenizer = model_and_tokenizer
-    args = AntiSampleConfig(output_dir=str(tmp_path), prompt_template="Tell me, {question}")
+    args = AntiSampleConfig(output_dir=str(tmp_path), prompt_template="Tell me, {question}", retain_weight=0.0)
     trainer = AntiSampleTrainer(model=model, args=args, train_dataset=data.forget, processing_class=tokenizer)
     output = trainer.train()
     assert trainer.rounds[0]["known"] == 0 and len(trainer.rounds) == 1
@@ -212,7 +214,7 @@ def test_nothing_known_is_a_warning_that_shows_the_prompt(model_and_tokenizer, d
     ("forget_acc_target", 1.5, "forget_acc_target must be between 0.0 and 1.0, got 1.5"),
     ("n_wrong_answers", 0, "n_wrong_answers must be at least 1, got 0"),
     ("generation_top_p", 0, "generation_top_p must be positive, got 0"),
-    ("generator", "no/such/teacher", "generator must be 'self', 'template' or a teacher model folder"),
+    ("generator", "no/such/teacher", "generator must be 'auto', 'self', 'template' or a teacher model folder"),
     ("prompt_template", "Q: A:", "prompt_template 'Q: A:' must hold a {question} slot"),
     ("eval_strategy", "steps", "eval_strategy 'steps': unlearning trainers evaluate no loss during training"),
 ])
@@ -227,7 +229,7 @@ def test_eval_dataset_is_refused_and_conversations_are_taken_as_facts(model_and_
     from unstar_trl.data import DataError
 
     model, tokenizer = model_and_tokenizer
-    args = AntiSampleConfig(output_dir=str(tmp_path))
+    args = AntiSampleConfig(output_dir=str(tmp_path), retain_weight=0.0)
     with pytest.raises(ValueError, match="^eval_dataset: unlearning trainers do not evaluate a loss"):
         AntiSampleTrainer(model=model, args=args, train_dataset=data.forget, eval_dataset=data.retain,
                           processing_class=tokenizer)

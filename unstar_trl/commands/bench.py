@@ -8,7 +8,9 @@ from pathlib import Path
 
 from ..testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TARGETED, BENCH_TOFU_AUTHORS
 
-DEFAULT_METHODS = "unstar,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk"
+DEFAULT_METHODS = ("unstar,unstar_template,unstar_no_rationale,unstar_round_only,grad_ascent,grad_diff,grad_ascent_kl,"
+                   "npo,simnpo,idk")
+"""UnSTAR, its ablations (world_unstar_<name>.yaml: one field changed each) and the baselines."""
 TOFU_PROBE_EVERY = 5
 """Steps between the over-steps probes on TOFU, whose answers take ~100 tokens to generate (the world's take 3)."""
 
@@ -25,7 +27,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--world", default=None,
                         help="world folder to reuse, whatever its kind and size (built there if it has no "
                         "world.json; default: OUT/world)")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated keys of trainers.METHODS")
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
+                        help="comma-separated rows: a method (unstar, grad_ascent, ...) or a shipped recipe's name "
+                        "without world_ (unstar_template runs world_unstar_template.yaml)")
     parser.add_argument("--data", choices=("world", "tofu"), default=None,
                         help="'world' (default): the embedded fictitious world; 'tofu': a knowledge model trained on "
                         "real TOFU rows (forget01's 2 authors to forget, --authors in all)")
@@ -49,15 +53,15 @@ def _run(args) -> int:
 
     import transformers
 
-    from ..evaluation.bench_runner import QUICK, BenchSettings, run_bench
+    from ..evaluation.bench_runner import QUICK, BenchSettings, method_of, run_bench
     from ..io import UsageError, refuse_overwrite
     from ..method.trainers import METHODS
 
     methods = [name.strip() for name in args.methods.split(",") if name.strip()]
-    unknown = [name for name in methods if name not in METHODS]
+    unknown = [name for name in methods if method_of(name) not in METHODS]
     if not methods or unknown:
-        raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}" if unknown
-                         else "give at least one method")
+        raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or a shipped world_<name> "
+                         "recipe" if unknown else "give at least one method")
     world = Path(args.world) if args.world else Path(args.output_dir) / "world"
     if args.world:
         refuse_overwrite(args.output_dir, world)

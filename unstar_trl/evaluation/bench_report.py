@@ -109,10 +109,11 @@ def plot_forget_vs_kept(results: dict, path: Path) -> None:
     """The figure unlearning papers compare methods with: what is forgotten against what is kept, one point per
     method and seed, the retain model (the goal) as a star."""
     figure, axes = _pyplot().subplots(1, 2, figsize=(12, 4.6), layout="constrained")
-    panels = [("forget_quality", "neighbor_acc", "forget quality (KS p-value, higher: like the retain model)",
-               "held-out neighbour accuracy"),
-              ("forget_acc", "retain_acc", "forget accuracy (lower is better)", "held-out retain accuracy")]
     reference = results["retain_model"]
+    near = "neighbor_acc" if reference.get("neighbor_acc") is not None else "sibling_acc"  # TOFU has no neighbours
+    panels = [("forget_quality", near, "forget quality (KS p-value, higher: like the retain model)",
+               f"held-out {near.removesuffix('_acc').replace('neighbor', 'neighbour')} accuracy"),
+              ("forget_acc", "retain_acc", "forget accuracy (lower is better)", "held-out retain accuracy")]
     for axis, (x, y, x_label, y_label) in zip(axes, panels):
         floor = 1e-30 if x == "forget_quality" else -math.inf  # a p-value that underflowed to 0, on a log axis
         for index, (method, entry) in enumerate(results["methods"].items()):
@@ -130,7 +131,7 @@ def plot_forget_vs_kept(results: dict, path: Path) -> None:
             axis.set_xlim(-0.03, 1.03)
         axis.set(xlabel=x_label, ylabel=y_label, ylim=(-0.03, 1.03))
         axis.grid(alpha=0.3)
-    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside right center")
+    figure.legend(*axes[1].get_legend_handles_labels(), loc="outside right center")
     _save(figure, path)
 
 

@@ -197,19 +197,28 @@ def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measur
     return measured
 
 
-def run_method(method: str, seed: int, world_dir: Path, forget: list[dict], retain: list[dict],
+def method_of(row: str) -> str:
+    """The method a bench row runs: the `method:` of its recipe (world_unstar_template.yaml runs unstar), else the
+    row's own name."""
+    from ..recipes import method_recipe
+
+    return method_recipe(row).get("method", row)
+
+
+def run_method(row: str, seed: int, world_dir: Path, forget: list[dict], retain: list[dict],
                settings: BenchSettings, *, targeted: bool = False,
                curve: tuple[list[dict], list[dict]] | None = None, **fields) -> dict:
-    """Run `method` (its recipe, under the bench's stopping rule, batch size and seed, with config `fields` on top)
-    on the knowledge model, freshly loaded; with `curve` = (forget, retain) records, probe both every
-    `settings.probe_every` steps. Returns the model, its tokenizer and prompt template, steps, seconds, trained
-    tokens, the divergence (or None), the curve and the anti-sample audit writer (None for other methods)."""
+    """Run a bench row (a method with its recipe, world_<row>.yaml, under the bench's stopping rule, batch size and
+    seed, with config `fields` on top) on the knowledge model, freshly loaded; with `curve` = (forget, retain)
+    records, probe both every `settings.probe_every` steps. Returns the model, its tokenizer and prompt template,
+    steps, seconds, trained tokens, the divergence (or None), the curve and the anti-sample audit writer (None for
+    methods without one)."""
     from ..method.trainers import METHODS, DivergenceError
     from ..models import load_model
     from ..recipes import config_from_recipe, method_recipe
 
     model, tokenizer = load_model(world_dir / "model")
-    trainer_class, config_class = METHODS[method]
+    trainer_class, config_class = METHODS[method_of(row)]
     known = {item.name for item in dataclasses.fields(config_class)}
     overrides = {"max_steps": settings.step_budget, "max_rounds": settings.max_rounds, "targeted": targeted or None,
                  "seed": seed, "per_device_train_batch_size": settings.batch_size,
@@ -217,7 +226,7 @@ def run_method(method: str, seed: int, world_dir: Path, forget: list[dict], reta
     overrides = {key: value for key, value in overrides.items() if value is not None and key in known} | fields
     callback = ProbeCallback(tokenizer, *(curve or ([], [])), every=settings.probe_every if curve else 0)
     with tempfile.TemporaryDirectory() as scratch:
-        config = config_from_recipe(config_class, method_recipe(method, targeted), output_dir=scratch,
+        config = config_from_recipe(config_class, method_recipe(row, targeted), output_dir=scratch,
                                     disable_tqdm=True, report_to="none", dataloader_pin_memory=False, **overrides)
         trainer = trainer_class(model=model, args=config, processing_class=tokenizer, train_dataset=forget,
                                 retain_dataset=retain, callbacks=[callback])

@@ -105,6 +105,7 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    names = expand_tasks(task_manager(data_dir, data_format, metadata), tasks)  # refused before any model loads
     if isinstance(model_or_path, (str, Path)):
         model, loaded_tokenizer = load_model(model_or_path, adapter=adapter, device=device)
         tokenizer = tokenizer or loaded_tokenizer
@@ -116,7 +117,6 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
         raise UsageError("evaluate_model needs the tokenizer of an in-memory model")
     template = resolve_prompt_template(prompt_template, tokenizer, model_dir)
     manager = task_manager(data_dir, data_format, {**(metadata or {}), "prompt_template": template})
-    names = expand_tasks(manager, tasks)
     was_training = model.training
     try:
         lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)

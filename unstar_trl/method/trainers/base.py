@@ -269,7 +269,8 @@ class UnlearningTrainer(SFTTrainer):
         sft_fields = {item.name for item in dataclasses.fields(SFTConfig)}
         own = [item.name for item in dataclasses.fields(self.args) if item.name not in sft_fields]
         identity = {"method": type(self).__name__, **self._facts,
-                    **{name: getattr(self.args, name) for name in (*RUN_SETTINGS, *own)}}
+                    **{name: getattr(self.args, name) for name in (*RUN_SETTINGS, *own)},
+                    "prompt_template": self.prompt_template}  # the format resolved, not "auto"
         return json.loads(json.dumps(identity, default=str))
 
     # ---- data -------------------------------------------------------------------------------------------------
