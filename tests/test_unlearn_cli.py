@@ -247,3 +247,17 @@ def test_a_teacher_model_of_another_world_seed_writes_the_anti_samples(world_dir
     assert report["generator"] == {"kind": str(teacher / "model"), "why": None}
     assert rows and {row["generator"] for row in rows} == {f"teacher:{teacher / 'model'}"}
     assert report["after"]["forget_acc"] < report["before"]["forget_acc"]
+
+
+def test_unlearn_help_leads_with_our_fields_and_fits_two_screens(capsys):
+    assert main(["unlearn", "--help"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    assert len(lines) <= 100 and max(map(len, lines)) <= 120  # two screens of 50 lines, before any inherited option
+    for flag in ("--config", "--method", "--generator", "--max_rounds", "--reversed_loss_weight", "--data_dir",
+                 "--output_dir", "--model_name_or_path"):
+        assert f"  {flag}" in text, flag
+    assert "(default: the recipe's, else unstar)" in text and "--help-all" in text
+    assert "--lr_scheduler_type" not in text  # TrlParser's full list is one flag away
+    assert main(["unlearn", "--method", "npo", "--help"]) == 0
+    assert "  --beta" in capsys.readouterr().out

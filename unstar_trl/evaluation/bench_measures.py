@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def _lm_eval(measured: Measured, model, tokenizer, data_dir: Path, anti_samples:
     from .lm_eval_tasks import evaluate_model
 
     tasks = [task for task in LM_EVAL_TASKS if task != "unstar_planted" or anti_samples]
-    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):  # lm-eval's bars, always on
+    with _quiet_stderr():  # lm-eval's bars, always on, and git's complaint when the bench runs outside a repository
         results = evaluate_model(model, tokenizer, tasks=tasks, data_dir=data_dir, per_document=True,
                                  metadata={"anti_samples": str(anti_samples)} if anti_samples else None)
     documents, summary = results["documents"], results["summary"]
@@ -87,6 +88,20 @@ def _lm_eval(measured: Measured, model, tokenizer, data_dir: Path, anti_samples:
     if anti_samples:
         measured.add("planted_share", {doc["id"]: doc["planted_share"] for doc in documents["unstar_planted"]})
         measured.add("distractor_share", {doc["id"]: doc["distractor_share"] for doc in documents["unstar_planted"]})
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send the process's standard error (file descriptor 2, which subprocesses inherit too) to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def compared(measured: Measured, reference: Measured) -> None:
