@@ -15,6 +15,8 @@ import argparse
 import re
 from pathlib import Path
 
+import datasets
+
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.evaluation.bench_measures import probed
 from unstar_trl.evaluation.bench_runner import BenchSettings, run_method
@@ -75,6 +77,7 @@ def main() -> None:
                         "method's ablations take its rate)")
     parser.add_argument("--write", action="store_true", help="write the chosen rates into recipes/world_*.yaml")
     args = parser.parse_args()
+    datasets.disable_progress_bars()
     world = Path(args.world)
     if not (world / WORLD_FILE).is_file():
         build_world_dir(world, seed=SWEEP_WORLD_SEED, people=BENCH_PEOPLE, forget_people=BENCH_FORGET_PEOPLE,

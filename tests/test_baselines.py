@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.method.probe import accuracy, probe
 from unstar_trl.method.trainers import METHODS, DivergenceError, GradDiffTrainer, GradientAscentTrainer, NPOTrainer
 from unstar_trl.method.trainers.losses import nll
+from unstar_trl.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,7 @@ def data(world_dir):
 
 
 def load(world_dir):
-    model = AutoModelForCausalLM.from_pretrained(world_dir / "model", use_safetensors=True)
-    return model, AutoTokenizer.from_pretrained(world_dir / "model")
+    return load_model(world_dir / "model")
 
 
 def make(trainer_class, world_dir, data, tmp_path, **overrides):
@@ -86,6 +85,11 @@ def test_reference_stays_frozen(world_dir, data, tmp_path):
         assert torch.equal(parameter, start[name]), name
     moved = dict(trainer.model.named_parameters())
     assert any(not torch.equal(moved[name], start[name]) for name in start)
+    # and it answers with its own weights: a copy of a model whose forward the Trainer patched ran the trained one
+    original = load_model(world_dir / "model")[0]
+    inputs = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    assert torch.allclose(trainer.reference_logits(inputs), trainer.logits(original, inputs))
+    assert not torch.allclose(trainer.reference_logits(inputs), trainer.logits(trainer.model, inputs))
 
 
 def test_divergence_guard_keeps_the_last_good_weights(world_dir, data, tmp_path):

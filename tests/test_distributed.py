@@ -93,26 +93,20 @@ def test_a_reference_is_never_a_copy_of_weights_this_process_does_not_hold(world
     """What cannot run here (DeepSpeed, FSDP on GPUs) on a stand-in trainer: ranks > 0 under FSDP's
     cpu_ram_efficient_loading hold meta tensors, refused; under ZeRO-3 the reference is loaded again from the
     model's folder (a copy of partitions would be empty), and refused without one."""
-    from types import SimpleNamespace
-
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from unstar_trl.method.trainers import reference
 
-    def trainer(model):
-        accelerator = SimpleNamespace(prepare_model=lambda model, evaluation_mode: model)
-        return SimpleNamespace(model=model, is_deepspeed_enabled=False, is_fsdp_enabled=False, accelerator=accelerator)
-
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(world_dir / "model"))
     with pytest.raises(ValueError, match="^the frozen reference would copy weights this process does not hold"):
-        reference.frozen_reference(trainer(meta), str(world_dir / "model"))
+        reference.reference_copy(meta, str(world_dir / "model"))
     monkeypatch.setattr(reference, "is_deepspeed_zero3_enabled", lambda: True)
-    loaded = reference.frozen_reference(trainer(meta), str(world_dir / "model"))
+    loaded = reference.reference_copy(meta, str(world_dir / "model"))
     expected = AutoModelForCausalLM.from_pretrained(world_dir / "model")
     assert all(torch.equal(parameter, dict(expected.named_parameters())[name])
                for name, parameter in loaded.named_parameters())
     assert not loaded.training and not any(parameter.requires_grad for parameter in loaded.parameters())
     with pytest.raises(ValueError, match="under DeepSpeed ZeRO-3 is loaded again from the model's folder"):
-        reference.frozen_reference(trainer(meta), "org/hub-model")
+        reference.reference_copy(meta, "org/hub-model")

@@ -32,7 +32,7 @@ from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
 from .losses import entropy_share, kl_to_reference, nll
-from .reference import frozen_reference
+from .reference import prepare_reference, reference_copy
 
 logger = logging.get_logger(__name__)
 
@@ -226,6 +226,9 @@ class UnlearningTrainer(SFTTrainer):
         forget = Dataset.from_list([self.tokenize(pair) for record in self.forget_records
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
+        needs_reference = self.needs_reference or (uses_retain and args.retain_loss_type == "kl")
+        reference = reference_copy(model, source) if needs_reference and not (
+            peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: the adapter disabled
         self.history_callback = HistoryCallback()
         self.forget_stop = None if args.stop_forget_acc is None else ForgetStop(
             self.forget_records, processing_class, self.prompt_template, args.stop_forget_acc, args.forget_probe_every)
@@ -234,11 +237,7 @@ class UnlearningTrainer(SFTTrainer):
                          data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
                          peft_config=peft_config,
                          callbacks=[*(callbacks or []), *own, RunIdentityCallback(self.run_identity())], **kwargs)
-        self.ref_model = None
-        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and not isinstance(
-            self.model, PeftModel
-        ):
-            self.ref_model = frozen_reference(self, source)
+        self.ref_model = None if reference is None else prepare_reference(self, reference)
         self._good_weights, self._good_step, self._step_metrics = None, 0, {}
         self.warnings: list[str] = []
         """What the run warned about (also logged), for its report."""

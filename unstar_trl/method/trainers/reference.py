@@ -13,13 +13,11 @@ from trl.models import prepare_deepspeed, prepare_fsdp
 from ...models import load_model
 
 
-def frozen_reference(trainer, source: str | None):
-    """A frozen copy of `trainer.model`, placed for the run: under DeepSpeed a DeepSpeed inference engine (ZeRO-3:
-    loaded again from `source`, the model's folder, and partitioned as the model is, since a copy of partitions holds
-    no weights), under FSDP sharded, otherwise moved to the device (never wrapped for DDP: it is not trained).
-    Weights this process does not hold (meta tensors, as FSDP's cpu_ram_efficient_loading leaves them on ranks > 0)
-    are refused in one line."""
-    model = trainer.model
+def reference_copy(model, source: str | None):
+    """A frozen copy of `model`, taken before the Trainer wraps or patches it (a copy of a model whose forward the
+    Trainer has patched would still run the trained model's forward): under DeepSpeed ZeRO-3 loaded again from
+    `source`, the model's folder (a copy of partitions holds no weights). Weights this process does not hold (meta
+    tensors, as FSDP's cpu_ram_efficient_loading leaves them on ranks > 0) are refused in one line."""
     if is_deepspeed_zero3_enabled():
         if not source or not Path(source).is_dir():
             raise ValueError(f"a frozen reference under DeepSpeed ZeRO-3 is loaded again from the model's folder, and "
@@ -32,7 +30,12 @@ def frozen_reference(trainer, source: str | None):
                          "false, or train with PEFT (the reference is then the model with its adapter disabled)")
     else:
         reference = copy.deepcopy(model)
-    reference = reference.eval().requires_grad_(False)
+    return reference.eval().requires_grad_(False)
+
+
+def prepare_reference(trainer, reference):
+    """`reference` placed for the run: under DeepSpeed a DeepSpeed inference engine (partitioned as the model is),
+    under FSDP sharded, otherwise moved to the device (never wrapped for DDP: it is not trained)."""
     if trainer.is_deepspeed_enabled:
         return prepare_deepspeed(reference, trainer.accelerator)
     if trainer.is_fsdp_enabled:
