@@ -1,9 +1,9 @@
 """The one hyperparameter sweep every method's world recipe comes from: the same learning-rate grid for every
 method, under the bench's own stopping rule, batch size and step budget, on a world seed the bench does not report.
 
-A method's learning rate is the one whose forget run reaches the bench's target within the budget and then keeps
-the most held-out knowledge (mean of retain and neighbour accuracy); when none reaches the target, the one that
-forgets most. Untuned baselines are the most common complaint about published unlearning tables: this script is how
+A method's learning rate is the one whose forget run reaches the bench's target within three quarters of the step
+budget (a rate that needs nearly all of it would miss it on other seeds) and then keeps the most held-out knowledge
+(mean of retain and neighbour accuracy); when none does, the one that forgets most. Untuned baselines are the most common complaint about published unlearning tables: this script is how
 ours are tuned, and `--write` puts its choices into recipes/world_<method>.yaml.
 
     python benchmarks/sweep.py --world /tmp/sweep-world [--methods unstar,npo] [--write]
@@ -29,6 +29,8 @@ GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 """Learning rates tried for every method."""
 SWEEP_WORLD_SEED = 1
 """The bench reports world seed 0; the sweep tunes on another world."""
+MARGIN = 0.75
+"""A rate must reach the target within this share of the step budget."""
 
 
 def sweep(world: Path, methods: list[str], settings: BenchSettings) -> dict[str, dict]:
@@ -49,7 +51,8 @@ def sweep(world: Path, methods: list[str], settings: BenchSettings) -> dict[str,
             print(f"{method:>16} lr {learning_rate:.0e}: forget {accuracy['forget']:.2f}, kept "
                   f"{runs[-1]['kept']:.2f}, {run['steps']} steps{' (diverged)' if run['diverged'] else ''}",
                   flush=True)
-        reached = [run for run in runs if run["forget_acc"] <= settings.target]
+        reached = [run for run in runs if run["forget_acc"] <= settings.target
+                   and run["steps"] <= MARGIN * settings.step_budget]
         best = max(reached, key=lambda run: run["kept"]) if reached else min(runs, key=lambda run: run["forget_acc"])
         found[method] = {"chosen": best["learning_rate"], "runs": runs}
     return found

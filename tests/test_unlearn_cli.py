@@ -205,7 +205,7 @@ def test_each_unstar_recipe_does_what_its_name_says(world_dir, tmp_path, capsys,
     for row in with_rationale:
         assert contains_answer(row["rationale"], row["wrong_answer"])
         assert not contains_answer(row["rationale"], answers[row["source_id"]])
-    batch, epochs = 16, 1
+    batch, epochs = 8, 1
     kept = [log["kept"] for log in fitted]
     fitted_per_round = kept if recipe == "world_unstar_round_only.yaml" else [kept[0], kept[0] + kept[1]]
     assert [log["steps"] for log in fitted] == [epochs * -(-n // batch) for n in fitted_per_round]
