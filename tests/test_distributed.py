@@ -50,7 +50,7 @@ def test_unstar_under_accelerate_launch_two_cpu_processes(world_dir, tmp_path):
 
 
 REFERENCE_RUN = """
-import sys, torch
+import os, sys, torch
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.method.trainers import {trainer}, {config}
 
@@ -68,7 +68,7 @@ assert reference is trainer.ref_model and not isinstance(reference, torch.nn.par
 assert not reference.training and not any(p.requires_grad for p in reference.parameters())
 assert all(torch.equal(start[name], p) for name, p in reference.named_parameters()), "the reference moved"
 assert any(not torch.equal(start[name], p) for name, p in model.named_parameters()), "the model did not move"
-print("rank", trainer.accelerator.process_index, "reference frozen")
+os.write(1, f"rank {{trainer.accelerator.process_index}} reference frozen\\n".encode())  # one write: ranks never interleave
 """
 
 

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from test_reliability import (ENV, RECIPES, assert_one_line_error, cli, edit_rows, leftovers, pickled_weights_only,
                               read_rows, start_long_training, with_remote_code)
 from test_reliability import data, earlier_output, model  # noqa: F401 (fixtures: copies of the world to spoil)
@@ -231,7 +232,9 @@ def test_a_baseline_refuses_another_runs_checkpoint(world_dir, tmp_path, capsys)
 def test_a_baseline_resumes_its_own_checkpoint(world_dir, tmp_path, capsys):
     from unstar_trl.method.trainers import GradDiffConfig, GradDiffTrainer
 
-    own = _checkpoint(world_dir, tmp_path / "kept", GradDiffTrainer, GradDiffConfig, seed=0, learning_rate=1e-3)
+    recipe = yaml.safe_load((RECIPES / "world_grad_diff.yaml").read_text())
+    own = _checkpoint(world_dir, tmp_path / "kept", GradDiffTrainer, GradDiffConfig, seed=0,
+                      learning_rate=recipe["learning_rate"])  # the run it resumes: the recipe's rate
     out = tmp_path / "out"
     code, err = cli(["unlearn", "--config", RECIPES / "world_grad_diff.yaml", "--model_name_or_path",
                      world_dir / "model", "--data_dir", world_dir / "data", "--output_dir", out, "--max_steps", 2,

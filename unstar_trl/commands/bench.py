@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TARGETED, BENCH_TOFU_AUTHORS
+from . import HelpFormatter
 
 DEFAULT_METHODS = ("unstar,unstar_template,unstar_no_rationale,unstar_round_only,grad_ascent,grad_diff,grad_ascent_kl,"
                    "npo,simnpo,idk")
@@ -21,8 +22,8 @@ def add_parser(subparsers) -> None:
         help="compare unlearning methods on one world: forget/retain, targeted, probes, relearning, cost",
         description="Run each method from the same knowledge model on the same forget set (recipe defaults from "
         "recipes/world_<method>.yaml), evaluate it, attack it by relearning, and write OUT/results.json, "
-        "OUT/results.md, OUT/forget_retain_over_steps.png and OUT/methods.png.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "OUT/results.md and three plots (forget/retain over steps, methods, forget vs kept).",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--world", default=None,
                         help="world folder to reuse, whatever its kind and size (built there if it has no "

@@ -9,6 +9,8 @@ import math
 import time
 from pathlib import Path
 
+from . import HelpFormatter
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -16,7 +18,7 @@ def add_parser(subparsers) -> None:
         help="run the unstar lm-eval tasks on a model and print their table",
         description="Run the unstar lm-eval tasks (no --include_path needed) on a model folder, print one row per "
         "metric and optionally write every figure as JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, help="model folder (or a PEFT adapter folder)")
     parser.add_argument("--adapter", default=None, help="PEFT adapter folder to merge into --model")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ..testbed.embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED
+from . import HelpFormatter
 
 
 def add_parser(subparsers) -> None:
@@ -13,7 +12,7 @@ def add_parser(subparsers) -> None:
         help="build the embedded world: DIR/data/<split>.jsonl, DIR/model/, DIR/world.json",
         description="Build the deterministic fictitious world, write its splits as JSONL, train the small "
         "knowledge model on it (CPU, minutes) and measure what it knows.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--output-dir", required=True, help="folder to create (replaced whole, atomically)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="world and training seed")

@@ -85,7 +85,7 @@ class BenchSettings:
     """Low enough that the knowledge model keeps the facts it is not taught (1e-3 overwrites them here)."""
 
 
-QUICK = BenchSettings(seeds=(0,), step_budget=2, max_rounds=1, probe_every=1, relearn_steps=2)
+QUICK = BenchSettings(seeds=(0,), step_budget=4, max_rounds=1, probe_every=1, relearn_steps=2)
 """A few steps per method and one seed: for tests."""
 
 
