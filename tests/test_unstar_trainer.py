@@ -21,7 +21,7 @@ from unstar_trl.method.anti_samples import AntiSample
 from unstar_trl.method.trainers.time_split import PHASES
 from unstar_trl.method.trainers.unstar import ANTI_SAMPLES_FILE, DROPPED_FILE, spread_over_facts
 from unstar_trl.method.trainers.unstar_rounds import NoAntiSamplesError, answers_known, still_known
-from unstar_trl.method.generators import TemplateGenerator, make_generator
+from unstar_trl.method.generators import make_generator
 
 
 @pytest.fixture()
@@ -104,20 +104,11 @@ def test_refit_fits_every_kept_anti_sample_or_the_rounds_with_or_without_a_repla
     assert [log["fitted"] for log in trainer.rounds[:2]] == expected
 
 
-def test_each_round_logs_its_seconds_by_phase_and_its_tokens_and_writes_once_per_fact(model_and_tokenizer, data,
-                                                                                      tmp_path, monkeypatch):
+def test_each_round_logs_its_seconds_by_phase_and_its_tokens(model_and_tokenizer, data, tmp_path):
     model, tokenizer = model_and_tokenizer
-    written, generate = [], TemplateGenerator.generate
-
-    def recording_generate(self, records, round=0):
-        written.append([record["id"] for record in records])
-        return generate(self, records, round)
-
-    monkeypatch.setattr(TemplateGenerator, "generate", recording_generate)
     trainer = unlearn(model, tokenizer, data, tmp_path, generator="template", max_rounds=2, learning_rate=1e-5,
                       num_train_epochs=1)
-    assert written and all(len(ids) == len(set(ids)) for ids in written)
-    assert len(written[0]) == trainer.rounds[0]["known"] < trainer.rounds[0]["questions_answered"]
+    assert [log["steps"] > 0 for log in trainer.rounds] == [True, True, False]
     for log in trainer.rounds:
         assert set(log["seconds"]) == set(PHASES) and (log["tokens"] > 0) == (log["steps"] > 0)
         assert (log["seconds"]["fit"] > 0) == (log["steps"] > 0) and log["seconds"]["probe"] > 0

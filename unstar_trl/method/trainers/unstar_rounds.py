@@ -50,7 +50,7 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
             log_round(trainer, log, started, tokens)  # the final probe: nothing left to fit, no round or step left
             break
         with split("generate"):
-            made = generator.generate(one_per_fact(known), round_index)
+            made = generator.generate(known, round_index)
         with split("filter"):
             kept, dropped = filter_anti_samples(made, known)
             kept, changed = keep_same_answer(trainer, kept, known)
@@ -133,15 +133,6 @@ def still_known(trainer, generator) -> tuple[list[dict], int]:
         with split("probe"):
             verdicts = verdicts + answers_known(trainer, follow_ups)
     return [question for question, known in zip(questions, verdicts) if known], len(questions)
-
-
-def one_per_fact(records: list[dict]) -> list[dict]:
-    """The first record of each fact (by id): what anti-samples are written from, once per fact however many of its
-    questions the model still answers (the generator paraphrases it itself)."""
-    first: dict[str, dict] = {}
-    for record in records:
-        first.setdefault(record["id"], record)
-    return list(first.values())
 
 
 def keep_same_answer(trainer, samples: list[AntiSample], known: list[dict]
