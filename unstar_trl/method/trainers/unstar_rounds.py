@@ -47,7 +47,7 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
         out_of_budget = 0 < args.max_steps <= trainer.state.global_step
         stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None
         if log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds or out_of_budget or stopped:
-            log_round(trainer, log, started, tokens)  # the final probe: nothing left to fit, no round or step left
+            log_round(trainer, log, started, tokens)  # the final probe: nothing left, no round or step left, or stopped
             break
         with split("generate"):
             made = generator.generate(known, round_index)
