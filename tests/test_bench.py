@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from unstar_trl.cli import main
 from unstar_trl.data import load_unlearning_data
-from unstar_trl.evaluation.bench_runner import COLUMNS
+from unstar_trl.evaluation.bench_runner import COLUMNS, SPLIT
 from unstar_trl.io import fingerprint
 
 METHODS = ("grad_ascent", "unstar")
@@ -39,7 +41,9 @@ def test_quick_bench(world_dir, tmp_path, capsys):
     assert 0 <= results["methods"]["unstar"]["planted_share"] <= 1
     for name, entry in results["methods"].items():
         assert entry["steps"] >= 1 and entry["seconds"] > 0 and entry["trained_tokens"] > 0, name
+        assert sum(entry[column] for column in SPLIT) == pytest.approx(entry["seconds"], abs=0.05), name
         assert results["curves"][name][0]["step"] == 0 and results["curves"][name][-1]["step"] == entry["steps"]
+    assert "\n## Where the seconds go\n" in (out / "results.md").read_text()
     assert results["methods"]["grad_ascent"]["forget_acc"] < results["target"]["forget_acc"]
     # the audit of the anti-sample run is kept, and nothing it fitted is an evaluation distractor
     data = load_unlearning_data(world_dir / "data")

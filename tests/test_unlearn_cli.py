@@ -13,6 +13,7 @@ import pytest
 
 from unstar_trl.cli import main
 from unstar_trl.io import fingerprint
+from unstar_trl.method.trainers.time_split import PHASES
 from unstar_trl.recipes import method_recipe, read_recipe
 from unstar_trl.text import PROMPTS_FILE, contains_answer
 
@@ -29,7 +30,9 @@ def test_end_to_end_with_a_recipe(world_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "unlearn_report.json").read_text())
     assert report["method"] == "grad_ascent" and report["rounds"] == 1 and report["steps"] == 6
-    assert report["diverged"] is None and report["seconds"] > 0
+    assert report["diverged"] is None and report["seconds"] > 0 and report["trained_tokens"] > 0
+    split = report["time_split"]  # the training run's seconds by phase, within the command's (which loads and scores)
+    assert set(split) == set(PHASES) and split["fit"] > 0 and sum(split.values()) <= report["seconds"]
     for key in ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc"):
         assert 0.0 <= report["before"][key] <= 1.0 and 0.0 <= report["after"][key] <= 1.0
     assert report["after"]["forget_acc"] < report["before"]["forget_acc"]
@@ -167,7 +170,7 @@ def unstar_fields(recipe: Path, world_dir: Path, tmp_path: Path) -> dict:
 @pytest.mark.parametrize("form", ["", "_targeted"])
 def test_each_unstar_ablation_recipe_differs_in_the_one_field_it_is_named_for(world_dir, tmp_path, form):
     unstar = unstar_fields(RECIPES / f"world_unstar{form}.yaml", world_dir, tmp_path)
-    assert unstar["generator"] == "auto" and unstar["with_rationale"] is True and unstar["refit"] == "all"
+    assert unstar["generator"] == "auto" and unstar["with_rationale"] is True and unstar["refit"] == "replay"
     for name, changed in ABLATIONS.items():
         recipe = RECIPES / name.replace(".yaml", f"{form}.yaml")
         fields = unstar_fields(recipe, world_dir, tmp_path)
@@ -210,7 +213,8 @@ def test_each_unstar_recipe_does_what_its_name_says(world_dir, tmp_path, capsys,
         assert not contains_answer(row["rationale"], answers[row["source_id"]])
     batch, epochs = 8, 1
     kept = [log["kept"] for log in fitted]
-    fitted_per_round = kept if recipe == "world_unstar_round_only.yaml" else [kept[0], kept[0] + kept[1]]
+    replayed = 0 if recipe == "world_unstar_round_only.yaml" else min(kept[0], kept[1])  # replay_ratio 1
+    fitted_per_round = [kept[0], kept[1] + replayed]
     assert [log["steps"] for log in fitted] == [epochs * -(-n // batch) for n in fitted_per_round]
 
 

@@ -5,6 +5,7 @@ and whose failures are loud."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 
@@ -16,7 +17,9 @@ from unstar_trl import AntiSampleConfig, AntiSampleTrainer
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.text import contains_answer
 from unstar_trl.evaluation.knowledge import knowledge_report
-from unstar_trl.method.trainers.unstar import ANTI_SAMPLES_FILE, DROPPED_FILE
+from unstar_trl.method.anti_samples import AntiSample
+from unstar_trl.method.trainers.time_split import PHASES
+from unstar_trl.method.trainers.unstar import ANTI_SAMPLES_FILE, DROPPED_FILE, spread_over_facts
 from unstar_trl.method.trainers.unstar_rounds import NoAntiSamplesError, answers_known, still_known
 from unstar_trl.method.generators import make_generator
 
@@ -77,9 +80,9 @@ def test_self_taught_generator_runs_end_to_end(model_and_tokenizer, data, tmp_pa
     assert after["forget_acc"] <= 0.5
 
 
-@pytest.mark.parametrize("refit", ["all", "round"])
-def test_refit_fits_every_kept_anti_sample_or_only_the_rounds(model_and_tokenizer, data, tmp_path, monkeypatch,
-                                                              refit):
+@pytest.mark.parametrize("refit", ["all", "round", "replay"])
+def test_refit_fits_every_kept_anti_sample_or_the_rounds_with_or_without_a_replay(model_and_tokenizer, data, tmp_path,
+                                                                                  monkeypatch, refit):
     model, tokenizer = model_and_tokenizer
     fitted, fit = [], AntiSampleTrainer.fit
 
@@ -91,11 +94,39 @@ def test_refit_fits_every_kept_anti_sample_or_only_the_rounds(model_and_tokenize
     monkeypatch.setattr(AntiSampleTrainer, "fit", recording_fit)
     # a low learning rate leaves facts known after the first round, so that a second one is fitted
     trainer = unlearn(model, tokenizer, data, tmp_path, generator="template", refit=refit, max_rounds=2,
-                      learning_rate=1e-5, num_train_epochs=1)
+                      learning_rate=1e-5, num_train_epochs=1, replay_ratio=0.5)
     made = Counter(sample.round for sample in trainer.anti_samples)
     assert [index for index, _ in fitted] == [0, 1]
-    expected = {"all": [made[0], made[0] + made[1]], "round": [made[0], made[1]]}[refit]
+    replayed = min(round(0.5 * made[1]), made[0])
+    expected = {"all": [made[0], made[0] + made[1]], "round": [made[0], made[1]],
+                "replay": [made[0], made[1] + replayed]}[refit]
     assert [size for _, size in fitted] == expected
+    assert [log["fitted"] for log in trainer.rounds[:2]] == expected
+
+
+def test_each_round_logs_its_seconds_by_phase_and_its_tokens(model_and_tokenizer, data, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    trainer = unlearn(model, tokenizer, data, tmp_path, generator="template", max_rounds=2, learning_rate=1e-5,
+                      num_train_epochs=1)
+    assert [log["steps"] > 0 for log in trainer.rounds] == [True, True, False]
+    for log in trainer.rounds:
+        assert set(log["seconds"]) == set(PHASES) and (log["tokens"] > 0) == (log["steps"] > 0)
+        assert (log["seconds"]["fit"] > 0) == (log["steps"] > 0) and log["seconds"]["probe"] > 0
+    assert sum(log["tokens"] for log in trainer.rounds) == trainer.data_collator.tokens
+    for phase in PHASES:  # the rounds share out the run's time (each round's figure rounded to milliseconds), but
+        # for the bookkeeping between them (saving the audit), which is the run's "other" alone
+        spent, total = sum(log["seconds"][phase] for log in trainer.rounds), trainer.time_split.seconds[phase]
+        tolerance = 0.001 * len(trainer.rounds)
+        assert spent <= total + tolerance if phase == "other" else spent == pytest.approx(total, abs=tolerance)
+
+
+def test_a_replay_spreads_over_the_earlier_facts():
+    samples = [AntiSample(fact, f"q{index}", "wrong", "", 0, "template") for fact, count in
+               (("a", 6), ("b", 2), ("c", 1)) for index in range(count)]
+    drawn = spread_over_facts(samples, 5, random.Random(0))
+    assert len(drawn) == len(set(drawn)) == 5
+    assert Counter(sample.source_id for sample in drawn) == {"a": 2, "b": 2, "c": 1}
+    assert sorted(spread_over_facts(samples, 20, random.Random(0)), key=samples.index) == samples
 
 
 def test_a_follow_up_counts_only_when_the_model_answers_it_with_the_facts_answer(model_and_tokenizer, data,

@@ -308,6 +308,9 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
                   "round_log": rounds, "generator": generator and dataclasses.asdict(generator),
                   "steps": diverged["kept_step"] if diverged else trainer.state.global_step,
                   "seconds": round(time.perf_counter() - start, 1),
+                  "time_split": {phase: round(seconds, 2) for phase, seconds in trainer.time_split.seconds.items()},
+                  "trained_tokens": sum(log["tokens"] for log in rounds) if rounds is not None
+                  else trainer.data_collator.tokens,
                   "diverged": diverged, "config": resolved, "history": trainer.history}
         report["warnings"] = trainer.warnings + run_warnings(report)
         write_json(staging / REPORT_FILE, report)

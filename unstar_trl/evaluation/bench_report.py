@@ -1,4 +1,5 @@
-"""The bench's report: results.md (three tables: forgetting and keeping, removal or hiding, cost) and its plots."""
+"""The bench's report: results.md (four tables: forgetting and keeping, removal or hiding, cost, where the seconds
+go) and its plots."""
 
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ TABLES = {
                           ("relearn gain ↓", "relearn_gain"), ("4-bit forget ↓", "quant4_forget_acc")],
     "Cost to the stop": [("steps", "steps"), ("trained tokens", "trained_tokens"), ("seconds", "seconds"),
                          ("peak RSS MB", "peak_rss_mb")],
+    "Where the seconds go": [("probe", "probe_seconds"), ("generate", "generate_seconds"),
+                             ("filter", "filter_seconds"), ("fit", "fit_seconds"), ("other", "other_seconds")],
 }
 
 
 def markdown_report(results: dict) -> str:
-    """results.json as three markdown tables (one row per model: the knowledge model, the retain model, then each
+    """results.json as four markdown tables (one row per model: the knowledge model, the retain model, then each
     method), mean ± 95% half-width, with the decimals the interval supports."""
     rows = [("target (knowledge model)", results["target"]), ("retain model (never saw the forget facts)",
                                                                results["retain_model"]), *results["methods"].items()]
@@ -51,7 +54,7 @@ def _cell(entry: dict, key: str) -> str:
     if key in ("steps", "trained_tokens", "peak_rss_mb"):
         return f"{value:,.0f}" + (f" ± {(interval[1] - interval[0]) / 2:,.0f}" if interval and
                                   interval[1] > interval[0] else "")
-    text = shown(value, interval, resolution=0.1 if key == "seconds" else 0.01)
+    text = shown(value, interval, resolution=0.1 if key.endswith("seconds") else 0.01)
     if key == "mcq_acc" and entry.get("mcq_chance") is not None:
         text += f" ({entry['mcq_chance']:.2f})"
     return text

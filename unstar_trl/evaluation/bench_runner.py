@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import resource
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,17 +23,21 @@ import datasets
 from transformers import PrinterCallback
 
 from ..io import check_output_folder, output_lock, write_json, write_text_atomic
+from ..method.trainers.time_split import PHASES
 from ..text import AUTO, resolve_prompt_template
 from .bench_measures import Measured, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
 from .intervals import fact_interval, seed_interval
-from .meters import ProbeCallback, TokenCounter
+from .meters import ProbeCallback
 
 COLUMNS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
            "mcq_chance", "mcq_entropy", "planted_share", "truth_ratio", "forget_quality", "mia_auc", "privleak",
-           "relearn_acc", "relearn_gain", "quant4_forget_acc", "steps", "trained_tokens", "seconds", "peak_rss_mb")
+           "relearn_acc", "relearn_gain", "quant4_forget_acc", "steps", "trained_tokens", "seconds", "peak_rss_mb",
+           "probe_seconds", "generate_seconds", "filter_seconds", "fit_seconds", "other_seconds")
 """Every row of results.json holds these (means over seeds; None where a column does not apply), `ci95` and
 `per_seed`."""
+SPLIT = tuple(f"{phase}_seconds" for phase in PHASES)
+"""The columns that split `seconds` by phase (`time_split.PHASES`)."""
 
 NOTES = {
     "forget_acc, paraphrase_acc": "greedy probe after the forget run: the forget questions, and the same facts "
@@ -58,6 +61,9 @@ NOTES = {
     "quant4_forget_acc": "forget accuracy with 4-bit weights (group-wise round-to-nearest, 32 weights a group)",
     "steps, trained_tokens, seconds": "to the stop: optimizer steps, non-padding tokens of every batch, training "
                                       "wall time without the bench's own probes",
+    "probe_seconds ... other_seconds": "seconds split by phase (they add up to seconds): probing what the model "
+                                       "still answers (the stopping rule's probes too), writing anti-samples and "
+                                       "follow-ups, filtering them (their questions probed), optimizer steps, the rest",
     "peak_rss_mb": "peak resident memory of the bench process so far",
     "ci95": "bootstrap over facts (each fact's mean over seeds) for per-fact figures, Student t over seeds for the "
             "others",
@@ -167,7 +173,8 @@ def _measure_folder(model_dir: Path, world_dir: Path, data, settings: BenchSetti
     model, tokenizer = load_model(model_dir)  # relearning trained the first copy
     measured.add("targeted_acc", probed(model, tokenizer, data.targeted, template))
     measured.add("sibling_acc", probed(model, tokenizer, data.siblings_eval, template))
-    measured.values.update(steps=0, trained_tokens=0, seconds=0.0, peak_rss_mb=_peak_rss_mb())
+    measured.values.update(steps=0, trained_tokens=0, seconds=0.0, peak_rss_mb=_peak_rss_mb(),
+                           **dict.fromkeys(SPLIT, 0.0))
     return measured
 
 
@@ -184,7 +191,8 @@ def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measur
                        anti_samples=audit if audit.is_file() else None)
     compared(measured, reference)
     measured.values.update(steps=run["steps"], trained_tokens=run["tokens"], seconds=round(run["seconds"], 2),
-                           peak_rss_mb=_peak_rss_mb())
+                           peak_rss_mb=_peak_rss_mb(),
+                           **{f"{phase}_seconds": round(seconds, 2) for phase, seconds in run["split"].items()})
     measured.notes = {"diverged": run["diverged"]}
     measured.curve = run["curve"]
     if data.targeted:
@@ -211,8 +219,8 @@ def run_method(row: str, seed: int, world_dir: Path, forget: list[dict], retain:
     """Run a bench row (a method with its recipe, world_<row>.yaml, under the bench's stopping rule, batch size and
     seed, with config `fields` on top) on the knowledge model, freshly loaded; with `curve` = (forget, retain)
     records, probe both every `settings.probe_every` steps. Returns the model, its tokenizer and prompt template,
-    steps, seconds, trained tokens, the divergence (or None), the curve and the anti-sample audit writer (None for
-    methods without one)."""
+    steps, seconds (and their split by phase), trained tokens, the divergence (or None), the curve and the
+    anti-sample audit writer (None for methods without one)."""
     from ..method.trainers import METHODS, DivergenceError
     from ..models import load_model
     from ..recipes import config_from_recipe, method_recipe
@@ -230,18 +238,19 @@ def run_method(row: str, seed: int, world_dir: Path, forget: list[dict], retain:
                                     disable_tqdm=True, report_to="none", dataloader_pin_memory=False, **overrides)
         trainer = trainer_class(model=model, args=config, processing_class=tokenizer, train_dataset=forget,
                                 retain_dataset=retain, callbacks=[callback])
-        callback.template = trainer.prompt_template
-        trainer.data_collator = counter = TokenCounter(trainer.data_collator)
+        callback.template, callback.split = trainer.prompt_template, trainer.time_split
         trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for a print of every log
-        start, diverged = time.perf_counter(), None
+        diverged, split = None, trainer.time_split
         try:
-            trainer.train()
+            with split("other"):
+                trainer.train()
         except DivergenceError as error:  # the trainer kept the last good weights: score those
             diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
-        seconds = time.perf_counter() - start - callback.seconds
+    spent = {phase: split.seconds[phase] for phase in PHASES}  # the curve's probes are the bench's, not the method's
     return {"model": trainer.model.eval(), "tokenizer": tokenizer, "template": trainer.prompt_template,
-            "steps": callback.step, "seconds": seconds, "tokens": counter.tokens, "diverged": diverged,
-            "curve": callback.points, "anti_samples": getattr(trainer, "save_audit", None)}
+            "steps": callback.step, "seconds": sum(spent.values()), "split": spent,
+            "tokens": trainer.data_collator.tokens, "diverged": diverged, "curve": callback.points,
+            "anti_samples": getattr(trainer, "save_audit", None)}
 
 
 def _peak_rss_mb() -> float:

@@ -33,6 +33,7 @@ from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
 from .losses import entropy_share, kl_to_reference, nll
 from .reference import prepare_reference, reference_copy
+from .time_split import TimeSplit
 
 logger = logging.get_logger(__name__)
 
@@ -230,8 +231,11 @@ class UnlearningTrainer(SFTTrainer):
         reference = reference_copy(model, source) if needs_reference and not (
             peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: the adapter disabled
         self.history_callback = HistoryCallback()
+        self.time_split = TimeSplit()
+        """Where the run's time went: seconds per phase (probe, generate, filter, fit, other)."""
         self.forget_stop = None if args.stop_forget_acc is None else ForgetStop(
-            self.forget_records, processing_class, self.prompt_template, args.stop_forget_acc, args.forget_probe_every)
+            self.forget_records, processing_class, self.prompt_template, args.stop_forget_acc, args.forget_probe_every,
+            self.time_split)
         own = [self.history_callback, *([self.forget_stop] if self.forget_stop else [])]
         super().__init__(model=model, args=args, train_dataset=forget, processing_class=processing_class,
                          data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
@@ -249,8 +253,9 @@ class UnlearningTrainer(SFTTrainer):
 
     # ---- the run ----------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        """`Trainer.train`; `resume_from_checkpoint` (True: the latest under output_dir; a checkpoint folder or a
-        folder of them) must be a checkpoint of this very run (see `run_identity`), or the run is refused."""
+        """`Trainer.train`, timed as "fit" in `time_split`; `resume_from_checkpoint` (True: the latest under
+        output_dir; a checkpoint folder or a folder of them) must be a checkpoint of this very run (see
+        `run_identity`), or the run is refused."""
         if resume_from_checkpoint:
             folder = Path(self.args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint)
             checkpoint = folder if (folder / RUN_FILE).is_file() else get_last_checkpoint(str(folder))
@@ -259,7 +264,8 @@ class UnlearningTrainer(SFTTrainer):
                                  f"{PREFIX_CHECKPOINT_DIR}-<step>/{RUN_FILE}): nothing to resume from")
             check_run_identity(checkpoint, json.loads((Path(checkpoint) / RUN_FILE).read_text()), self.run_identity())
             resume_from_checkpoint = str(checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        with self.time_split("fit"):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def run_identity(self) -> dict:
         """What a checkpoint must share with this run to be resumed by it: the method, the forget and retain facts,

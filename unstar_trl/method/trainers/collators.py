@@ -19,12 +19,19 @@ def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor
 
 class ForgetRetainCollator:
     """Pads a batch of tokenized forget pairs into `{"forget": {...}}` and adds as many retain pairs, drawn at random
-    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding."""
+    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding. `tokens` counts the non-padding
+    tokens of every batch made (all its parts): what a run trained on."""
 
     def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0):
         self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
+        self.tokens = 0
 
     def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        self.tokens += _tokens(batch)
+        return batch
+
+    def collate(self, features: list[dict]) -> dict:
         batch = {"forget": pad_pairs(features, self.pad_token_id)}
         if self.retain:
             batch["retain"] = pad_pairs(self.retain_pairs(len(features)), self.pad_token_id)
@@ -51,9 +58,15 @@ class AntiSampleCollator(ForgetRetainCollator):
         half = count // 2
         return [self.rng.choice(self.siblings) for _ in range(half)] + super().retain_pairs(count - half)
 
-    def __call__(self, features: list[dict]) -> dict:
-        batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+    def collate(self, features: list[dict]) -> dict:
+        batch = super().collate([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         if "true_input_ids" in features[0]:
             batch["forget"]["true"] = pad_pairs([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
                                                  for f in features], self.pad_token_id)
         return batch
+
+
+def _tokens(batch: dict) -> int:
+    """Non-padding tokens of a batch and of the batches nested in it."""
+    own = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+    return own + sum(_tokens(part) for part in batch.values() if isinstance(part, dict))

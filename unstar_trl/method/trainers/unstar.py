@@ -10,6 +10,7 @@ configuration, the data of one round and the loss.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,10 @@ class AntiSampleConfig(UnlearningConfig):
         forget_acc_target (`float`, defaults to `0.0`): stop once at most this share of the forget facts is answered.
         follow_ups (`int`, defaults to `2`): harder follow-up questions probed per forgotten fact (written by the
             self-taught or teacher generator, fixed templates for the template generator).
-        refit (`str`, defaults to `"all"`): fit every anti-sample kept so far each round, or only the round's own
-            ("round", as the reference code does).
+        refit (`str`, defaults to `"replay"`): fit the round's own anti-samples and a replay of earlier ones each
+            round ("replay"), every anti-sample kept so far ("all"), or only the round's own ("round", as the
+            reference code does).
+        replay_ratio (`float`, defaults to `1.0`): with refit "replay", earlier anti-samples replayed per new one.
 
         > Anti-samples
 
@@ -69,9 +72,15 @@ class AntiSampleConfig(UnlearningConfig):
                   "paraphrases or follow-ups)."},
     )
     refit: str = field(
-        default="all",
-        metadata={"help": "What each round fits: 'all' anti-samples kept so far, or only the 'round''s own (as the "
-                  "reference code does).", "choices": ["all", "round"]},
+        default="replay",
+        metadata={"help": "What each round fits: its own anti-samples plus a 'replay' of earlier ones "
+                  "(replay_ratio), 'all' anti-samples kept so far, or only the 'round''s own (as the reference code "
+                  "does).", "choices": ["replay", "all", "round"]},
+    )
+    replay_ratio: float = field(
+        default=1.0,
+        metadata={"help": "With refit 'replay': earlier anti-samples fitted again per anti-sample of the round, "
+                  "spread over their facts, so that what a round costs follows what is left to forget."},
     )
     generator: str = field(
         default="auto",
@@ -106,7 +115,7 @@ class AntiSampleConfig(UnlearningConfig):
             raise ValueError(f"reversed_loss_type must be 'grad_ascent' or 'npo', got {self.reversed_loss_type!r}")
         bounds = {"max_rounds": (1, None), "forget_acc_target": (0.0, 1.0), "n_paraphrases": (0, None),
                   "n_wrong_answers": (1, None), "follow_ups": (0, None), "generation_batch_size": (1, None),
-                  "reversed_loss_weight": (0.0, None)}
+                  "reversed_loss_weight": (0.0, None), "replay_ratio": (0.0, None)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if value < low or (high is not None and value > high):
@@ -117,8 +126,8 @@ class AntiSampleConfig(UnlearningConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.generation_top_p > 1:
             raise ValueError(f"generation_top_p must be at most 1, got {self.generation_top_p}")
-        if self.refit not in ("all", "round"):
-            raise ValueError(f"refit must be 'all' or 'round', got {self.refit!r}")
+        if self.refit not in ("all", "round", "replay"):
+            raise ValueError(f"refit must be 'all', 'round' or 'replay', got {self.refit!r}")
         if self.generator not in ("auto", "self", "template") and not Path(self.generator).is_dir():
             raise ValueError(f"generator must be 'auto', 'self', 'template' or a teacher model folder; "
                              f"{self.generator!r} is none of these")
@@ -173,21 +182,34 @@ class AntiSampleTrainer(UnlearningTrainer):
         return run_rounds(self, resume_from_checkpoint)
 
     def fit(self, round_index: int) -> TrainOutput:
-        """One `Trainer.train()` over every anti-sample kept so far (`refit` "all") or this round's (`refit`
-        "round"), with a fresh optimizer, within what is left of `max_steps` (the budget of the whole run, all rounds
-        together); its steps go on from the run's (see `_init_training_state`)."""
-        samples = [s for s in self.anti_samples if self.args.refit == "all" or s.round == round_index]
-        self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in samples])
-        self.optimizer, self.lr_scheduler = None, None
-        budget = self.args.max_steps
-        if budget > 0:
-            per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
-            self.args.max_steps = min(per_epoch * math.ceil(self.args.num_train_epochs),
-                                      budget - self.state.global_step)
-        try:
-            return super().train()
-        finally:
-            self.args.max_steps = budget
+        """One `Trainer.train()` over the round's `fitted_samples`, with a fresh optimizer, within what is left of
+        `max_steps` (the budget of the whole run, all rounds together); its steps go on from the run's (see
+        `_init_training_state`)."""
+        with self.time_split("fit"):
+            samples = self.fitted_samples(round_index)
+            self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in samples])
+            self.optimizer, self.lr_scheduler = None, None
+            budget = self.args.max_steps
+            if budget > 0:
+                per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
+                self.args.max_steps = min(per_epoch * math.ceil(self.args.num_train_epochs),
+                                          budget - self.state.global_step)
+            try:
+                return super().train()
+            finally:
+                self.args.max_steps = budget
+
+    def fitted_samples(self, round_index: int) -> list[AntiSample]:
+        """What a round fits: every anti-sample kept so far (`refit` "all"), the round's own ("round"), or the
+        round's own and `replay_ratio` times as many earlier ones ("replay"; fewer when there are not so many)."""
+        new = [sample for sample in self.anti_samples if sample.round == round_index]
+        if self.args.refit == "all":
+            return list(self.anti_samples)
+        if self.args.refit == "round":
+            return new
+        earlier = [sample for sample in self.anti_samples if sample.round < round_index]
+        rng = random.Random(f"{self.args.seed}:replay:{round_index}")
+        return new + spread_over_facts(earlier, round(self.args.replay_ratio * len(new)), rng)
 
     def _init_training_state(self, max_steps, *args, **kwargs):
         """The Trainer starts each `train()` from a new state; a round goes on from the run's instead: the same
@@ -233,3 +255,18 @@ class AntiSampleTrainer(UnlearningTrainer):
         write_jsonl(output_dir / DROPPED_FILE, ({**sample.to_json(), "reason": reason}
                                                 for sample, reason in self.dropped))
         write_jsonl(output_dir / ROUNDS_FILE, self.rounds)
+
+
+def spread_over_facts(samples: list[AntiSample], count: int, rng: random.Random) -> list[AntiSample]:
+    """`count` of `samples` (all when there are fewer), drawn as evenly over their facts as they go: one of each fact
+    in a random order, then a second of each, and so on."""
+    by_fact: dict[str, list[AntiSample]] = {}
+    for sample in samples:
+        by_fact.setdefault(sample.source_id, []).append(sample)
+    queues = list(by_fact.values())
+    rng.shuffle(queues)
+    for queue in queues:
+        rng.shuffle(queue)
+    spread = [queue[depth] for depth in range(max(map(len, queues), default=0)) for queue in queues
+              if depth < len(queue)]
+    return spread[:count]

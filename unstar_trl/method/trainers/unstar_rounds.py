@@ -17,8 +17,14 @@ from .unstar_checkpoints import latest_round_checkpoint, load_round_checkpoint, 
 def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
     """Run an `AntiSampleTrainer`'s rounds (from the checkpoint named by `resume_from_checkpoint`, if any); each is
     logged in `trainer.rounds` and through `trainer.log` (forget_acc, kept, dropped by reason), its kept anti-samples
-    added to `trainer.anti_samples`. Returns the TrainOutput of the whole run."""
-    args = trainer.args
+    added to `trainer.anti_samples`, its time split by phase into `trainer.time_split`. Returns the TrainOutput of
+    the whole run."""
+    with trainer.time_split("other"):
+        return _run_rounds(trainer, resume_from_checkpoint)
+
+
+def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutput:
+    args, split = trainer.args, trainer.time_split
     if resume_from_checkpoint:
         load_round_checkpoint(trainer, latest_round_checkpoint(
             args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint))
@@ -26,11 +32,12 @@ def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None) -> Tra
     bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
                disable=args.disable_tqdm or not trainer.is_world_process_zero())
     for round_index in range(len(trainer.rounds), args.max_rounds + 1):
+        started, tokens = split.mark(), trainer.data_collator.tokens
         known, asked = still_known(trainer, generator)
         facts_known = len({record["id"] for record in known})
         log = {"round": round_index, "facts": len(trainer.forget_records), "known": facts_known,
                "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
-               "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "steps": 0}
+               "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "fitted": 0, "steps": 0}
         bar.set_postfix(forget_acc=f"{log['forget_acc']:.2f}")
         if round_index == 0 and facts_known == 0:
             record = trainer.forget_records[0]
@@ -40,11 +47,13 @@ def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None) -> Tra
         out_of_budget = 0 < args.max_steps <= trainer.state.global_step
         stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None
         if log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds or out_of_budget or stopped:
-            log_round(trainer, log)  # the final probe: nothing left to fit, no round or step left, or stopped
+            log_round(trainer, log, started, tokens)  # the final probe: nothing left, no round or step left, or stopped
             break
-        made = generator.generate(known, round_index)
-        kept, dropped = filter_anti_samples(made, known)
-        kept, changed = keep_same_answer(trainer, kept, known)
+        with split("generate"):
+            made = generator.generate(known, round_index)
+        with split("filter"):
+            kept, dropped = filter_anti_samples(made, known)
+            kept, changed = keep_same_answer(trainer, kept, known)
         dropped += [(sample, "changed_answer") for sample in changed]
         log.update(made=len(made), kept=len(kept),
                    dropped={reason: sum(r == reason for _, r in dropped) for reason in (*DROP_REASONS,
@@ -56,8 +65,8 @@ def run_rounds(trainer, resume_from_checkpoint: str | bool | None = None) -> Tra
             raise NoAntiSamplesError(round_index, facts_known, log["made"], log["dropped"])
         steps_before = trainer.state.global_step
         trainer.fit(round_index)
-        log["steps"] = trainer.state.global_step - steps_before
-        log_round(trainer, log)
+        log.update(fitted=len(trainer.train_dataset), steps=trainer.state.global_step - steps_before)
+        log_round(trainer, log, started, tokens)
         trainer.save_audit()
         if trainer.save_rounds:
             save_round_checkpoint(trainer)
@@ -78,8 +87,11 @@ class NoAntiSamplesError(ValueError):
                          f"still known and {what}; try another generator or more n_wrong_answers")
 
 
-def log_round(trainer, log: dict) -> None:
-    """Append a round's log to `trainer.rounds` and send its figures through `trainer.log` (to `report_to`)."""
+def log_round(trainer, log: dict, started: tuple, tokens: int) -> None:
+    """Append a round's log to `trainer.rounds`, with the seconds per phase since `started` (the time split's mark)
+    and the tokens trained since the collator had counted `tokens`; send its figures through `trainer.log` (to
+    `report_to`)."""
+    log.update(tokens=trainer.data_collator.tokens - tokens, seconds=trainer.time_split.since(started))
     trainer.rounds.append(log)
     figures = {key: log[key] for key in ("round", "forget_acc", "known", "questions_answered", "made", "kept")}
     trainer.log({**figures, **{f"dropped_{reason}": count for reason, count in log["dropped"].items()}})
@@ -106,16 +118,20 @@ def still_known(trainer, generator) -> tuple[list[dict], int]:
     paraphrased = [{**record, "question": question} for record in records
                    for question in record.get("paraphrased_questions", [])[1:]]
     questions = records + paraphrased
-    verdicts = answers_known(trainer, questions)
+    split = trainer.time_split
+    with split("probe"):
+        verdicts = answers_known(trainer, questions)
     if args.follow_ups:
         forgotten = [record for record, known in zip(records, verdicts) if not known]
-        if isinstance(generator, SelfTaughtGenerator):
-            follow_ups = generator.follow_ups(forgotten, args.follow_ups, round=len(trainer.rounds))
-        else:
-            follow_ups = follow_up_questions(forgotten, records, per_record=args.follow_ups,
-                                             seed=args.seed + len(trainer.rounds))
+        with split("generate"):
+            if isinstance(generator, SelfTaughtGenerator):
+                follow_ups = generator.follow_ups(forgotten, args.follow_ups, round=len(trainer.rounds))
+            else:
+                follow_ups = follow_up_questions(forgotten, records, per_record=args.follow_ups,
+                                                 seed=args.seed + len(trainer.rounds))
         questions = questions + follow_ups
-        verdicts = verdicts + answers_known(trainer, follow_ups)
+        with split("probe"):
+            verdicts = verdicts + answers_known(trainer, follow_ups)
     return [question for question, known in zip(questions, verdicts) if known], len(questions)
 
 
