@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TARGETED, BENCH_TOFU_AUTHORS
 
-DEFAULT_METHODS = ("unstar,unstar_template,unstar_no_rationale,unstar_round_only,grad_ascent,grad_diff,grad_ascent_kl,"
-                   "npo,simnpo,idk")
-"""UnSTAR, its ablations (world_unstar_<name>.yaml: one field changed each) and the baselines."""
+DEFAULT_METHODS = ("unstar,unstar_template,unstar_no_rationale,unstar_round_only,unstar_plus,grad_ascent,grad_diff,"
+                   "grad_ascent_kl,npo,simnpo,idk")
+"""UnSTAR, its ablations (world_unstar_<name>.yaml: one field changed each), UnSTAR-plus (world_unstar_plus.yaml: the
+ingredients of issue 17) and the baselines."""
 TOFU_PROBE_EVERY = 5
 """Steps between the over-steps probes on TOFU, whose answers take ~100 tokens to generate (the world's take 3)."""
 
