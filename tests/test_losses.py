@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from unstar_trl.method.trainers.losses import (kl_to_reference, nll, npo_loss, sequence_log_probs, simnpo_loss,
-                                        token_log_probs)
+from unstar_trl.method.trainers.losses import (ascent_to_floor, kl_to_reference, nll, npo_loss, sequence_log_probs,
+                                               simnpo_loss, token_log_probs)
 
 # Two sequences over a vocabulary of 3. Sequence 0: prompt of 2 tokens, completion of 2. Sequence 1: prompt of 1,
 # completion of 2, then one padding position. The label at t is scored by the logits at t - 1.
@@ -51,6 +51,16 @@ def test_nll_is_the_mean_of_per_sequence_mean_nll():
     labels[1, 1] = -100  # sequence 1 keeps only its second completion token: its mean is over 1, not 2
     expected = (-(SEQ0[0] + SEQ0[1]) / 2 - SEQ1[1]) / 2
     assert nll(LOGITS, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ascent_to_floor_pushes_down_only_above_the_floor():
+    log_prob = torch.tensor([-2.0, -9.0], requires_grad=True)  # per-token means -1 and -3
+    count = torch.tensor([2, 3])
+    floor = torch.tensor([-2.0, -2.0])
+    loss = ascent_to_floor(log_prob, count, floor)
+    assert loss.item() == pytest.approx((-1.0 - -2.0 + 0.0) / 2)  # the second sequence is already below its floor
+    loss.backward()
+    assert log_prob.grad.tolist() == pytest.approx([1 / 2 / 2, 0.0])  # descent lowers only the first
 
 
 def test_npo_loss():

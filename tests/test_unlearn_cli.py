@@ -158,6 +158,13 @@ ABLATIONS = {"world_unstar_template.yaml": {"generator": "template"},
 """Each ablation recipe and the one field where it differs from world_unstar.yaml."""
 
 
+PLUS = {"retain_neighbors": True, "retain_weight": 4.0, "reversed_loss_weight": 0.3, "reversed_loss_type": "stranger"}
+"""Where world_unstar_plus.yaml differs from world_unstar.yaml: what issue 17 measured to help."""
+PLUS_ABLATIONS = {"no_neighbors": {"retain_neighbors": False}, "no_floor": {"reversed_loss_weight": 0.0},
+                  "stranger_answers": {"stranger_answers": True}}
+"""Each UnSTAR-plus ablation (world_unstar_plus_<name>.yaml) and the one field where it differs from UnSTAR-plus."""
+
+
 def unstar_fields(recipe: Path, world_dir: Path, tmp_path: Path) -> dict:
     from unstar_trl.commands.unlearn import parse
 
@@ -177,6 +184,18 @@ def test_each_unstar_ablation_recipe_differs_in_the_one_field_it_is_named_for(wo
         assert {key: value for key, value in fields.items() if unstar[key] != value} == changed, recipe.name
         method = name.removeprefix("world_").removesuffix(".yaml")  # how a bench row finds it
         assert method_recipe(method, targeted=bool(form)) == read_recipe(recipe)
+
+
+@pytest.mark.parametrize("form", ["", "_targeted"])
+def test_unstar_plus_is_unstar_with_its_ingredients_and_each_of_its_ablations_drops_one(world_dir, tmp_path, form):
+    unstar = unstar_fields(RECIPES / f"world_unstar{form}.yaml", world_dir, tmp_path)
+    plus = unstar_fields(RECIPES / f"world_unstar_plus{form}.yaml", world_dir, tmp_path)
+    assert {key: value for key, value in plus.items() if unstar[key] != value} == PLUS
+    for name, changed in PLUS_ABLATIONS.items():
+        recipe = RECIPES / f"world_unstar_plus_{name}{form}.yaml"
+        fields = unstar_fields(recipe, world_dir, tmp_path)
+        assert {key: value for key, value in fields.items() if plus[key] != value} == changed, recipe.name
+        assert method_recipe(f"unstar_plus_{name}", targeted=bool(form)) == read_recipe(recipe)
 
 
 def unlearn_rows(argv: list, capsys) -> tuple[dict, list[dict]]:

@@ -9,9 +9,13 @@ from pathlib import Path
 from ..testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TARGETED, BENCH_TOFU_AUTHORS
 from . import HelpFormatter
 
-DEFAULT_METHODS = ("unstar,unstar_template,unstar_no_rationale,unstar_round_only,grad_ascent,grad_diff,grad_ascent_kl,"
-                   "npo,simnpo,idk")
-"""UnSTAR, its ablations (world_unstar_<name>.yaml: one field changed each) and the baselines."""
+DEFAULT_METHODS = ("unstar,unstar_template,unstar_no_rationale,unstar_round_only,unstar_plus,grad_ascent,grad_diff,"
+                   "grad_ascent_kl,npo,simnpo,idk")
+"""UnSTAR, its ablations (world_unstar_<name>.yaml: one field changed each), UnSTAR-plus (world_unstar_plus.yaml: the
+ingredients of issue 17) and the baselines."""
+NOT_ON_TOFU = ("unstar_plus",)
+"""Default rows a TOFU bench leaves out: UnSTAR-plus asks each forget question about strangers, and TOFU's questions
+do not name their author."""
 TOFU_PROBE_EVERY = 5
 """Steps between the over-steps probes on TOFU, whose answers take ~100 tokens to generate (the world's take 3)."""
 
@@ -30,7 +34,8 @@ def add_parser(subparsers) -> None:
                         "world.json; default: OUT/world)")
     parser.add_argument("--methods", default=DEFAULT_METHODS,
                         help="comma-separated rows: a method (unstar, grad_ascent, ...) or a shipped recipe's name "
-                        "without world_ (unstar_template runs world_unstar_template.yaml)")
+                        "without world_ (unstar_template runs world_unstar_template.yaml); on TOFU the default "
+                        f"leaves out {', '.join(NOT_ON_TOFU)}")
     parser.add_argument("--data", choices=("world", "tofu"), default=None,
                         help="'world' (default): the embedded fictitious world; 'tofu': a knowledge model trained on "
                         "real TOFU rows (forget01's 2 authors to forget, --authors in all)")
@@ -67,6 +72,8 @@ def _run(args) -> int:
     if args.world:
         refuse_overwrite(args.output_dir, world)
     kind, build = _world_builder(args, world)
+    if kind == "tofu" and args.methods == DEFAULT_METHODS:
+        methods = [name for name in methods if name not in NOT_ON_TOFU]
     transformers.logging.set_verbosity_error()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     settings = dataclasses.replace(QUICK, seeds=args.seeds[:1]) if args.quick else BenchSettings(

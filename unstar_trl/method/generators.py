@@ -8,18 +8,17 @@ template generator reads only the records (`perturbed_answers`, `paraphrased_que
 
 from __future__ import annotations
 
-import contextlib
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ..text import contains_answer, format_prompt, normalize, read_prompts_file
 from .anti_samples import AntiSample
 from .probe import generate
+from .seeded import seeded
+from .strangers import StrangerAnswers
 
 CHAT_SKILL_PROMPTS = {
     "paraphrase": "Give simple questions about {subject} whose answer is the same as the answer of "
@@ -57,13 +56,15 @@ class SelfTaughtGenerator:
     `CHAT_SKILL_PROMPTS` through its chat template. Paraphrases and wrong answers are sampled (seeded by `seed` and
     the round, `oversample` candidates per slot, first distinct ones kept, never the true answer); rationales are
     greedy, and one that does not name its wrong answer is left out. Each record yields (1 + n_paraphrases)
-    questions x n_wrong_answers anti-samples, before filtering.
+    questions x n_wrong_answers anti-samples, before filtering. With `strangers`, each question gets wrong answers of
+    its own, from what the model answers when the question is asked about strangers (`strangers.StrangerAnswers`).
     """
 
     def __init__(self, model, tokenizer, prompts: dict[str, str] | None = None, *, n_paraphrases: int = 2,
                  n_wrong_answers: int = 2, with_rationale: bool = True, seed: int = 0, name: str = "self_taught",
-                 temperature: float = 1.0, top_p: float = 0.95, oversample: int = 3, batch_size: int = 64):
-        self.model, self.tokenizer, self.prompts = model, tokenizer, prompts
+                 temperature: float = 1.0, top_p: float = 0.95, oversample: int = 3, batch_size: int = 64,
+                 strangers: StrangerAnswers | None = None):
+        self.model, self.tokenizer, self.prompts, self.strangers = model, tokenizer, prompts, strangers
         self.n_paraphrases, self.n_wrong_answers = n_paraphrases, n_wrong_answers
         self.with_rationale, self.seed, self.name = with_rationale, seed, name
         self.temperature, self.top_p, self.oversample, self.batch_size = temperature, top_p, oversample, batch_size
@@ -85,10 +86,14 @@ class SelfTaughtGenerator:
                 asked.extend(_distinct(found, self.n_paraphrases, exclude=asked[0]))
         candidates = self._sample("alternative", [_fields(r) for r in records], self.n_wrong_answers, round,
                                   max_new_tokens=12)
-        wrong_answers = [_distinct(found, self.n_wrong_answers, exclude=record["answer"])
-                         for record, found in zip(records, candidates)]
-        pairs = [(record, question, wrong) for record, asked, wrongs in zip(records, questions, wrong_answers)
-                 for question in asked for wrong in wrongs]
+        wrong_answers = [[_distinct(found, self.n_wrong_answers, exclude=record["answer"])] * len(asked)
+                         for record, asked, found in zip(records, questions, candidates)]
+        if self.strangers is not None:  # each question its own, where the model answers strangers
+            spread = self.strangers(records, [len(asked) for asked in questions], self.n_wrong_answers, round)
+            wrong_answers = [[mine or own for mine, own in zip(*per_question)]
+                             for per_question in zip(spread, wrong_answers)]
+        pairs = [(record, question, wrong) for record, asked, per_question in zip(records, questions, wrong_answers)
+                 for question, wrongs in zip(asked, per_question) for wrong in wrongs]
         rationales = [""] * len(pairs)
         if self.with_rationale and pairs:
             fields = [_fields(record, question=question, wrong=wrong) for record, question, wrong in pairs]
@@ -115,7 +120,7 @@ class SelfTaughtGenerator:
                 template = rng.choice(CHAT_FOLLOW_UP_PROMPTS) if self.prompts is None else self.prompts["paraphrase"]
                 tries.append((record, rng.choice(FOLLOW_UP_TEMPERATURES), self._ask(template, _fields(record))))
         written = [""] * len(tries)
-        with self._seeded(round):
+        with seeded(self.model, self.seed * 1009 + round):
             for temperature in sorted({temperature for _, temperature, _ in tries}):
                 at = [index for index, (_, t, _) in enumerate(tries) if t == temperature]
                 sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else {}
@@ -136,19 +141,12 @@ class SelfTaughtGenerator:
         """`n * oversample` sampled continuations per prompt, cleaned, grouped by prompt (batches of about
         `batch_size` sequences)."""
         per_prompt = n * self.oversample
-        with self._seeded(round):
+        with seeded(self.model, self.seed * 1009 + round):
             texts = self._complete(skill, fields, max_new_tokens=max_new_tokens,
                                    batch_size=max(1, self.batch_size // per_prompt), do_sample=True,
                                    temperature=self.temperature, top_p=self.top_p, num_return_sequences=per_prompt)
         cleaned = [_clean(text) for text in texts]
         return [cleaned[start : start + per_prompt] for start in range(0, len(cleaned), per_prompt)]
-
-    @contextlib.contextmanager
-    def _seeded(self, round: int):
-        """Torch's random state seeded by `seed` and the round inside the block, restored after it."""
-        with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []):
-            torch.manual_seed(self.seed * 1009 + round)
-            yield
 
     def _complete(self, skill: str, fields: list[dict], **generate_kwargs) -> list[str]:
         template = CHAT_SKILL_PROMPTS[skill] if self.prompts is None else self.prompts[skill]
@@ -293,13 +291,13 @@ class TemplateGenerator:
         return re.sub(rf"\b{re.escape(record['answer'])}\b", wrong, rationale)
 
 
-def make_generator(kind: str, args, model, tokenizer):
+def make_generator(kind: str, args, model, tokenizer, strangers: StrangerAnswers | None = None):
     """The anti-sample writer of a chosen `kind` ("template", "self": the model being unlearned, or a teacher model
-    folder), with the knobs of the `AntiSampleConfig` `args`."""
+    folder), with the knobs of the `AntiSampleConfig` `args` (and, for a writing model, `strangers`)."""
     knobs = dict(n_paraphrases=args.n_paraphrases, n_wrong_answers=args.n_wrong_answers,
                  with_rationale=args.with_rationale, seed=args.seed)
     sampling = dict(temperature=args.generation_temperature, top_p=args.generation_top_p,
-                    batch_size=args.generation_batch_size)
+                    batch_size=args.generation_batch_size, strangers=strangers)
     if kind == "template":
         return TemplateGenerator(**knobs)
     if kind == "self":

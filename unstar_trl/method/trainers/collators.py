@@ -43,26 +43,31 @@ class ForgetRetainCollator:
 
 
 class AntiSampleCollator(ForgetRetainCollator):
-    """Also pads each anti-sample's true-answer pair into the forget batch under `"true"` (for the reversed term). In
-    targeted mode half of the retain pairs are drawn from the siblings, which would otherwise be a small share of
-    the retain set."""
+    """Also pads each anti-sample's true-answer pair into the forget batch under `"true"` (for the reversed term). Half
+    of the retain pairs are drawn from `siblings` and `near` when there are any: in targeted mode the siblings, which
+    would otherwise be a small share of the retain set; `near`, the retain facts that a round's anti-samples may
+    bleed into (set by the trainer each round)."""
 
     def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0,
                  siblings: list[dict] | None = None):
         super().__init__(pad_token_id, retain, seed)
-        self.siblings = siblings
+        self.siblings = siblings or []
+        self.near: list[dict] = []
 
     def retain_pairs(self, count: int) -> list[dict]:
-        if not self.siblings:
+        drawn = self.siblings + self.near
+        if not drawn:
             return super().retain_pairs(count)
         half = count // 2
-        return [self.rng.choice(self.siblings) for _ in range(half)] + super().retain_pairs(count - half)
+        return [self.rng.choice(drawn) for _ in range(half)] + super().retain_pairs(count - half)
 
     def collate(self, features: list[dict]) -> dict:
         batch = super().collate([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         if "true_input_ids" in features[0]:
             batch["forget"]["true"] = pad_pairs([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
                                                  for f in features], self.pad_token_id)
+            if "true_floor" in features[0]:
+                batch["forget"]["true"]["floor"] = torch.tensor([f["true_floor"] for f in features])
         return batch
 
 

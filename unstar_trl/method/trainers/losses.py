@@ -44,6 +44,12 @@ def npo_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, beta: float) ->
     return -(2.0 / beta) * F.logsigmoid(-beta * (log_prob - ref_log_prob)).mean()
 
 
+def ascent_to_floor(log_prob: torch.Tensor, count: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent that stops at a floor: the mean over sequences of how far each sequence's mean token
+    log-probability is above its `floor` (0 once at or below it)."""
+    return torch.relu(log_prob / count.clamp(min=1) - floor).mean()
+
+
 def simnpo_loss(log_prob: torch.Tensor, count: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
     """SimNPO: -(2 / beta) E[log sigmoid(-beta log pi(y|x) / |y| - delta)], reference-free and length-normalised."""
     return -(2.0 / beta) * F.logsigmoid(-beta * log_prob / count.clamp(min=1) - delta).mean()

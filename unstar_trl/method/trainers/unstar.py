@@ -14,22 +14,26 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from transformers.trainer_utils import IntervalStrategy, TrainOutput
 
 from ...data import as_records, check_siblings_in
-from ...io import write_jsonl
+from ...io import UsageError, write_jsonl
 from ...text import format_pair
 from ..anti_samples import AntiSample, write_anti_samples
 from ..generators import choose_generator
+from ..neighbors import retain_neighbors
+from ..strangers import StrangerAnswers, about, asks_about_subject, stranger_names
 from .base import UnlearningConfig, UnlearningTrainer
-from .collators import AntiSampleCollator
-from .losses import mean_nll, nll, npo_loss, sequence_log_probs
+from .collators import AntiSampleCollator, pad_pairs
+from .losses import ascent_to_floor, mean_nll, nll, npo_loss, sequence_log_probs
 from .unstar_rounds import run_rounds
 
 ANTI_SAMPLES_FILE = "anti_samples.jsonl"
 DROPPED_FILE = "anti_samples_dropped.jsonl"
 ROUNDS_FILE = "rounds.jsonl"
+REVERSED_TYPES = ("grad_ascent", "npo", "stranger")
 
 
 @dataclass
@@ -54,12 +58,18 @@ class AntiSampleConfig(UnlearningConfig):
         generator (`str`, defaults to `"auto"`): "self", "template", a teacher model folder, or "auto" ("self" on a
             model with skill prompts or a chat template, else "template", with a warning).
         n_paraphrases (`int`, defaults to `2`), n_wrong_answers (`int`, defaults to `2`), with_rationale (`bool`).
+        retain_neighbors (`bool`, defaults to `False`): half of each retain batch from the retain facts that share a
+            forget fact's answer or a wrong answer taught for it, under the same relation (see `neighbors.py`).
+        stranger_answers (`bool`, defaults to `False`): each question's wrong answers are what the model answers
+            when it is asked about strangers (see `strangers.py`): its own spread of guesses, fresh each round,
+            instead of a few planted alternatives.
         generation_batch_size, generation_temperature, generation_top_p: how the generator samples.
 
         > Loss
 
-        reversed_loss_weight (`float`, defaults to `0.0`), reversed_loss_type (`"grad_ascent"` or `"npo"`), npo_beta:
-            a term that pushes the true answer down (0: the paper's UnSTAR).
+        reversed_loss_weight (`float`, defaults to `0.0`), reversed_loss_type (`"grad_ascent"`, `"npo"` or
+            `"stranger"`), npo_beta: a term that pushes the true answer down (0: the paper's UnSTAR); "stranger"
+            stops pushing at the likelihood the model gave that answer for strangers before unlearning.
     """
 
     max_rounds: int = field(default=4, metadata={"help": "Most probe -> generate -> fit rounds."})
@@ -91,6 +101,18 @@ class AntiSampleConfig(UnlearningConfig):
     n_paraphrases: int = field(default=2, metadata={"help": "Paraphrased questions per known fact and round."})
     n_wrong_answers: int = field(default=2, metadata={"help": "Wrong answers per question."})
     with_rationale: bool = field(default=True, metadata={"help": "Append a misleading rationale to each answer."})
+    retain_neighbors: bool = field(
+        default=False,
+        metadata={"help": "Draw half of each retain batch from the retain facts that share, under the same "
+                  "relation, a forget fact's answer or a wrong answer taught for it (see `neighbors.py`), "
+                  "as targeted mode does with siblings."},
+    )
+    stranger_answers: bool = field(
+        default=False,
+        metadata={"help": "Wrong answers, each question its own, from what the model answers when the question is "
+                  "asked about strangers (names it never saw): aim at a model that never met the subject, not at "
+                  "a planted answer. Needs records whose question names their `subject`."},
+    )
     follow_ups: int = field(
         default=2, metadata={"help": "Harder follow-up questions probed per forgotten fact (0: none)."}
     )
@@ -102,7 +124,9 @@ class AntiSampleConfig(UnlearningConfig):
     )
     reversed_loss_type: str = field(
         default="grad_ascent",
-        metadata={"help": "Reversed term: 'grad_ascent' (minus NLL) or 'npo'.", "choices": ["grad_ascent", "npo"]},
+        metadata={"help": "Reversed term: 'grad_ascent' (minus NLL), 'npo', or 'stranger' (minus NLL, down to the "
+                  "mean token log-likelihood the model gave the true answer for strangers before unlearning, not "
+                  "below).", "choices": REVERSED_TYPES},
     )
     npo_beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the NPO reversed term."})
     # Defaults that differ from UnlearningConfig
@@ -111,8 +135,9 @@ class AntiSampleConfig(UnlearningConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.reversed_loss_type not in ("grad_ascent", "npo"):
-            raise ValueError(f"reversed_loss_type must be 'grad_ascent' or 'npo', got {self.reversed_loss_type!r}")
+        if self.reversed_loss_type not in REVERSED_TYPES:
+            raise ValueError(f"reversed_loss_type must be one of {', '.join(REVERSED_TYPES)}, got "
+                             f"{self.reversed_loss_type!r}")
         bounds = {"max_rounds": (1, None), "forget_acc_target": (0.0, 1.0), "n_paraphrases": (0, None),
                   "n_wrong_answers": (1, None), "follow_ups": (0, None), "generation_batch_size": (1, None),
                   "reversed_loss_weight": (0.0, None), "replay_ratio": (0.0, None)}
@@ -156,12 +181,23 @@ class AntiSampleTrainer(UnlearningTrainer):
         sibling_ids = {sibling for record in self.forget_records for sibling in record.get("siblings") or []}
         siblings = [self.tokenize(self.answer_pair(record)) for record in retain_records
                     if record["id"] in sibling_ids]
-        self.data_collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed,
-                                                siblings)
+        self.retain_records = retain_records
+        self.collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed,
+                                           siblings)
+        """The batches' collator (also when something wraps `data_collator`): `fit` hands it the round's neighbours."""
+        self.data_collator = self.collator
         self.generator_choice = choose_generator(args.generator, self.model.config._name_or_path, self._tokenizer)
         """Who writes the anti-samples (`args.generator` with "auto" resolved) and why "auto" fell back, if it did."""
         if self.generator_choice.why:
             self.warn(self.generator_choice.why)
+        floored = args.reversed_loss_weight > 0 and args.reversed_loss_type == "stranger"
+        names = self.strangers(retain_records) if args.stranger_answers or floored else []
+        self.stranger_answers = StrangerAnswers(
+            self.model, self._tokenizer, self.prompt_template, names, seed=args.seed,
+            batch_size=args.generation_batch_size) if args.stranger_answers else None
+        """Where the generator takes each question's wrong answers from (None: its own way)."""
+        self.floors = self.stranger_floors(names) if floored else {}
+        """Each forget fact's floor for the "stranger" reversed term (see `stranger_floors`)."""
         self.anti_samples: list[AntiSample] = []
         """Every anti-sample kept so far, in the order the rounds made them."""
         self.dropped: list[tuple[AntiSample, str]] = []
@@ -172,6 +208,38 @@ class AntiSampleTrainer(UnlearningTrainer):
         # the probe after this one, which the Trainer's own checkpoints do not hold.
         self.save_rounds = self.args.save_strategy != IntervalStrategy.NO
         self.args.save_strategy = IntervalStrategy.NO
+
+    def strangers(self, retain_records: list[dict]) -> list[str]:
+        """The stranger names of this run (`strangers.stranger_names`); a UsageError when there are none or a forget
+        question does not name its subject, or when the template generator would write the anti-samples."""
+        if self.args.stranger_answers and self.generator_choice.kind == "template":
+            raise UsageError("stranger_answers: the template generator writes its wrong answers from the records; "
+                             "use generator self (or a teacher model folder) with it")
+        lacking = next((record["id"] for record in self.forget_records if not asks_about_subject(record)), None)
+        if lacking is not None:
+            raise UsageError(f"forget record {lacking}: its question does not name its subject, so it cannot be asked "
+                             "about a stranger (stranger_answers, reversed_loss_type stranger)")
+        names = stranger_names(self.forget_records, retain_records, seed=self.args.seed)
+        if not names:
+            raise UsageError("no stranger names: they are made of the words of the retain subjects' names (two words "
+                             "or more), which these retain records do not have")
+        return names
+
+    @torch.no_grad()
+    def stranger_floors(self, names: list[str]) -> dict[str, float]:
+        """{forget fact id: the mean token log-likelihood of its answer when its question is asked about each of the
+        strangers `names`}, under the model as it is (before unlearning): how likely the answer is for someone the
+        model never met."""
+        pairs = [(record["id"], self.answer_tokens(about(record, name)))
+                 for record in self.forget_records for name in names]
+        size, sums = self.args.generation_batch_size, {}
+        for start in range(0, len(pairs), size):
+            batch = {key: value.to(self.model.device) for key, value in pad_pairs(
+                [features for _, features in pairs[start : start + size]], self._tokenizer.pad_token_id).items()}
+            log_prob, count = sequence_log_probs(self.logits(self.model, batch), batch["labels"])
+            for (fact, _), mean in zip(pairs[start : start + size], (log_prob / count).tolist()):
+                sums[fact] = sums.get(fact, 0.0) + mean / len(names)
+        return sums
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         """Rounds of probe -> generate -> filter -> fit, until the forget facts are gone or `max_rounds` (see
@@ -187,6 +255,9 @@ class AntiSampleTrainer(UnlearningTrainer):
         `_init_training_state`)."""
         with self.time_split("fit"):
             samples = self.fitted_samples(round_index)
+            if self.args.retain_neighbors and self.collator.retain:
+                self.collator.near = [self.collator.retain[index] for index in retain_neighbors(
+                    self.forget_records, self.retain_records, self.wrong_answers())]
             self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in samples])
             self.optimizer, self.lr_scheduler = None, None
             budget = self.args.max_steps
@@ -198,6 +269,13 @@ class AntiSampleTrainer(UnlearningTrainer):
                 return super().train()
             finally:
                 self.args.max_steps = budget
+
+    def wrong_answers(self) -> dict[str, set[str]]:
+        """{forget fact id: the wrong answers taught for it so far}."""
+        wrong: dict[str, set[str]] = {}
+        for sample in self.anti_samples:
+            wrong.setdefault(sample.source_id, set()).add(sample.wrong_answer)
+        return wrong
 
     def fitted_samples(self, round_index: int) -> list[AntiSample]:
         """What a round fits: every anti-sample kept so far (`refit` "all"), the round's own ("round"), or the
@@ -227,9 +305,21 @@ class AntiSampleTrainer(UnlearningTrainer):
                                              self.prompt_template))
         if self.args.reversed_loss_weight > 0:
             record = next(r for r in self.forget_records if r["id"] == sample.source_id)
-            true = self.tokenize(self.answer_pair({**record, "question": sample.question}))
+            true = {**record, "question": sample.question}
+            if self.args.reversed_loss_type == "stranger":
+                true = self.answer_tokens(true)
+                features["true_floor"] = self.floors[sample.source_id]
+            else:
+                true = self.tokenize(self.answer_pair(true))
             features.update(true_input_ids=true["input_ids"], true_labels=true["labels"])
         return features
+
+    def answer_tokens(self, record: dict) -> dict:
+        """The record's tokenized question and answer, with only the answer's tokens labelled (not the end of
+        sequence after it, which anti-samples with a rationale teach the model not to emit after an answer: a
+        floor on the mean over answer and eos would be reached through the eos alone)."""
+        features = self.tokenize(self.answer_pair(record))
+        return {**features, "labels": features["labels"][:-1] + [-100]}
 
     def forget_loss(self, model, inputs, logits):
         """NLL of the anti-samples, plus the reversed term on their questions' true answers (`inputs["true"]`) when
@@ -242,6 +332,8 @@ class AntiSampleTrainer(UnlearningTrainer):
             if self.args.reversed_loss_type == "npo":
                 ref_log_prob, _ = sequence_log_probs(self.reference_logits(true), true["labels"])
                 reversed_term = npo_loss(log_prob, ref_log_prob, self.args.npo_beta)
+            elif self.args.reversed_loss_type == "stranger":
+                reversed_term = ascent_to_floor(log_prob, count, true["floor"])
             else:
                 reversed_term = -mean_nll(log_prob, count)
             loss = loss + self.args.reversed_loss_weight * self.log_metric("reversed_loss", reversed_term)

@@ -28,7 +28,8 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
     if resume_from_checkpoint:
         load_round_checkpoint(trainer, latest_round_checkpoint(
             args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint))
-    generator = make_generator(trainer.generator_choice.kind, args, trainer.model, trainer._tokenizer)
+    generator = make_generator(trainer.generator_choice.kind, args, trainer.model, trainer._tokenizer,
+                               strangers=trainer.stranger_answers)
     bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
                disable=args.disable_tqdm or not trainer.is_world_process_zero())
     for round_index in range(len(trainer.rounds), args.max_rounds + 1):
