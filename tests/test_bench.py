@@ -38,7 +38,10 @@ def test_quick_bench(world_dir, tmp_path, capsys):
     assert results["target"]["forget_quality"] < 0.05  # the reference tells a model that knows from one that never did
     assert abs(results["retain_model"]["mia_auc"] - 0.5) <= 0.3  # never saw either side (14 vs 28 facts: wide)
     assert results["methods"]["grad_ascent"]["planted_share"] is None  # taught no wrong answer
-    assert 0 <= results["methods"]["unstar"]["planted_share"] <= 1
+    assert results["methods"]["grad_ascent"]["distractor_share"] is None
+    unstar = results["methods"]["unstar"]
+    assert 0 <= unstar["planted_share"] <= 1 and 0 <= unstar["distractor_share"] <= 1
+    assert unstar["planted_share"] + 3 * unstar["distractor_share"] <= 1 + 1e-6  # beside the truth, 3 distractors
     for name, entry in results["methods"].items():
         assert entry["steps"] >= 1 and entry["seconds"] > 0 and entry["trained_tokens"] > 0, name
         assert sum(entry[column] for column in SPLIT) == pytest.approx(entry["seconds"], abs=0.05), name

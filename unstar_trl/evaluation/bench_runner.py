@@ -31,9 +31,9 @@ from .intervals import fact_interval, seed_interval
 from .meters import ProbeCallback
 
 COLUMNS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
-           "mcq_chance", "mcq_entropy", "planted_share", "truth_ratio", "forget_quality", "mia_auc", "privleak",
-           "relearn_acc", "relearn_gain", "quant4_forget_acc", "steps", "trained_tokens", "seconds", "peak_rss_mb",
-           "probe_seconds", "generate_seconds", "filter_seconds", "fit_seconds", "other_seconds")
+           "mcq_chance", "mcq_entropy", "planted_share", "distractor_share", "truth_ratio", "forget_quality", "mia_auc",
+           "privleak", "relearn_acc", "relearn_gain", "quant4_forget_acc", "steps", "trained_tokens", "seconds",
+           "peak_rss_mb", "probe_seconds", "generate_seconds", "filter_seconds", "fit_seconds", "other_seconds")
 """Every row of results.json holds these (means over seeds; None where a column does not apply), `ci95` and
 `per_seed`."""
 SPLIT = tuple(f"{phase}_seconds" for phase in PHASES)
