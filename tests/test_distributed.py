@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,8 +86,8 @@ def test_the_frozen_reference_under_two_cpu_processes(world_dir, tmp_path, train
                            str(world_dir), str(tmp_path / "out")], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
-    assert ranks == ["rank 0 reference frozen", "rank 1 reference frozen"]
+    # each rank's line is one write, but another process's output may share its line
+    assert sorted(re.findall(r"rank (\d) reference frozen", done.stdout)) == ["0", "1"]
 
 
 def test_a_reference_is_never_a_copy_of_weights_this_process_does_not_hold(world_dir, monkeypatch):
