@@ -15,8 +15,9 @@ class ForgetStop(TrainerCallback):
     `split`.
 
     A probe asks only the facts still known at the last one while those alone read above the target (then all of
-    them do too), and asks every fact before it stops (a forgotten one may have come back): the same stop as asking
-    every fact every time, at a cost that follows what is left to forget."""
+    them do too), and asks every fact before it stops (a forgotten one may have come back): the rule of asking every
+    fact every time, at a cost that follows what is left to forget (a greedy verdict can still change with the batch
+    a question is padded into, so a stop may move by a probe)."""
 
     def __init__(self, records: list[dict], tokenizer, prompt_template: str | None, target: float, every: int,
                  split: TimeSplit):
