@@ -171,6 +171,20 @@ def test_long_answers_are_matched_by_rouge_recall(tofu_dir):
     assert not contains_answer("Basil Mahfouz Al-Kuwaiti.", record["answer"])  # the name alone is not the answer
 
 
+@settings(max_examples=300, deadline=None)
+@given(before=st.sampled_from(["", "Yes. ", "x", "Sure,", "1", " "]), after=st.sampled_from(["", ".", "s", " More.", "9"]),
+       case=st.sampled_from([str, str.upper, str.lower]), cut=st.integers(0, 3), answer=st.sampled_from([
+           "Basil Mahfouz Al-Kuwaiti was born in Kuwait City, Kuwait.",
+           "The author's father was a florist and her mother a game developer.",
+           "Yes, 'The Whispering Dunes' (2011) won the Nebula Award!"]))
+def test_rouge_recall_of_a_verbatim_answer_is_the_scorers(before, after, case, cut, answer):
+    """The verbatim shortcut of `rouge_l_recall` gives what rouge-score computes, whatever touches the answer."""
+    from unstar_trl.text import _rouge_scorer, rouge_l_recall
+
+    generation = before + case(answer[: len(answer) - cut]) + after
+    assert rouge_l_recall(generation, answer) == _rouge_scorer().score(answer, generation)["rougeL"].recall
+
+
 # ---------------------------------------------------------------------------------------------- self-taught
 
 def test_self_taught_generator_on_the_world_model(self_taught, forget_records):

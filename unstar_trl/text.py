@@ -151,8 +151,18 @@ def contains_answer(generation: str, answer: str) -> bool:
 
 
 def rouge_l_recall(generation: str, answer: str) -> float:
-    """ROUGE-L recall of `answer` in `generation` (stemmed), TOFU's answer score."""
+    """ROUGE-L recall of `answer` in `generation` (stemmed), TOFU's answer score. 1.0 without scoring when the
+    generation holds the answer verbatim between word boundaries (its ROUGE tokens are then a run of the
+    generation's: what a model that still knows a fact mostly says)."""
+    if _verbatim(answer).search(generation.lower()):
+        return 1.0
     return _rouge_scorer().score(answer, generation)["rougeL"].recall
+
+
+def _verbatim(answer: str) -> re.Pattern:
+    """The lower-cased `answer` with no letter or digit touching it: ROUGE's tokenizer splits at every other
+    character, so a match is the answer's tokens, in order, among the generation's."""
+    return re.compile(rf"(?<![a-z0-9]){re.escape(answer.lower())}(?![a-z0-9])")
 
 
 @functools.cache

@@ -57,6 +57,13 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> PreTr
                                    padding_side="left", model_max_length=max_length)
 
 
+def tokenizer_for(examples: list[dict], config: KnowledgeModelConfig,
+                  skill_prompts: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer a knowledge model of `examples` (and of the skills `skill_prompts` teach) is trained with."""
+    texts = [e["prompt"] + e["completion"] for e in examples] + list((skill_prompts or {}).values())
+    return train_tokenizer(texts, config.vocab_size, config.max_length)
+
+
 def build_model(tokenizer: PreTrainedTokenizerFast, config: KnowledgeModelConfig) -> LlamaForCausalLM:
     """A freshly initialised tiny Llama sized by `config`."""
     llama = LlamaConfig(
@@ -87,8 +94,7 @@ def train_knowledge_model(examples: list[dict], output_dir: str | Path, config: 
     weights."""
     config = config or KnowledgeModelConfig()
     set_seed(config.seed)
-    texts = [e["prompt"] + e["completion"] for e in examples] + list((skill_prompts or {}).values())
-    tokenizer = tokenizer or train_tokenizer(texts, config.vocab_size, config.max_length)
+    tokenizer = tokenizer or tokenizer_for(examples, config, skill_prompts)
     model = build_model(tokenizer, config)
     dataset = Dataset.from_list(examples)
     with _one_deterministic_thread():
@@ -128,14 +134,20 @@ def _short_of_bar(model, tokenizer, known: dict[str, list[dict]], bar: float) ->
 
 @contextlib.contextmanager
 def _one_deterministic_thread():
+    """One thread, deterministic algorithms, and no NaN fill of every new tensor (what deterministic mode does by
+    default, to expose reads of uninitialised memory: a third of the training time here, for TRL's loss kernel's
+    scratch buffer, which it overwrites before reading)."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def save_model(model, tokenizer, output_dir: str | Path, skill_prompts: dict[str, str] | None) -> None:

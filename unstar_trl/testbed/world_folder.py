@@ -4,15 +4,21 @@ targeted facts (what exact unlearning, retraining without them, gives: the refer
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import datasets
+import torch
 
 from ..io import atomic_directory, check_output_folder, output_lock, write_json, write_jsonl
 from ..method.probe import probe_accuracy
 from ..text import PLAIN_TEMPLATE
 from .embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED, SKILL_PROMPTS, build_world, training_texts
-from .knowledge_model import KnowledgeModelConfig, count_parameters, train_knowledge_model
+from .knowledge_model import KnowledgeModelConfig, count_parameters, tokenizer_for, train_knowledge_model
 
 WORLD_FILE = "world.json"
 MODEL_DIR, RETAIN_MODEL_DIR = "model", "retain_model"
@@ -60,16 +66,45 @@ def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], confi
             write_jsonl(staging / "data" / f"{split}.jsonl", rows)
         summary = {**about, "splits": {split: len(rows) for split, rows in splits.items()},
                    "prompt_template": PLAIN_TEMPLATE, "skill_prompts": skill_prompts}
-        tokenizer = None
-        for name, training in ((MODEL_DIR, model), (RETAIN_MODEL_DIR, retain_model)):
-            trained, tokenizer, epochs = train_knowledge_model(
-                training.examples, staging / name, config, known=training.known, tokenizer=tokenizer,
-                skill_prompts=skill_prompts, progress=progress)
-            summary[name] = {"epochs": epochs, "accuracy": measure(trained, tokenizer, splits)}
-        summary["parameters"] = count_parameters(trained)
+        tokenizer = tokenizer_for(model.examples, config, skill_prompts)
+        jobs = [(staging / MODEL_DIR, model, progress), (staging / RETAIN_MODEL_DIR, retain_model, False)]
+        trained = _train_side_by_side([(folder, training, config, tokenizer, skill_prompts, splits, shown)
+                                       for folder, training, shown in jobs])
+        summary[MODEL_DIR], summary[RETAIN_MODEL_DIR] = (
+            {"epochs": epochs, "accuracy": accuracy} for epochs, accuracy, _ in trained)
+        summary["parameters"] = trained[0][2]
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_json(staging / WORLD_FILE, summary)
     return summary
+
+
+def _train_side_by_side(jobs: list[tuple]) -> list[tuple[int, dict, int]]:
+    """Run `_train_and_measure` on each job, in a process of its own per core (each trains on one deterministic
+    thread, so the weights are the same either way); results in the order of `jobs`."""
+    if len(os.sched_getaffinity(0)) < 2:
+        return [_train_and_measure(*job) for job in jobs]
+    spawn = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch threads may hang
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=spawn, initializer=_side_process,
+                             initargs=(datasets.is_progress_bar_enabled(),)) as pool:
+        return [future.result() for future in [pool.submit(_train_and_measure, *job) for job in jobs]]
+
+
+def _side_process(datasets_bars: bool) -> None:
+    """A side process's settings: one thread (the other processes have the other cores), and the datasets
+    library's progress bars on or off as in the parent."""
+    torch.set_num_threads(1)
+    if not datasets_bars:
+        datasets.disable_progress_bars()
+
+
+def _train_and_measure(folder: Path, training: Training, config: KnowledgeModelConfig, tokenizer,
+                       skill_prompts: dict[str, str] | None, splits: dict[str, list[dict]],
+                       progress: bool) -> tuple[int, dict, int]:
+    """Train one model of a world into `folder`; return its epochs, its accuracy on every split, its parameters."""
+    trained, tokenizer, epochs = train_knowledge_model(training.examples, folder, config, known=training.known,
+                                                       tokenizer=tokenizer, skill_prompts=skill_prompts,
+                                                       progress=progress)
+    return epochs, measure(trained, tokenizer, splits), count_parameters(trained)
 
 
 def measure(model, tokenizer, splits: dict[str, list[dict]]) -> dict[str, float | None]:
