@@ -106,13 +106,11 @@ def test_quick_bench_on_tofu(tofu_dir, tmp_path, capsys):
 def test_a_worlds_two_models_are_the_same_trained_side_by_side_or_in_turn(tmp_path, monkeypatch):
     """With two cores the knowledge model and the retain model train in processes of their own, on one thread
     each: the weights (and world.json) are those of training them one after the other in this process."""
-    import os
-
     from unstar_trl.testbed import world_folder
     from unstar_trl.testbed.embedded_world import build_world, training_texts
     from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig
 
-    if len(os.sched_getaffinity(0)) < 2:
+    if world_folder._cores() < 2:
         pytest.skip("one core: the models are always trained in turn")
     world = build_world(seed=3, people=10)
     config = KnowledgeModelConfig(hidden_size=64, intermediate_size=128, epochs=2, accuracy_bar=0.0, seed=3)
@@ -124,7 +122,7 @@ def test_a_worlds_two_models_are_the_same_trained_side_by_side_or_in_turn(tmp_pa
             retain_model=world_folder.Training(training_texts(world, leave_out=world.removed), {}))
 
     side = build(tmp_path / "side")
-    monkeypatch.setattr(world_folder.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(world_folder, "_cores", lambda: 1)
     in_turn = build(tmp_path / "in-turn")
     for name in ("model", "retain_model"):
         assert side[name] == in_turn[name]

@@ -130,7 +130,8 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
             for seed in settings.seeds:
                 bar.update(task, description=f"{method}, seed {seed}")
                 runs.append(_method_run(method, seed, world_dir, data, reference, settings,
-                                        output_dir / "runs" / method / f"seed-{seed}"))
+                                        output_dir / "runs" / method / f"seed-{seed}",
+                                        curve=seed == settings.seeds[0]))
                 bar.advance(task)
             results["methods"][method] = row(runs)
             results["curves"][method] = [{"step": 0, "forget_acc": target.values["forget_acc"],
@@ -179,10 +180,11 @@ def _measure_folder(model_dir: Path, world_dir: Path, data, settings: BenchSetti
 
 
 def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measured, settings: BenchSettings,
-                run_dir: Path) -> Measured:
-    """One seed of one method: the forget run, measured and compared with the retain model, and the targeted run."""
-    run = run_method(method, seed, world_dir, data.forget, data.retain_train, settings, curve=(data.forget,
-                                                                                              data.retain_eval))
+                run_dir: Path, curve: bool) -> Measured:
+    """One seed of one method: the forget run, measured and compared with the retain model, and the targeted run;
+    with `curve`, forget and retain accuracy along the forget run's steps (the over-steps plot's, first seed)."""
+    run = run_method(method, seed, world_dir, data.forget, data.retain_train, settings,
+                     curve=(data.forget, data.retain_eval) if curve else None)
     if run["anti_samples"] is not None:
         run["anti_samples"](run_dir)
     audit = run_dir / "anti_samples.jsonl"

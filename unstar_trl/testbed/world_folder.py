@@ -81,12 +81,17 @@ def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], confi
 def _train_side_by_side(jobs: list[tuple]) -> list[tuple[int, dict, int]]:
     """Run `_train_and_measure` on each job, in a process of its own per core (each trains on one deterministic
     thread, so the weights are the same either way); results in the order of `jobs`."""
-    if len(os.sched_getaffinity(0)) < 2:
+    if _cores() < 2:
         return [_train_and_measure(*job) for job in jobs]
     spawn = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch threads may hang
     with ProcessPoolExecutor(max_workers=len(jobs), mp_context=spawn, initializer=_side_process,
                              initargs=(datasets.is_progress_bar_enabled(),)) as pool:
         return [future.result() for future in [pool.submit(_train_and_measure, *job) for job in jobs]]
+
+
+def _cores() -> int:
+    """The cores this process may run on (all of the machine's where the system cannot say)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _side_process(datasets_bars: bool) -> None:
