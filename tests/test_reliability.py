@@ -486,6 +486,52 @@ def test_sigterm_mid_training_leaves_the_previous_output(world_dir, tmp_path, ea
     assert not leftovers(tmp_path, "out"), "the staging folder was left behind"
 
 
+def test_sigterm_while_a_worlds_two_models_train_side_by_side_ends_both(tmp_path):
+    """`unstar world` trains its two models in processes of their own: SIGTERM ends them with it, at once (not
+    when their training is done), and leaves no staging folder or lock."""
+    from unstar_trl.testbed import world_folder
+
+    if world_folder._cores() < 2:
+        pytest.skip("one core: the models are trained in turn, in the process itself")
+    out, log = tmp_path / "world", tmp_path / "log.txt"
+    process = subprocess.Popen([sys.executable, "-m", "unstar_trl.cli", "world", "--output-dir", str(out),
+                                "--people", "10", "--epochs", "200"], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               env={**ENV, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not re.search(r"\b[1-9]\d*/\d+ \[", log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the knowledge model's step bar: both side processes train
+        children = _children(process.pid)
+        assert len(children) >= 2, log.read_text()[-2000:]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) != 0
+    finally:
+        process.kill()
+    time.sleep(1)
+    assert [pid for pid in children if _running(pid)] == []
+    assert not out.exists() and not leftovers(tmp_path, "world")
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux)."""
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if (_stat(stat) or [0, 0])[1] == pid]
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie waiting to be reaped."""
+    fields = _stat(Path(f"/proc/{pid}/stat"))
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _stat(path: Path) -> list | None:
+    """A process's state and parent pid from its /proc stat file (None when it is gone)."""
+    try:
+        state, parent = path.read_text().rsplit(")", 1)[1].split()[:2]
+        return [state, int(parent)]
+    except (OSError, ValueError):
+        return None
+
+
 def test_the_next_run_removes_the_staging_folder_of_a_killed_one(world_dir, tmp_path, capsys, earlier_output):
     out, before = earlier_output, fingerprint(earlier_output)
     process = start_long_training(world_dir, out, tmp_path / "log.txt")

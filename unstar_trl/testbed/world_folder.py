@@ -7,7 +7,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +83,8 @@ def _train_side_by_side(jobs: list[tuple]) -> list[tuple[int, dict, int]]:
     if _cores() < 2:
         return [_train_and_measure(*job) for job in jobs]
     spawn = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch threads may hang
-    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=spawn, initializer=_side_process,
-                             initargs=(datasets.is_progress_bar_enabled(),)) as pool:
-        return [future.result() for future in [pool.submit(_train_and_measure, *job) for job in jobs]]
+    with spawn.Pool(len(jobs), initializer=_side_process, initargs=(datasets.is_progress_bar_enabled(),)) as pool:
+        return pool.starmap(_train_and_measure, jobs)  # leaving the block early (an error, SIGTERM) ends both
 
 
 def _cores() -> int:
