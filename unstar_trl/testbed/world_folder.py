@@ -4,8 +4,11 @@ targeted facts (what exact unlearning, retraining without them, gives: the refer
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from .knowledge_model import KnowledgeModelConfig, count_parameters, tokenizer_f
 
 WORLD_FILE = "world.json"
 MODEL_DIR, RETAIN_MODEL_DIR = "model", "retain_model"
+PR_SET_PDEATHSIG = 1
+"""prctl option: the signal a Linux process gets when its parent dies."""
 TRAINED_SPLITS = ("forget", "retain", "neighbor", "targeted")
 """The splits a world's knowledge model learns; its retain model learns all but forget and targeted."""
 
@@ -93,8 +98,10 @@ def _cores() -> int:
 
 
 def _side_process(datasets_bars: bool) -> None:
-    """A side process's settings: one thread (the other processes have the other cores), and the datasets
-    library's progress bars on or off as in the parent."""
+    """A side process's settings: it ends with its parent, however that ends (Linux: even SIGKILL); one thread
+    (the other processes have the other cores); the datasets library's progress bars on or off as in the parent."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     torch.set_num_threads(1)
     if not datasets_bars:
         datasets.disable_progress_bars()
