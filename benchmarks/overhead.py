@@ -58,17 +58,17 @@ def main() -> None:
     data.forget = data.forget[: args.facts]
     _, tokenizer = load_model(world / "model")
     samples = TemplateGenerator(n_paraphrases=2, n_wrong_answers=2).generate(data.forget)
-    args.load = functools.partial(load_benchmarked_model, world, args.model, args.layers)
+    load = functools.partial(load_benchmarked_model, world, args.model, args.layers)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"{args.model} model on {device}; {len(samples)} anti-samples of {len(data.forget)} forget facts; "
           f"{args.steps} steps of batch {args.batch_size}")
 
-    unstar = fit_anti_sample_trainer(world, tokenizer, data, samples, args)
-    plain = fit_sft_trainer(world, tokenizer, samples, args)
+    unstar = fit_anti_sample_trainer(load(), tokenizer, data, samples, args)
+    plain = fit_sft_trainer(load(), tokenizer, samples, args)
     print(f"fit  AntiSampleTrainer {unstar:8.0f} tokens/s | SFTTrainer {plain:8.0f} tokens/s | "
           f"ratio {unstar / plain:.2f}")
 
-    model = args.load()
+    model = load()
     prompts = load_skill_prompts(world / "model", tokenizer)
     batched = time_generation(model, tokenizer, prompts, data.forget, batch_size=64)
     single = time_generation(model, tokenizer, prompts, data.forget, batch_size=1)
@@ -85,13 +85,12 @@ def load_benchmarked_model(world: Path, shape: str, layers: int | None):
     return model.to("cuda", torch.bfloat16) if torch.cuda.is_available() else model
 
 
-def fit_anti_sample_trainer(world, tokenizer, data, samples, args) -> float:
-    model = args.load()
+def fit_anti_sample_trainer(model, tokenizer, data, samples, args) -> float:
     with tempfile.TemporaryDirectory() as scratch:
         config = AntiSampleConfig(output_dir=scratch, max_steps=args.steps, retain_weight=0.0,
                                   per_device_train_batch_size=args.batch_size, logging_steps=1000,
                                   bf16=torch.cuda.is_available(),
-                                  max_entropy_share=None if args.model != "world" else 0.95)  # random: uniform
+                                  **({} if args.model == "world" else {"max_entropy_share": None}))  # random: uniform
         trainer = AntiSampleTrainer(model=model, args=config, train_dataset=data.forget, processing_class=tokenizer)
         trainer.anti_samples = samples
         start = time.perf_counter()
@@ -100,8 +99,7 @@ def fit_anti_sample_trainer(world, tokenizer, data, samples, args) -> float:
     return tokens_trained(trainer.train_dataset["input_ids"], args) / seconds
 
 
-def fit_sft_trainer(world, tokenizer, samples, args) -> float:
-    model = args.load()
+def fit_sft_trainer(model, tokenizer, samples, args) -> float:
     pairs = [format_pair(tokenizer, s.question, s.answer_text, PLAIN_TEMPLATE) for s in samples]
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
