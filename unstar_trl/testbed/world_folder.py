@@ -71,12 +71,12 @@ def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], confi
         summary = {**about, "splits": {split: len(rows) for split, rows in splits.items()},
                    "prompt_template": PLAIN_TEMPLATE, "skill_prompts": skill_prompts}
         tokenizer = tokenizer_for(model.examples, config, skill_prompts)
-        jobs = [(staging / MODEL_DIR, model, progress), (staging / RETAIN_MODEL_DIR, retain_model, False)]
-        trained = _train_side_by_side([(folder, training, config, tokenizer, skill_prompts, splits, shown)
-                                       for folder, training, shown in jobs])
-        summary[MODEL_DIR], summary[RETAIN_MODEL_DIR] = (
-            {"epochs": epochs, "accuracy": accuracy} for epochs, accuracy, _ in trained)
-        summary["parameters"] = trained[0][2]
+        trainings = {MODEL_DIR: model, RETAIN_MODEL_DIR: retain_model}
+        trained = _train_side_by_side([(staging / name, training, config, tokenizer, skill_prompts, splits,
+                                        progress and name == MODEL_DIR) for name, training in trainings.items()])
+        for name, (epochs, accuracy, parameters) in zip(trainings, trained):
+            summary[name] = {"epochs": epochs, "accuracy": accuracy}
+        summary["parameters"] = parameters  # the same for both
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_json(staging / WORLD_FILE, summary)
     return summary
