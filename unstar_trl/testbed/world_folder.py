@@ -89,7 +89,10 @@ def _train_side_by_side(jobs: list[tuple]) -> list[tuple[int, dict, int]]:
         return [_train_and_measure(*job) for job in jobs]
     spawn = multiprocessing.get_context("spawn")  # a forked child of a process that ran torch threads may hang
     with spawn.Pool(len(jobs), initializer=_side_process, initargs=(datasets.is_progress_bar_enabled(),)) as pool:
-        return pool.starmap(_train_and_measure, jobs)  # leaving the block early (an error, SIGTERM) ends both
+        results = pool.starmap(_train_and_measure, jobs)  # leaving the block early (an error, SIGTERM) ends both
+        pool.close()  # done: let them exit (terminating them makes multiprocessing warn of leaked semaphores)
+        pool.join()
+    return results
 
 
 def _cores() -> int:
