@@ -135,7 +135,7 @@ def folder(tmp_path, request, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("block", blocks_of("bash", "run"))
+@pytest.mark.parametrize("block", blocks_of("bash", "run", "tofu"))
 def test_bash_block_runs(block, folder):
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=folder, env=environment,
