@@ -181,6 +181,7 @@ def test_text_block_names_files_that_exist(block):
 
 
 INLINE = re.compile(r"`((?:unstar|python benchmarks/\w+\.py) [^`]+)`")
+FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
@@ -191,18 +192,13 @@ def test_inline_commands_parse(page):
         argv = shlex.split(command)
         where = f"{page.name}: `{command}`"
         if argv[0] == "unstar":
-            flags = re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", command)
             subcommand = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else None
             known = unstar_flags(subcommand, method_of(argv))
-            unknown = [flag for flag in flags if flag not in known]
-            assert not unknown, f"{where}: unknown flags {unknown}"
         else:
-            script = ROOT / argv[1]
-            assert script.is_file(), f"{where}: no {argv[1]}"
-            flags = re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", command)
-            known = script_flags(script)
-            unknown = [flag for flag in flags if flag not in known]
-            assert not unknown, f"{where}: unknown flags {unknown}"
+            assert (ROOT / argv[1]).is_file(), f"{where}: no {argv[1]}"
+            known = script_flags(ROOT / argv[1])
+        unknown = [flag for flag in FLAG.findall(command) if flag not in known]
+        assert not unknown, f"{where}: unknown flags {unknown}"
         for path in re.findall(r"(?:recipes|benchmarks|tests)/[\w./-]+\.(?:yaml|py)", command):
             assert (ROOT / path).is_file(), f"{where}: no {path}"
 
