@@ -7,7 +7,7 @@ line before a fence may mark the block:
   way its program parses it, without running: every flag must exist and every recipe and repository file it names
   must be there; a python block must compile and its imports must resolve.
 - `<!-- needs TOFU -->`: runs with `tofu` being the TOFU folder (`../shared/data/tofu`); skipped without it.
-Commands written inline in the text (`unstar ...`, `python benchmarks/...`) are parsed too.
+Commands written inline in the text (`unstar ...`, `python benchmarks/...`) have their flags and files checked.
 """
 
 from __future__ import annotations
