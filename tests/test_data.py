@@ -335,8 +335,9 @@ def test_fuzz_load_unlearning_data(splits):
 
 
 @FUZZ
-@given(records=st.lists(st.builds(fact, TEXT, TEXT, TEXT.filter(normalize), paraphrased_questions=st.lists(TEXT, max_size=2),
-                                  rationale=st.text() | st.none()), max_size=4))
+@given(records=st.lists(st.builds(fact, TEXT, TEXT, TEXT.filter(normalize),
+                                  paraphrased_questions=st.lists(TEXT, max_size=2), rationale=st.text() | st.none()),
+                        max_size=4))
 def test_fuzz_round_trip(records):
     """Whatever text write_jsonl writes (U+2028, carriage returns, ...) reads back unchanged (answers that normalise
     to something: the others are refused)."""

@@ -136,7 +136,7 @@ def test_quantization_asks_for_what_it_needs(monkeypatch):
         quantization_kwargs(ModelConfig(load_in_4bit=True))
 
 
-# ---- numbers ----------------------------------------------------------------------------------------------------------
+# ---- numbers --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, expected", [
     pytest.param(["--learning_rate", "-0.001"], "learning_rate must be above 0, got -0.001", id="negative-lr"),
@@ -176,7 +176,7 @@ def test_world_epochs_below_one_are_refused(tmp_path, capsys, monkeypatch, epoch
     assert not (tmp_path / "world").exists()
 
 
-# ---- data -------------------------------------------------------------------------------------------------------------
+# ---- data -----------------------------------------------------------------------------------------------------------
 
 def _forget_answer(answer):
     return lambda d: edit_rows(d / "forget.jsonl", lambda rows: rows[1].update(answer=answer))
