@@ -19,6 +19,7 @@ from unstar_trl.data import (
 )
 from unstar_trl.io import UsageError, write_jsonl
 from unstar_trl.testbed.embedded_world import build_world
+from unstar_trl.text import normalize
 
 FILLED = {name: {list: [], bool: False}.get(kind) for name, kind in RECORD_FIELDS.items()}
 
@@ -334,10 +335,12 @@ def test_fuzz_load_unlearning_data(splits):
 
 
 @FUZZ
-@given(records=st.lists(st.builds(fact, TEXT, TEXT, TEXT, paraphrased_questions=st.lists(TEXT, max_size=2),
-                                  rationale=st.text() | st.none()), max_size=4))
+@given(records=st.lists(st.builds(fact, TEXT, TEXT, TEXT.filter(normalize),
+                                  paraphrased_questions=st.lists(TEXT, max_size=2), rationale=st.text() | st.none()),
+                        max_size=4))
 def test_fuzz_round_trip(records):
-    """Whatever text write_jsonl writes (U+2028, carriage returns, ...) reads back unchanged."""
+    """Whatever text write_jsonl writes (U+2028, carriage returns, ...) reads back unchanged (answers that normalise
+    to something: the others are refused)."""
     with tempfile.TemporaryDirectory() as folder:
         write_jsonl(Path(folder) / "forget.jsonl", records)
         assert load_records(Path(folder) / "forget.jsonl") == [{**FILLED, **record} for record in records]

@@ -152,9 +152,13 @@ class UnlearningData:
     def validate(self) -> None:
         """Raise DataError for an empty forget set, an id twice in a split, siblings outside the targeted split,
         eval_only outside the retain split, an evaluation distractor that is the answer, a fact in both forget and
-        retain (same id, or same normalised question and answer), a sibling id that no split holds, and a sibling
-        that is the targeted fact itself, another targeted fact or a forget fact (a fact to keep that another run
-        must remove)."""
+        retain (same id, or same normalised question and answer), a retain row that asks a forget question with
+        another answer, a sibling id that no split holds, and a sibling that is the targeted fact itself, another
+        targeted fact or a forget fact (a fact to keep that another run must remove).
+
+        A forget question in the retain split is refused, not warned about: the retain term would train the model
+        to answer that very question (with the retain answer) while the forget term unlearns it, so the run would
+        fight itself and its scores would count one question as both kept and forgotten."""
         if not self.forget:
             raise DataError(f"{self._where('forget')}: the forget set is empty")
         for role in SPLIT_ROLES:
@@ -171,6 +175,7 @@ class UnlearningData:
                     raise DataError(f"{row}: field 'eval_distractors' holds the answer {record['answer']!r}")
         forget_ids = {record["id"]: row for row, record in self._rows("forget")}
         forget_facts = {_fact(record): row for row, record in self._rows("forget")}
+        forget_questions = {normalize(record["question"]): row for row, record in self._rows("forget")}
         for row, record in self._rows("retain"):
             if record["id"] in forget_ids:
                 raise DataError(f"{row}: field 'id' {record['id']!r} is also in the forget set "
@@ -178,6 +183,11 @@ class UnlearningData:
             if _fact(record) in forget_facts:
                 raise DataError(f"{row}: fields 'question' and 'answer' repeat a fact of the forget set "
                                 f"({forget_facts[_fact(record)]})")
+            if normalize(record["question"]) in forget_questions:
+                raise DataError(f"{row}: field 'question' asks a question of the forget set "
+                                f"({forget_questions[normalize(record['question'])]}) with another answer: a run "
+                                "would teach this answer and unlearn that one for the same question; keep it in one "
+                                "split")
         known = {record["id"] for role in SPLIT_ROLES for record in getattr(self, role)}
         check_siblings(self._rows("targeted"), known, "no split holds")
         removed = {record["id"]: role for role in ("forget", "targeted") for record in getattr(self, role)}
@@ -376,8 +386,14 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _record(row: dict, where: str) -> dict:
-    """`row` checked against RECORD_FIELDS, with the missing optional fields filled in."""
-    return {**row, **{name: _field(row, name, kind, where) for name, kind in RECORD_FIELDS.items()}}
+    """`row` checked against RECORD_FIELDS, with the missing optional fields filled in. An answer that normalises to
+    nothing ("." or "The") is refused: no generation could be judged to state it, so it would always count as
+    forgotten (or, in retain, as lost)."""
+    record = {**row, **{name: _field(row, name, kind, where) for name, kind in RECORD_FIELDS.items()}}
+    if not normalize(record["answer"]):
+        raise DataError(f"{where}: field 'answer' {record['answer']!r} is nothing once normalised (lower case, no "
+                        "punctuation or articles): no answer could ever match it")
+    return record
 
 
 def _field(row: dict, name: str, kind: type, where: str):

@@ -3,6 +3,8 @@ own code, whatever its config asks. A PEFT adapter folder loads its base model w
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 from .io import UsageError
@@ -55,13 +57,17 @@ def load_model(source: str | Path, *, adapter: str | Path | None = None, merge: 
     tokenizer = load_tokenizer(tokenizer_source)
     _check_source(source, needs_tokenizer=False)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=True, **kwargs, **SAFE)
+        with _no_loading_report():  # check_weights_fill says what it would, in one line
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                str(source), use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs,
+                **SAFE)
     except SafetensorError as error:
         broken = _broken_safetensors(source)
         raise UsageError(f"{broken or source}: not a complete safetensors file, truncated or corrupt ({error})") \
             from None
     except (OSError, ValueError) as error:
         raise UsageError(f"{source}: {_why(error)}") from None
+    check_weights_fill(source, type(model).__name__, loading)
     if adapter is not None:
         from peft import PeftModel
 
@@ -76,6 +82,70 @@ def load_model(source: str | Path, *, adapter: str | Path | None = None, merge: 
     if device is not None:
         model = model.to(device)
     return model, tokenizer
+
+
+def quantization_kwargs(model_args) -> dict:
+    """The from_pretrained arguments of TRL ModelConfig's `load_in_4bit` / `load_in_8bit` (bitsandbytes, on the
+    current CUDA device; ModelConfig refuses both at once), {} without them. Refused in one line, before anything
+    loads, where they cannot work: no CUDA GPU, no bitsandbytes, or no LoRA adapter to train (quantized weights take
+    no gradient)."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return {}
+    import importlib.util
+
+    import torch
+
+    flag = "--load_in_4bit" if model_args.load_in_4bit else "--load_in_8bit"
+    if not torch.cuda.is_available():
+        raise UsageError(f"{flag}: bitsandbytes quantization needs a CUDA GPU and this machine has none; leave it out "
+                         "to load the model in full precision")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UsageError(f"{flag}: needs the bitsandbytes package (pip install bitsandbytes)")
+    if not model_args.use_peft:
+        raise UsageError(f"{flag}: a quantized model trains only through a LoRA adapter; add --use_peft true")
+    from trl import get_kbit_device_map, get_quantization_config
+
+    return {"quantization_config": get_quantization_config(model_args), "device_map": get_kbit_device_map()}
+
+
+def check_weights_fill(source: str | Path, model_class: str, loading: dict) -> None:
+    """Refuse a model whose weights do not fill the model its config describes: `from_pretrained` leaves a missing
+    tensor at its random initialisation, drops an unexpected one and, with a mismatched shape, reinitialises it,
+    and only logs it. `loading` is its loading info (tied weights, such as an lm_head tied to the embeddings, are not
+    missing there)."""
+    problems = [f"{len(keys)} {what} ({', '.join(map(_key, keys[:2]))}{', ...' if len(keys) > 2 else ''})"
+                for what, keys in (("tensors missing", sorted(loading.get("missing_keys") or [])),
+                                   ("tensors unexpected", sorted(loading.get("unexpected_keys") or [])),
+                                   ("tensors of the wrong shape", sorted(loading.get("mismatched_keys") or [])))
+                if keys]
+    if problems:
+        raise UsageError(f"{source}: its weights do not fill the {model_class} its config.json describes: "
+                         f"{'; '.join(problems)} (from_pretrained would leave a missing or reshaped tensor random: "
+                         "is config.json the weights' own?)")
+
+
+@contextlib.contextmanager
+def _no_loading_report():
+    """Keep transformers from logging its table of missing, unexpected and mismatched tensors while loading (and
+    its warnings about tied weights absent from a checkpoint): `check_weights_fill` says it in one line."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    drop = _DropLoadingReport()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+class _DropLoadingReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return "LOAD REPORT" not in message and "checkpoint seem corrupted" not in message
+
+
+def _key(key) -> str:
+    """A loading-info entry as a name (mismatched entries are (name, shape in the file, shape in the model))."""
+    return key if isinstance(key, str) else f"{key[0]} {tuple(key[1])} vs {tuple(key[2])}"
 
 
 def _check_source(source: str | Path, needs_tokenizer: bool) -> None:

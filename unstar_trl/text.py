@@ -17,6 +17,8 @@ import re
 import string
 from pathlib import Path
 
+from .io import UsageError
+
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
 """The prompt of the embedded world's knowledge models, and the default of a model that has no chat template."""
 
@@ -89,12 +91,17 @@ def check_prompt_template(template: str | None) -> None:
     if template in (None, AUTO, CHAT):
         return
     try:
-        slots = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        slots = _slots(template)
     except ValueError as error:
         raise ValueError(f"prompt_template {template!r}: {error}") from None
     if slots != {"question"}:
         raise ValueError(f"prompt_template {template!r} must hold a {{question}} slot and no other; give such a "
                          "template, 'auto' or 'chat'")
+
+
+def _slots(template: str) -> set[str]:
+    """The names of the `{...}` slots of `template`; ValueError for unbalanced braces."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
 def has_saved_chat_template(model_dir: str | Path) -> bool:
@@ -112,9 +119,27 @@ def describe_prompt_template(template: str | None) -> str:
 
 
 def read_prompts_file(model_dir: str | Path) -> dict | None:
-    """The contents of `model_dir`'s PROMPTS_FILE, or None when it has none."""
+    """The contents of `model_dir`'s PROMPTS_FILE, or None when it has none. A file that is not a JSON object, or
+    whose `prompt_template` is neither null nor a template with a `{question}` slot and no other, raises UsageError
+    naming it."""
     path = Path(model_dir) / PROMPTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise UsageError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{path}: expected a JSON object with 'prompt_template' and 'skill_prompts'")
+    template = recorded.get("prompt_template")
+    try:
+        plain = isinstance(template, str) and _slots(template) == {"question"}
+    except ValueError:  # unbalanced braces
+        plain = False
+    if template is not None and not plain:
+        raise UsageError(f"{path}: the recorded prompt_template {template!r} must be null (the chat template) or hold "
+                         "a {question} slot and no other")
+    return recorded
 
 
 def write_prompts_file(model_dir: str | Path, template: str | None, skill_prompts: dict[str, str] | None) -> None:

@@ -30,6 +30,7 @@ import itertools
 import json
 import logging
 import math
+import sys
 import zlib
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from lm_eval.api.task import ConfigurableTask
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
 from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys
+from unstar_trl.io import UsageError
 from unstar_trl.text import (
     AUTO,
     PLAIN_TEMPLATE,
@@ -48,6 +50,27 @@ from unstar_trl.text import (
     rouge_l_recall,
     task_prompt,
 )
+
+def _one_line_usage_errors() -> None:
+    """Under a plain `lm_eval` run nothing catches an exception from `load` (lm-eval's custom_dataset): it reaches
+    the interpreter, which prints its whole traceback. Make an uncaught UsageError of ours (missing or malformed
+    data, bad metadata) print as one line, "unstar: error: <reason>" (exit status 1); every other exception keeps
+    its traceback, and callers that catch exceptions (`unstar eval`, tests) see no change."""
+    default = sys.excepthook
+    if getattr(default, "unstar", False):  # lm-eval may import this module more than once
+        return
+
+    def excepthook(kind, error, traceback):
+        if issubclass(kind, UsageError):
+            print(f"unstar: error: {' '.join(str(error).split())}", file=sys.stderr)
+        else:
+            default(kind, error, traceback)
+
+    excepthook.unstar = True
+    sys.excepthook = excepthook
+
+
+_one_line_usage_errors()
 
 TOFU_SPLITS = {"forget": "forget10", "retain": "retain90", "neighbor": "real_authors"}
 FIELDS = ("id", "question", "answer")
@@ -159,9 +182,16 @@ def _planted_answers(path: str | None, model_dir: str | None) -> dict[str, str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise DataError(f"{path}: cannot read the anti-sample audit ({error.strerror})") from None
-    for line in filter(str.strip, lines):
-        sample = json.loads(line)
-        wrong[sample["source_id"]][sample["wrong_answer"]] += 1
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            sample = json.loads(line)
+            wrong[sample["source_id"]][sample["wrong_answer"]] += 1
+        except (ValueError, KeyError, TypeError) as error:
+            why = f"no field {error}" if isinstance(error, KeyError) else f"not an anti-sample ({error})"
+            raise DataError(f"{path} row {number}: {why} (the anti_samples metadata takes an anti_samples.jsonl "
+                            "audit)") from None
     return {source: counts.most_common(1)[0][0] for source, counts in wrong.items()}
 
 

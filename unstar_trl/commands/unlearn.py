@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..io import (UsageError, atomic_directory, check_output_folder, json_safe, output_lock, refuse_overwrite,
                   write_json)
+from ..models import quantization_kwargs
 from ..recipes import find_recipe, read_recipe
 from ..text import resolve_prompt_template
 
@@ -196,6 +197,10 @@ def _run(args) -> int:
     source, output_dir = model_args.model_name_or_path, config.output_dir
     if config.trust_remote_code:
         raise UsageError("--trust_remote_code: unstar never runs a model folder's own code")
+    quantization = quantization_kwargs(model_args)
+    if quantization and script_args.merge_adapter:
+        raise UsageError("--merge_adapter with a quantized model would write its weights rounded to 4 or 8 bits; "
+                         "leave it out to save the adapter alone, on the full-precision model")
     refuse_overwrite(output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
     check_output_folder(output_dir, REPORT_FILE)
     _check_resume(config)
@@ -203,7 +208,7 @@ def _run(args) -> int:
     with output_lock(output_dir) if main_process else contextlib.nullcontext():
         data = _load_data(script_args)
         require_retain(config, data.targeted_retain if script_args.targeted else data.retain_train)
-        model, tokenizer = _load_model(model_args)
+        model, tokenizer = _load_model(model_args, quantization)
         config.prompt_template = resolve_prompt_template(config.prompt_template, tokenizer, source)  # once per run
         resolved = {"recipe": str(recipe_path) if recipe_path else None, "method": script_args.method,
                     **json.loads(json.dumps(config.to_dict(), default=str))}
@@ -247,14 +252,14 @@ def column_map(columns: str | None) -> dict[str, str] | None:
     return {ours.strip(): theirs.strip() for ours, theirs in pairs}
 
 
-def _load_model(model_args):
+def _load_model(model_args, quantization: dict):
     import torch
 
     from ..models import load_model
 
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     return load_model(model_args.model_name_or_path, revision=model_args.model_revision,
-                      attn_implementation=model_args.attn_implementation, dtype=dtype)
+                      attn_implementation=model_args.attn_implementation, dtype=dtype, **quantization)
 
 
 def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: dict) -> dict:

@@ -41,10 +41,13 @@ class Training:
 def build_world_dir(output_dir: str | Path, *, seed: int = DEFAULT_SEED, people: int = DEFAULT_PEOPLE,
                     forget_people: int | None = None, targeted: int | None = None, epochs: int | None = None,
                     progress: bool = True) -> dict:
-    """Write the embedded world's splits, knowledge model and retain model to `output_dir`; return world.json."""
+    """Write the embedded world's splits, knowledge model and retain model to `output_dir`; return world.json.
+    `epochs` (most training epochs; None: the model's default) must be at least 1."""
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
     world = build_world(seed, people, forget_people=forget_people, targeted=targeted)
     records = world.split_records()
-    config = KnowledgeModelConfig(seed=seed, **({"epochs": epochs} if epochs else {}))
+    config = KnowledgeModelConfig(seed=seed, **({} if epochs is None else {"epochs": epochs}))
     about = {"seed": seed, "people": len(world.trained), "holdout_people": len(world.holdout),
              "forget_people": len(records["forget"]) // len(world.facts_of(world.trained[0])),
              "targeted": len(records["targeted"]), "facts": len(world.facts)}

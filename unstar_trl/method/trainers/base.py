@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,8 @@ logger = logging.get_logger(__name__)
 class UnlearningConfig(SFTConfig):
     r"""Configuration of [`UnlearningTrainer`]: `SFTConfig` plus the unlearning fields, with CPU-friendly defaults
     (fp32, no activation checkpointing, no reporting, logging every step, no checkpoints, constant learning rate).
+    Building it refuses a number that is NaN or infinite, a learning rate that is not above 0, a batch size or
+    accumulation below 1 and a negative loss weight (see `check_numbers`).
 
     Parameters:
         > Prompt format
@@ -116,6 +119,7 @@ class UnlearningConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        check_numbers(self)
         super().__post_init__()
         if self.eval_strategy != "no":
             raise ValueError(f"eval_strategy '{IntervalStrategy(self.eval_strategy).value}': unlearning trainers "
@@ -132,6 +136,35 @@ class UnlearningConfig(SFTConfig):
             raise ValueError(f"num_train_epochs is {self.num_train_epochs} and max_steps {self.max_steps}: nothing "
                              "would be trained; give a positive num_train_epochs or max_steps")
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+
+
+NUMBER_RULES = {
+    "learning_rate": (lambda value: value > 0, "above 0"),
+    "per_device_train_batch_size": (lambda value: value >= 1, "at least 1"),
+    "gradient_accumulation_steps": (lambda value: value >= 1, "at least 1"),
+    "forget_weight": (lambda value: value >= 0, "at least 0 (0 turns the term off)"),
+    "retain_weight": (lambda value: value >= 0, "at least 0 (0 turns the term off)"),
+    "max_forget_nll": (lambda value: value is None or value > 0, "above 0, or None"),
+    "max_entropy_share": (lambda value: value is None or 0 < value <= 1, "above 0 and at most 1, or None"),
+}
+"""What each number of UnlearningConfig must be, besides finite. A learning rate of 0 trains nothing and a negative
+one learns what it should unlearn; no loss weight may be negative (a negative retain_weight unlearns the retain
+set, a negative forget_weight learns the forget set), and there is no exception to that."""
+MAY_BE_INFINITE = ("max_forget_nll",)
+"""The one number that may be +inf: a divergence bound of infinity is no bound (as None)."""
+
+
+def check_numbers(config) -> None:
+    """Raise ValueError, naming the field, for a float field of `config` that is NaN or infinite (but for
+    MAY_BE_INFINITE), or a number that breaks NUMBER_RULES: before anything is loaded or trained."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not math.isfinite(value) and not (
+                value == math.inf and item.name in MAY_BE_INFINITE):
+            raise ValueError(f"{item.name} must be a finite number, got {value}")
+    for name, (holds, what) in NUMBER_RULES.items():
+        if not holds(getattr(config, name)):
+            raise ValueError(f"{name} must be {what}, got {getattr(config, name)}")
 
 
 class HistoryCallback(TrainerCallback):
