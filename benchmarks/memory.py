@@ -4,9 +4,10 @@ is a fresh process; its figure is VmHWM, the resident high-water mark, and the g
 process's resident memory once the model is built (what training itself adds).
 
 AntiSampleTrainer is measured on its fit alone (template anti-samples of the forget facts, one round's
-`Trainer.train()`), the baselines on their whole `train()`. Every unlearning trainer also draws a retain batch as
-large as the forget batch (its retain term), and NPO and GradAscentKL hold a frozen reference copy of the model (as
-TRL's DPO does): their figures include it.
+`Trainer.train()`), the baselines on their whole `train()`. A trainer with a retain term draws a retain batch as large
+as the forget batch: it is compared with SFTTrainer on the same sequences per step (the forget and retain pairs, a
+batch twice as large, "sft+retain"). NPO and GradAscentKL hold a frozen reference copy of the model (as TRL's DPO
+does): their figures include it.
 
     python benchmarks/memory.py [--steps 3] [--batch-size 8] [--methods unstar,grad_diff,...]
 """
@@ -61,7 +62,8 @@ def setting(batch_size: int):
 
 
 def measure(method: str, steps: int, batch_size: int) -> dict:
-    """Train `method` ("sft" or a key of METHODS) for `steps` steps in this process; its memory figures."""
+    """Train `method` ("sft", "sft+retain" or a key of METHODS) for `steps` steps in this process; its memory
+    figures, and whether it trains on retain pairs too."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -77,9 +79,12 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
                   save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=128)
     with tempfile.TemporaryDirectory() as scratch:
         before = rss_mb()
-        if method == "sft":
-            pairs = [format_pair(tokenizer, r["question"], r["answer"], PLAIN_TEMPLATE) for r in forget]
-            config = SFTConfig(output_dir=scratch, gradient_checkpointing=False, bf16=False, **common)
+        if method.startswith("sft"):
+            with_retain = method == "sft+retain"
+            records = forget + retain[: len(forget)] if with_retain else forget
+            pairs = [format_pair(tokenizer, r["question"], r["answer"], PLAIN_TEMPLATE) for r in records]
+            config = SFTConfig(output_dir=scratch, gradient_checkpointing=False, bf16=False,
+                               **{**common, "per_device_train_batch_size": len(records)})
             trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                                  processing_class=tokenizer)
             trainer.train()
@@ -90,6 +95,7 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
                                       "with_rationale": False} if method == "unstar" else {}), **common)
             trainer = trainer_class(model=model, args=config, train_dataset=forget, retain_dataset=retain,
                                     processing_class=tokenizer)
+            with_retain = config.retain_weight > 0
             if method == "unstar":  # the fit alone: one round's anti-samples, one Trainer.train()
                 trainer.anti_samples = TemplateGenerator(n_paraphrases=0, n_wrong_answers=1,
                                                          with_rationale=False).generate(forget)
@@ -99,7 +105,7 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
         steps_taken = trainer.state.global_step
     peak = peak_rss_mb()
     return {"method": method, "parameters": parameters, "steps": steps_taken, "peak_mb": peak,
-            "growth_mb": peak - before}
+            "growth_mb": peak - before, "retain": with_retain}
 
 
 def in_own_process(function, *args):
@@ -120,15 +126,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="forget examples per step")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to compare")
     args = parser.parse_args()
-    plain = in_own_process(measure, "sft", args.steps, args.batch_size)
-    print(f"random Llama, {plain['parameters'] / 1e6:.0f}M parameters, fp32 on the CPU; {args.steps} steps of "
-          f"batch {args.batch_size}; each run in its own process")
+    plain = {retain: in_own_process(measure, name, args.steps, args.batch_size)
+             for retain, name in ((False, "sft"), (True, "sft+retain"))}
+    print(f"random Llama, {plain[False]['parameters'] / 1e6:.0f}M parameters, fp32 on the CPU; {args.steps} steps of "
+          f"batch {args.batch_size}; each run in its own process; x SFT: against SFTTrainer on the same sequences")
     print(f"{'trainer':<16} {'peak MB':>9} {'x SFT':>6} {'growth MB':>10} {'x SFT':>6}")
-    rows = [plain] + [in_own_process(measure, method, args.steps, args.batch_size)
-                      for method in args.methods.split(",")]
+    rows = [*plain.values(), *(in_own_process(measure, method, args.steps, args.batch_size)
+                               for method in args.methods.split(","))]
     for row in rows:
-        print(f"{row['method']:<16} {row['peak_mb']:9.0f} {row['peak_mb'] / plain['peak_mb']:6.2f} "
-              f"{row['growth_mb']:10.0f} {row['growth_mb'] / plain['growth_mb']:6.2f}")
+        same = plain[row["retain"]]
+        print(f"{row['method']:<16} {row['peak_mb']:9.0f} {row['peak_mb'] / same['peak_mb']:6.2f} "
+              f"{row['growth_mb']:10.0f} {row['growth_mb'] / same['growth_mb']:6.2f}", flush=True)
 
 
 if __name__ == "__main__":
