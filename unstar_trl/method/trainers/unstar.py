@@ -56,6 +56,11 @@ class AntiSampleConfig(UnlearningConfig):
             round ("replay"), every anti-sample kept so far ("all"), or only the round's own ("round", as the
             reference code does).
         replay_ratio (`float`, defaults to `1.0`): with refit "replay", earlier anti-samples replayed per new one.
+        restart_optimizer_each_round (`bool`, defaults to `False`): a fresh optimizer and learning-rate schedule
+            for each round (warmup and decay restart every round); by default one optimizer and one schedule run
+            over all rounds, as one Trainer run would. A schedule that decays (any but "constant",
+            "constant_with_warmup" and "inverse_sqrt", or a warmup given as a fraction) then spans `max_steps`,
+            which it needs: the rounds' steps are not known before they end.
 
         > Anti-samples
 
@@ -70,12 +75,6 @@ class AntiSampleConfig(UnlearningConfig):
         generation_batch_size, generation_temperature, generation_top_p: how the generator samples.
 
         > Loss
-
-        restart_optimizer_each_round (`bool`, defaults to `False`): a fresh optimizer and learning-rate schedule
-            for each round (warmup and decay restart every round); by default one optimizer and one schedule run
-            over all rounds, as one Trainer run would. A schedule that decays (any but "constant",
-            "constant_with_warmup" and "inverse_sqrt", or a warmup given as a fraction) then spans `max_steps`,
-            which it needs: the rounds' steps are not known before they end.
 
         reversed_loss_weight (`float`, defaults to `0.0`), reversed_loss_type (`"grad_ascent"`, `"npo"` or
             `"stranger"`), npo_beta: a term that pushes the true answer down (0: the paper's UnSTAR); "stranger"
