@@ -112,7 +112,7 @@ def test_each_round_logs_its_seconds_by_phase_and_its_tokens(model_and_tokenizer
     for log in trainer.rounds:
         assert set(log["seconds"]) == set(PHASES) and (log["tokens"] > 0) == (log["steps"] > 0)
         assert (log["seconds"]["fit"] > 0) == (log["steps"] > 0) and log["seconds"]["probe"] > 0
-    assert sum(log["tokens"] for log in trainer.rounds) == trainer.data_collator.tokens
+    assert sum(log["tokens"] for log in trainer.rounds) == trainer.trained_tokens
     for phase in PHASES:  # the rounds share out the run's time (each round's figure rounded to milliseconds), but
         # for the bookkeeping between them (saving the audit), which is the run's "other" alone
         spent, total = sum(log["seconds"][phase] for log in trainer.rounds), trainer.time_split.seconds[phase]
@@ -135,7 +135,7 @@ def test_a_follow_up_counts_only_when_the_model_answers_it_with_the_facts_answer
     trainer = AntiSampleTrainer(model=model, processing_class=tokenizer, train_dataset=data.forget,
                                 args=AntiSampleConfig(output_dir=str(tmp_path), generator="self", follow_ups=2,
                                                       retain_weight=0.0))
-    fact = next(record for record in data.forget if answers_known(trainer, [record]) == [True])
+    fact = next(record for record in data.forget if answers_known(trainer, trainer.model, [record]) == [True])
     other = next(record for record in data.forget if record["subject"] == fact["subject"] and record != fact)
     forgotten = {**fact, "question": f"Is {fact['subject']} a person?", "paraphrased_questions": []}
     trainer.forget_records = [forgotten]
@@ -143,8 +143,8 @@ def test_a_follow_up_counts_only_when_the_model_answers_it_with_the_facts_answer
     same = {**forgotten, "question": fact["question"]}
     elsewhere = {**forgotten, "question": other["question"]}  # names the subject, asks another of its facts
     generator.follow_ups = lambda records, per_record, round: [same, elsewhere]
-    assert answers_known(trainer, [forgotten, {**other, "answer": fact["answer"]}]) == [False, False]
-    known, asked = still_known(trainer, generator)
+    assert answers_known(trainer, trainer.model, [forgotten, {**other, "answer": fact["answer"]}]) == [False, False]
+    known, asked = still_known(trainer, trainer.model, generator)
     assert asked == 3 and known == [same]
 
 

@@ -220,7 +220,7 @@ def _run(args) -> int:
     if report["diverged"]:
         diverged = report["diverged"]
         raise UsageError(f"training diverged after step {diverged['step']} ({diverged['reason']}); wrote the "
-                         f"weights of step {diverged['kept_step']} to {output_dir}")
+                         f"weights of step {diverged['step']} to {output_dir}")
     if main_process:
         print(summary_line(report, output_dir), file=sys.stdout)
     return 0
@@ -294,8 +294,8 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
                                                format_prompt(tokenizer, forget[0]["question"], template)))
         try:
             trainer.train(resume_from_checkpoint=resume)
-        except DivergenceError as error:  # the trainer kept the last good weights: save those, then say so
-            diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
+        except DivergenceError as error:  # stopped before updating the weights that went bad: save those, say so
+            diverged = {"step": error.step, "reason": error.reason}
         finally:
             _close_progress_bar(trainer)
         if checkpoints is None:
@@ -311,11 +311,10 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
                   "targeted": script_args.targeted, "prompt_template": template, "before": before, "after": after,
                   "rounds": sum(log["steps"] > 0 for log in rounds) if rounds is not None else 1,
                   "round_log": rounds, "generator": generator and dataclasses.asdict(generator),
-                  "steps": diverged["kept_step"] if diverged else trainer.state.global_step,
+                  "steps": trainer.state.global_step,
                   "seconds": round(time.perf_counter() - start, 1),
                   "time_split": {phase: round(seconds, 2) for phase, seconds in trainer.time_split.seconds.items()},
-                  "trained_tokens": sum(log["tokens"] for log in rounds) if rounds is not None
-                  else trainer.data_collator.tokens,
+                  "trained_tokens": trainer.trained_tokens,
                   "diverged": diverged, "config": resolved, "history": trainer.history}
         report["warnings"] = trainer.warnings + run_warnings(report)
         write_json(staging / REPORT_FILE, report)

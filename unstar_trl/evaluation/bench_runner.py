@@ -246,12 +246,12 @@ def run_method(row: str, seed: int, world_dir: Path, forget: list[dict], retain:
         try:
             with split("other"):
                 trainer.train()
-        except DivergenceError as error:  # the trainer kept the last good weights: score those
-            diverged = {"step": error.step, "kept_step": error.kept_step, "reason": error.reason}
+        except DivergenceError as error:  # stopped before updating the weights that went bad: score those
+            diverged = {"step": error.step, "reason": error.reason}
     spent = {phase: split.seconds[phase] for phase in PHASES}  # the curve's probes are the bench's, not the method's
     return {"model": trainer.model.eval(), "tokenizer": tokenizer, "template": trainer.prompt_template,
             "steps": callback.step, "seconds": sum(spent.values()), "split": spent,
-            "tokens": trainer.data_collator.tokens, "diverged": diverged, "curve": callback.points,
+            "tokens": trainer.trained_tokens, "diverged": diverged, "curve": callback.points,
             "anti_samples": getattr(trainer, "save_audit", None)}
 
 

@@ -3,7 +3,7 @@
 It takes forget records as `train_dataset` and, optionally, retain records; turns each into a (prompt, completion)
 pair in the model's prompt format; pairs every forget batch with a retain batch drawn by its own collator; keeps a
 frozen reference where a method needs one; logs every loss term through `self._metrics`; and stops a diverging run
-on its last good weights. A method is a small subclass that overrides `forget_loss` (and, if it must,
+before its next update. A method is a small subclass that overrides `forget_loss` (and, if it must,
 `retain_loss` or `forget_pairs`).
 """
 
@@ -59,6 +59,10 @@ class UnlearningConfig(SFTConfig):
         forget_weight (`float`, defaults to `1.0`): gamma, the weight of the forget term.
         retain_weight (`float`, defaults to `1.0`): alpha, the weight of the retain term (0 disables it).
         retain_loss_type (`str`, defaults to `"nll"`): "nll" of the retain answers or "kl" to the frozen reference.
+        ref_adapter_name (`str` or `None`, defaults to `None`): with a `PeftModel` that already carries a trained
+            adapter, the name of the adapter that serves as the frozen reference (as in TRL's DPO: load the same
+            adapter a second time under this name). Without it such a model is refused by the methods that need a
+            reference: the adapter-disabled model never knew what the adapter learned.
 
         > Stopping
 
@@ -82,6 +86,12 @@ class UnlearningConfig(SFTConfig):
         default="nll",
         metadata={"help": "Retain loss: 'nll' of the retain answers, or 'kl' to the frozen reference.",
                   "choices": ["nll", "kl"]},
+    )
+    ref_adapter_name: str | None = field(
+        default=None,
+        metadata={"help": "With a PeftModel that already carries a trained adapter: the name of a copy of it loaded "
+                  "as the frozen reference (model.load_adapter(path, adapter_name=NAME)), as in TRL's DPO. Methods "
+                  "that need a reference refuse such a model without it."},
     )
     stop_forget_acc: float | None = field(
         default=None,
@@ -205,6 +215,23 @@ def require_retain(args: UnlearningConfig, retain_records) -> None:
                          "retain_weight 0")
 
 
+def check_reference_adapter(model: PeftModel, ref_adapter_name: str | None) -> None:
+    """Refuse a frozen reference that a `PeftModel` cannot give: its adapter was trained before this run (it may hold
+    the very facts to forget), so the adapter-disabled model is no reference unless `ref_adapter_name` names a copy
+    of it, which must be one of the model's adapters."""
+    adapters = list(model.peft_config)
+    if ref_adapter_name is None:
+        raise UsageError(f"the model already carries a PEFT adapter ({', '.join(map(repr, adapters))}), which may hold "
+                         "the facts to forget: with it disabled the frozen reference would be a model that never "
+                         "knew them; load the adapter a second time as the reference (model.load_adapter(PATH, "
+                         "adapter_name='reference')) and set ref_adapter_name 'reference' (as TRL's DPO does), or "
+                         "merge the adapter into the model first (merge_and_unload)")
+    if ref_adapter_name not in adapters:
+        raise UsageError(f"ref_adapter_name {ref_adapter_name!r} is not an adapter of the model (it has "
+                         f"{', '.join(map(repr, adapters))}); load it with model.load_adapter(PATH, "
+                         f"adapter_name={ref_adapter_name!r})")
+
+
 def records_digest(records) -> str:
     """A short digest of the facts (id, question, answer) of `records`, in order."""
     facts = "\n".join(f"{r['id']}\t{r['question']}\t{r['answer']}" for r in records)
@@ -218,6 +245,18 @@ def check_run_identity(checkpoint: str | Path, saved: dict, ours: dict) -> None:
         if saved.get(key) != value:
             raise UsageError(f"{checkpoint} is a checkpoint of another run: its {key} is {saved.get(key)!r}, this "
                              f"run's is {value!r}")
+
+
+def batch_tokens(batch: dict) -> torch.Tensor:
+    """Non-padding tokens of a batch and of the batches nested in it, as a float on the batch's device (no sync)."""
+    own = batch["attention_mask"].sum().float() if "attention_mask" in batch else torch.zeros(())
+    return sum((batch_tokens(part) for part in batch.values() if isinstance(part, dict)), own)
+
+
+def padded_tokens(batch: dict) -> int:
+    """Token positions (padding included) of a batch and of the batches nested in it."""
+    own = batch["input_ids"].numel() if "input_ids" in batch else 0
+    return own + sum(padded_tokens(part) for part in batch.values() if isinstance(part, dict))
 
 
 class UnlearningTrainer(SFTTrainer):
@@ -261,8 +300,10 @@ class UnlearningTrainer(SFTTrainer):
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
         needs_reference = self.needs_reference or (uses_retain and args.retain_loss_type == "kl")
+        if needs_reference and isinstance(model, PeftModel):
+            check_reference_adapter(model, args.ref_adapter_name)
         reference = reference_copy(model, source) if needs_reference and not (
-            peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: the adapter disabled
+            peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: an adapter's view
         self.history_callback = HistoryCallback()
         self.time_split = TimeSplit()
         """Where the run's time went: seconds per phase (probe, generate, filter, fit, other)."""
@@ -275,7 +316,8 @@ class UnlearningTrainer(SFTTrainer):
                          peft_config=peft_config,
                          callbacks=[*(callbacks or []), *own, RunIdentityCallback(self.run_identity())], **kwargs)
         self.ref_model = None if reference is None else prepare_reference(self, reference)
-        self._good_weights, self._good_step, self._step_metrics = None, 0, {}
+        self._step_terms: dict[str, list[torch.Tensor]] = {}
+        self._step_tokens = torch.zeros(())
         self.warnings: list[str] = []
         """What the run warned about (also logged), for its report."""
 
@@ -342,6 +384,7 @@ class UnlearningTrainer(SFTTrainer):
         if "retain" in inputs:
             retain = self.log_metric("retain_loss", self.retain_loss(model, inputs["retain"]))
             loss = loss + self.args.retain_weight * retain
+        self.end_of_step(loss, inputs)
         return (loss, None) if return_outputs else loss
 
     def forget_loss(self, model, inputs: dict, logits: torch.Tensor) -> torch.Tensor:
@@ -362,39 +405,61 @@ class UnlearningTrainer(SFTTrainer):
 
     @torch.no_grad()
     def reference_logits(self, inputs: dict) -> torch.Tensor:
-        """Logits of the frozen reference: the adapter-disabled model under PEFT, the in-memory copy otherwise."""
+        """Logits of the frozen reference: under PEFT the model with `ref_adapter_name` active (a model that came with
+        its adapter) or with its adapter disabled (an adapter this run added), the in-memory copy otherwise."""
         if self.ref_model is not None:
             return self.logits(self.ref_model, inputs)
-        with use_adapter(self.accelerator.unwrap_model(self.model), None):
+        with use_adapter(self.accelerator.unwrap_model(self.model), self.args.ref_adapter_name):
             return self.logits(self.model, inputs)
 
     def log_metric(self, name: str, value: torch.Tensor) -> torch.Tensor:
-        """Record a loss term for `log()` (averaged there) and for the divergence guard; returns `value`."""
-        mode = "train" if self.model.training else "eval"
-        number = self.accelerator.gather_for_metrics(value.detach()).mean().item()
-        self._metrics[mode][name].append(number)
-        self._step_metrics[name] = number
+        """Record a loss term, on the device, for `log()` and the divergence guard (read once per optimizer step by
+        `end_of_step`); returns `value`."""
+        self._step_terms.setdefault(name, []).append(value.detach().float())
         return value
 
     # ---- divergence guard -------------------------------------------------------------------------------------
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        """A training step that raises DivergenceError, before the optimizer applies its gradients and on the last
-        good weights, when its loss is bad (see `divergence`)."""
-        self._step_metrics = {}
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        reason = divergence(loss.item(), self._step_metrics, self.args.max_forget_nll, self.args.max_entropy_share)
+    def end_of_step(self, loss: torch.Tensor, inputs: dict) -> None:
+        """Called on every micro-batch with its loss, before its backward: keeps the loss terms and token count on
+        the device, and on the last micro-batch of an optimizer step reads them once (one gather, one sync per step),
+        records them for `log()` and `state.num_input_tokens_seen`, and raises DivergenceError when they are bad (see
+        `divergence`). Raised there, before the backward that ends the step (the one that carries DeepSpeed's own
+        optimizer step), the update is never applied: the model keeps the weights the bad loss was computed on, and
+        no copy of any weight is needed (under ZeRO-3 too: every rank decides on the same gathered figures)."""
+        self._step_terms.setdefault("loss", []).append(loss.detach().float())
+        self._step_tokens = self._step_tokens + batch_tokens(inputs)
+        if not self.accelerator.sync_gradients:
+            return
+        names = list(self._step_terms)
+        local = torch.stack([torch.stack(self._step_terms[name]).mean() for name in names] + [self._step_tokens])
+        gathered = self.accelerator.gather(local[None]).reshape(-1, len(names) + 1)
+        *means, tokens = torch.cat([gathered[:, :-1].mean(0), gathered[:, -1:].sum(0)]).tolist()
+        self._step_terms, self._step_tokens = {}, torch.zeros(())
+        figures = dict(zip(names, means))
+        loss_value = figures.pop("loss")
+        for name, value in figures.items():
+            self._metrics["train"][name].append(value)
+        self.state.num_input_tokens_seen += int(tokens)
+        reason = divergence(loss_value, figures, self.args.max_forget_nll, self.args.max_entropy_share)
         if reason is not None:
-            if self._good_weights is not None and self._good_step != self.state.global_step:
-                with torch.no_grad():
-                    for name, parameter in self.model.named_parameters():
-                        if name in self._good_weights:
-                            parameter.copy_(self._good_weights[name])
-            raise DivergenceError(self.state.global_step, self._good_step, reason)
-        if self._good_weights is None or self._good_step != self.state.global_step:
-            self._good_step = self.state.global_step
-            self._good_weights = {name: parameter.detach().clone()
-                                  for name, parameter in self.model.named_parameters() if parameter.requires_grad}
-        return loss
+            raise DivergenceError(self.state.global_step, reason)
+
+    def _track_num_input_tokens(self, inputs):
+        """The Trainer's count looks for `input_ids` at the top of a batch; `end_of_step` counts the non-padding
+        tokens of the nested forget/retain batches into `state.num_input_tokens_seen` instead."""
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """6 x tokens x parameters (the Trainer's estimate), summed over the nested forget/retain batches (the
+        Trainer's own finds no `input_ids` at the top of a batch and counts 0)."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not hasattr(model, "num_parameters"):
+            return 0
+        return 6 * padded_tokens(inputs) * model.num_parameters(exclude_embeddings=True)
+
+    @property
+    def trained_tokens(self) -> int:
+        """Non-padding tokens of every batch trained so far, forget and retain parts together, on all processes."""
+        return self.state.num_input_tokens_seen
 
     @property
     def history(self) -> list[dict]:

@@ -19,17 +19,19 @@ def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor
 
 class ForgetRetainCollator:
     """Pads a batch of tokenized forget pairs into `{"forget": {...}}` and adds as many retain pairs, drawn at random
-    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding. `tokens` counts the non-padding
-    tokens of every batch made (all its parts): what a run trained on."""
+    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding. In a dataloader worker process
+    the draws come from the worker's own seed (each worker holds a copy of the collator: with one seed, every worker,
+    and every round's new workers, would draw the same retain pairs)."""
 
     def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0):
         self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
-        self.tokens = 0
+        self.worker_seed: int | None = None
 
     def __call__(self, features: list[dict]) -> dict:
-        batch = self.collate(features)
-        self.tokens += _tokens(batch)
-        return batch
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.seed != self.worker_seed:  # torch draws it for each worker of each epoch
+            self.rng, self.worker_seed = random.Random(worker.seed), worker.seed
+        return self.collate(features)
 
     def collate(self, features: list[dict]) -> dict:
         batch = {"forget": pad_pairs(features, self.pad_token_id)}
@@ -69,9 +71,3 @@ class AntiSampleCollator(ForgetRetainCollator):
             if "true_floor" in features[0]:
                 batch["forget"]["true"]["floor"] = torch.tensor([f["true_floor"] for f in features])
         return batch
-
-
-def _tokens(batch: dict) -> int:
-    """Non-padding tokens of a batch and of the batches nested in it."""
-    own = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-    return own + sum(_tokens(part) for part in batch.values() if isinstance(part, dict))

@@ -1,4 +1,5 @@
-"""The divergence guard: stop a run whose loss goes bad, on the last weights that gave a good one."""
+"""The divergence guard: stop a run whose loss goes bad before it takes another step, keeping no copy of the
+weights."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import math
 
 
 class DivergenceError(RuntimeError):
-    """The weights after optimizer step `step` gave a bad loss; the model holds those of step `kept_step`, the last
-    that gave a good one."""
+    """The weights after optimizer step `step` gave a bad loss; the run stopped before updating them, so the model
+    holds them (the first bad ones: the guard keeps no copy of earlier weights, which would double the memory of a
+    full fine-tuning)."""
 
-    def __init__(self, step: int, kept_step: int, reason: str):
-        super().__init__(f"training diverged after step {step} ({reason}); kept the weights of step {kept_step}")
-        self.step, self.kept_step, self.reason = step, kept_step, reason
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"training diverged after step {step} ({reason}); stopped before the next update, the model "
+                         f"holds the weights of step {step}")
+        self.step, self.reason = step, reason
 
 
 def divergence(loss: float, metrics: dict[str, float], max_forget_nll: float | None,

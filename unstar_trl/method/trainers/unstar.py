@@ -9,6 +9,7 @@ configuration, the data of one round and the loss.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers.trainer_utils import IntervalStrategy, TrainOutput
+from transformers import TrainerCallback
+from transformers.trainer_utils import IntervalStrategy, SchedulerType, TrainOutput
 
 from ...data import as_records, check_siblings_in
 from ...io import UsageError, write_jsonl
@@ -34,6 +36,8 @@ ANTI_SAMPLES_FILE = "anti_samples.jsonl"
 DROPPED_FILE = "anti_samples_dropped.jsonl"
 ROUNDS_FILE = "rounds.jsonl"
 REVERSED_TYPES = ("grad_ascent", "npo", "stranger")
+LENGTHLESS_SCHEDULES = ("constant", "constant_with_warmup", "inverse_sqrt")
+"""Learning-rate schedules that do not depend on the length of the run."""
 
 
 @dataclass
@@ -52,6 +56,11 @@ class AntiSampleConfig(UnlearningConfig):
             round ("replay"), every anti-sample kept so far ("all"), or only the round's own ("round", as the
             reference code does).
         replay_ratio (`float`, defaults to `1.0`): with refit "replay", earlier anti-samples replayed per new one.
+        restart_optimizer_each_round (`bool`, defaults to `False`): a fresh optimizer and learning-rate schedule
+            for each round (warmup and decay restart every round); by default one optimizer and one schedule run
+            over all rounds, as one Trainer run would. A schedule that decays (any but "constant",
+            "constant_with_warmup" and "inverse_sqrt", or a warmup given as a fraction) then spans `max_steps`,
+            which it needs: the rounds' steps are not known before they end.
 
         > Anti-samples
 
@@ -116,6 +125,11 @@ class AntiSampleConfig(UnlearningConfig):
     follow_ups: int = field(
         default=2, metadata={"help": "Harder follow-up questions probed per forgotten fact (0: none)."}
     )
+    restart_optimizer_each_round: bool = field(
+        default=False,
+        metadata={"help": "A fresh optimizer and learning-rate schedule (warmup and decay) for each round; default: "
+                  "one optimizer and one schedule over the whole run (a decaying schedule then spans max_steps)."},
+    )
     generation_batch_size: int = field(default=64, metadata={"help": "Prompts per batch when generating/probing."})
     generation_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the generator."})
     generation_top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling of the generator."})
@@ -153,6 +167,12 @@ class AntiSampleConfig(UnlearningConfig):
             raise ValueError(f"generation_top_p must be at most 1, got {self.generation_top_p}")
         if self.refit not in ("all", "round", "replay"):
             raise ValueError(f"refit must be 'all', 'round' or 'replay', got {self.refit!r}")
+        needs_length = self.lr_scheduler_type not in LENGTHLESS_SCHEDULES or 0 < self.warmup_steps < 1
+        if needs_length and self.max_steps <= 0 and not self.restart_optimizer_each_round:
+            raise ValueError(f"lr_scheduler_type {SchedulerType(self.lr_scheduler_type).value!r} (warmup_steps "
+                             f"{self.warmup_steps}) spans the run's steps, which UnSTAR's rounds do not know before "
+                             "they end: give max_steps (the budget of all rounds together), a constant schedule, or "
+                             "restart_optimizer_each_round true (a schedule per round)")
         if self.generator not in ("auto", "self", "template") and not Path(self.generator).is_dir():
             raise ValueError(f"generator must be 'auto', 'self', 'template' or a teacher model folder; "
                              f"{self.generator!r} is none of these")
@@ -169,7 +189,7 @@ class AntiSampleTrainer(UnlearningTrainer):
 
     def __init__(self, model, args: AntiSampleConfig | None = None, train_dataset=None, retain_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):
-        args = args or AntiSampleConfig(output_dir="unstar-output")
+        args = copy.copy(args) if args is not None else AntiSampleConfig(output_dir="unstar-output")  # ours to set
         self.forget_records = as_records(train_dataset, "train_dataset") if train_dataset is not None else []
         retain_records = as_records(retain_dataset if retain_dataset is not None else [], "retain_dataset")
         if any(record.get("siblings") for record in self.forget_records):  # targeted mode
@@ -205,9 +225,16 @@ class AntiSampleTrainer(UnlearningTrainer):
         self.rounds: list[dict] = []
         """One log per round: facts still known, anti-samples made, kept and dropped (by reason), steps."""
         # A round, not a Trainer step, is what UnSTAR resumes from: the anti-samples of the next round depend on
-        # the probe after this one, which the Trainer's own checkpoints do not hold.
-        self.save_rounds = self.args.save_strategy != IntervalStrategy.NO
+        # the probe after this one, which the Trainer's own checkpoints do not hold (`args` is this trainer's copy).
+        self.round_save_strategy = IntervalStrategy(self.args.save_strategy)
+        """The save_strategy asked for: whether rounds end with a round checkpoint (`round_checkpoint_due`)."""
         self.args.save_strategy = IntervalStrategy.NO
+        self.resume_optimizer_from: Path | None = None
+        """The round checkpoint whose optimizer and schedule the next round's `train()` loads (set by a resume)."""
+        self.run_max_steps = self.args.max_steps
+        """The step budget of the whole run (`fit` sets `args.max_steps` to each round's share of it)."""
+        self.run_epochs = RunEpochs()
+        self.add_callback(self.run_epochs)
 
     def strangers(self, retain_records: list[dict]) -> list[str]:
         """The stranger names of this run (`strangers.stranger_names`); a UsageError when there are none or a forget
@@ -250,17 +277,18 @@ class AntiSampleTrainer(UnlearningTrainer):
         return run_rounds(self, resume_from_checkpoint)
 
     def fit(self, round_index: int) -> TrainOutput:
-        """One `Trainer.train()` over the round's `fitted_samples`, with a fresh optimizer, within what is left of
-        `max_steps` (the budget of the whole run, all rounds together); its steps go on from the run's (see
-        `_init_training_state`)."""
+        """One `Trainer.train()` over the round's `fitted_samples`, within what is left of `max_steps` (the budget of
+        the whole run, all rounds together), with the run's optimizer and schedule (fresh ones with
+        `restart_optimizer_each_round`); its steps and epochs go on from the run's (see `_init_training_state`)."""
         with self.time_split("fit"):
             samples = self.fitted_samples(round_index)
             if self.args.retain_neighbors and self.collator.retain:
                 self.collator.near = [self.collator.retain[index] for index in retain_neighbors(
                     self.forget_records, self.retain_records, self.wrong_answers())]
             self.train_dataset = Dataset.from_list([self.anti_sample_features(sample) for sample in samples])
-            self.optimizer, self.lr_scheduler = None, None
-            budget = self.args.max_steps
+            if self.args.restart_optimizer_each_round:
+                self.optimizer, self.lr_scheduler = None, None
+            budget = self.run_max_steps
             if budget > 0:
                 per_epoch = max(len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps, 1)
                 self.args.max_steps = min(per_epoch * math.ceil(self.args.num_train_epochs),
@@ -269,6 +297,21 @@ class AntiSampleTrainer(UnlearningTrainer):
                 return super().train()
             finally:
                 self.args.max_steps = budget
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's schedule over `num_training_steps` (a round's) with `restart_optimizer_each_round`; else one
+        schedule over the run's `max_steps`, created once and kept by the Trainer across rounds (it drops a
+        schedule it created itself at each `train()`). After a resume, the optimizer's and schedule's states come
+        from the round checkpoint (`resume_optimizer_from`)."""
+        if self.args.restart_optimizer_each_round:
+            return super().create_scheduler(num_training_steps, optimizer)
+        created = self.lr_scheduler is None
+        scheduler = super().create_scheduler(max(self.run_max_steps, num_training_steps), optimizer)
+        self._created_lr_scheduler = False
+        if created and self.resume_optimizer_from is not None:
+            self._load_optimizer_and_scheduler(str(self.resume_optimizer_from))
+            self.resume_optimizer_from = None
+        return self.lr_scheduler
 
     def wrong_answers(self) -> dict[str, set[str]]:
         """{forget fact id: the wrong answers taught for it so far}."""
@@ -291,12 +334,14 @@ class AntiSampleTrainer(UnlearningTrainer):
 
     def _init_training_state(self, max_steps, *args, **kwargs):
         """The Trainer starts each `train()` from a new state; a round goes on from the run's instead: the same
-        global step (so TensorBoard/W&B get one increasing step), log history, flos and token count."""
+        global step (so TensorBoard/W&B get one increasing step), epochs (`RunEpochs`), log history, flos and token
+        count."""
         run = self.state
         result = super()._init_training_state(max_steps, *args, **kwargs)
         self.state.global_step, self.state.max_steps = run.global_step, run.global_step + max_steps
         self.state.log_history, self.state.total_flos = run.log_history, run.total_flos
         self.state.num_input_tokens_seen = run.num_input_tokens_seen
+        self.state.epoch = self.run_epochs.before = run.epoch or 0.0
         return result
 
     def anti_sample_features(self, sample: AntiSample) -> dict:
@@ -347,6 +392,17 @@ class AntiSampleTrainer(UnlearningTrainer):
         write_jsonl(output_dir / DROPPED_FILE, ({**sample.to_json(), "reason": reason}
                                                 for sample, reason in self.dropped))
         write_jsonl(output_dir / ROUNDS_FILE, self.rounds)
+
+
+class RunEpochs(TrainerCallback):
+    """Counts epochs over the whole run: the Trainer sets `state.epoch` within the round's `train()` at each step;
+    this adds the epochs of the rounds `before` it (set by `_init_training_state`)."""
+
+    def __init__(self):
+        self.before = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.epoch += self.before
 
 
 def spread_over_facts(samples: list[AntiSample], count: int, rng: random.Random) -> list[AntiSample]:

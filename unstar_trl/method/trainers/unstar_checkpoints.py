@@ -1,7 +1,8 @@
-"""UnSTAR's round checkpoints: after each fitted round (with save_strategy other than "no"), `round-<k>` under
-output_dir holds the weights (or adapter), the kept and dropped anti-samples, the round log, the Trainer's state (the
-run's step and log history) and the random states that the next rounds draw from; a run resumes from one as if it
-had never stopped."""
+"""UnSTAR's round checkpoints: at the end of a fitted round (with save_strategy other than "no"; see
+`round_checkpoint_due`), `round-<k>` under output_dir holds the weights (or adapter), the optimizer and schedule, the
+kept and dropped anti-samples, the round log, the Trainer's state (the run's step, epochs and log history) and the
+random states that the next rounds draw from; a run resumes from one as if it had never stopped. A run keeps only its
+latest round checkpoint and removes it when it ends (the model it trained is the run's output)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def save_round_checkpoint(trainer) -> Path:
         return path
     with atomic_directory(path) as staging:
         trainer.save_model(str(staging))
+        trainer._save_optimizer_and_scheduler(str(staging))
         state = {"run": trainer.run_identity(), "rounds": trainer.rounds,
                  "history": trainer.history_callback.history,
                  "anti_samples": [sample.to_json() for sample in trainer.anti_samples],
@@ -46,6 +48,7 @@ def load_round_checkpoint(trainer, path: str | Path) -> None:
     state = json.loads((path / STATE_FILE).read_text())
     check_run_identity(path, state["run"], trainer.run_identity())
     trainer._load_from_checkpoint(str(path))
+    trainer.resume_optimizer_from = path  # the run's optimizer is made, then loaded, by the next round's train()
     trainer.rounds = state["rounds"]
     trainer.state = TrainerState.load_from_json(str(path / TRAINER_STATE_NAME))  # the run's step and log history
     trainer.history_callback.history[:] = state["history"]

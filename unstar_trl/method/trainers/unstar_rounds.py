@@ -3,8 +3,14 @@ forget facts are gone or the round limit is hit."""
 
 from __future__ import annotations
 
+import math
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
 from tqdm.auto import tqdm
-from transformers.trainer_utils import TrainOutput
+from transformers.trainer_utils import IntervalStrategy, TrainOutput
+from trl.models import unwrap_model_for_generation
 
 from ...text import format_prompt
 from ..anti_samples import DROP_REASONS, AntiSample, filter_anti_samples
@@ -30,11 +36,13 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
             args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint))
     generator = make_generator(trainer.generator_choice.kind, args, trainer.model, trainer._tokenizer,
                                strangers=trainer.stranger_answers)
+    saved_step, saved = trainer.state.global_step, []
     bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
                disable=args.disable_tqdm or not trainer.is_world_process_zero())
     for round_index in range(len(trainer.rounds), args.max_rounds + 1):
-        started, tokens = split.mark(), trainer.data_collator.tokens
-        known, asked = still_known(trainer, generator)
+        started, tokens = split.mark(), trainer.trained_tokens
+        with generation_model(trainer, generator) as model:
+            known, asked = still_known(trainer, model, generator)
         facts_known = len({record["id"] for record in known})
         log = {"round": round_index, "facts": len(trainer.forget_records), "known": facts_known,
                "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
@@ -50,11 +58,12 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
         if log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds or out_of_budget or stopped:
             log_round(trainer, log, started, tokens)  # the final probe: nothing left, no round or step left, or stopped
             break
-        with split("generate"):
-            made = generator.generate(known, round_index)
-        with split("filter"):
-            kept, dropped = filter_anti_samples(made, known)
-            kept, changed = keep_same_answer(trainer, kept, known)
+        with generation_model(trainer, generator) as model:
+            with split("generate"):
+                made = generator.generate(known, round_index)
+            with split("filter"):
+                kept, dropped = filter_anti_samples(made, known)
+                kept, changed = keep_same_answer(trainer, model, kept, known)
         dropped += [(sample, "changed_answer") for sample in changed]
         log.update(made=len(made), kept=len(kept),
                    dropped={reason: sum(r == reason for _, r in dropped) for reason in (*DROP_REASONS,
@@ -69,12 +78,47 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
         log.update(fitted=len(trainer.train_dataset), steps=trainer.state.global_step - steps_before)
         log_round(trainer, log, started, tokens)
         trainer.save_audit()
-        if trainer.save_rounds:
-            save_round_checkpoint(trainer)
+        if round_checkpoint_due(trainer, saved_step):
+            saved_step, saved = trainer.state.global_step, [*saved, save_round_checkpoint(trainer)]
+            remove_round_checkpoints(trainer, saved[:-1])
         bar.update()
     bar.close()
     trainer.save_audit()
+    remove_round_checkpoints(trainer, saved)
+    stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None  # its own target
+    if trainer.rounds[-1]["forget_acc"] > args.forget_acc_target and not stopped:
+        trainer.warn(above_target_message(trainer.rounds[-1], args, trainer.state.global_step))
     return run_output(trainer)
+
+
+def round_checkpoint_due(trainer, saved_step: int) -> bool:
+    """Whether a fitted round ends with a round checkpoint: with save_strategy "steps", once `save_steps` optimizer
+    steps (a fraction: of max_steps) have passed since the last one (`saved_step`); with "epoch" or "best", every
+    round."""
+    if trainer.round_save_strategy != IntervalStrategy.STEPS:
+        return trainer.round_save_strategy != IntervalStrategy.NO
+    every = trainer.args.save_steps
+    if every < 1:
+        every = math.ceil(every * max(trainer.run_max_steps, 1))
+    return trainer.state.global_step - saved_step >= every
+
+
+def remove_round_checkpoints(trainer, paths: list[Path]) -> None:
+    """Remove round checkpoints this run wrote (rank 0 only): an earlier one once a later one is in place, and the
+    last one when the run has ended."""
+    if trainer.is_world_process_zero():
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def above_target_message(last: dict, args, steps: int) -> str:
+    """The warning of a run whose rounds ended (after `steps` optimizer steps) with more forget facts answered than
+    `forget_acc_target`: what to try next."""
+    budget = f" or steps (max_steps {args.max_steps})" if 0 < args.max_steps <= steps else ""
+    return (f"UnSTAR ended after round {last['round']} with forget_acc {last['forget_acc']:.2f} ({last['known']} of "
+            f"{last['facts']} facts still answered), above forget_acc_target {args.forget_acc_target}: give it more "
+            f"rounds (max_rounds {args.max_rounds}){budget}, or a learning rate swept for this model and data (this "
+            f"run's is {args.learning_rate}; see benchmarks/sweep.py)")
 
 
 class NoAntiSamplesError(ValueError):
@@ -92,7 +136,7 @@ def log_round(trainer, log: dict, started: tuple, tokens: int) -> None:
     """Append a round's log to `trainer.rounds`, with the seconds per phase since `started` (the time split's mark)
     and the tokens trained since the collator had counted `tokens`; send its figures through `trainer.log` (to
     `report_to`)."""
-    log.update(tokens=trainer.data_collator.tokens - tokens, seconds=trainer.time_split.since(started))
+    log.update(tokens=trainer.trained_tokens - tokens, seconds=trainer.time_split.since(started))
     trainer.rounds.append(log)
     figures = {key: log[key] for key in ("round", "forget_acc", "known", "questions_answered", "made", "kept")}
     trainer.log({**figures, **{f"dropped_{reason}": count for reason, count in log["dropped"].items()}})
@@ -110,7 +154,22 @@ def run_output(trainer) -> TrainOutput:
     return TrainOutput(state.global_step, loss, metrics)
 
 
-def still_known(trainer, generator) -> tuple[list[dict], int]:
+@contextmanager
+def generation_model(trainer, generator):
+    """The model being unlearned as the trainer holds it now, unwrapped for generation as TRL's online trainers do
+    (`trl.models.unwrap_model_for_generation`: under DeepSpeed ZeRO-3 its weights gathered); the self-taught generator
+    and the stranger answers write with it too. After the first round's fit the Trainer holds the prepared model (under
+    FSDP a new wrapper that replaces `trainer.model`): the model captured before it would generate from weights the run
+    no longer trains."""
+    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+        if isinstance(generator, SelfTaughtGenerator) and trainer.generator_choice.kind == "self":
+            generator.model = model
+        if trainer.stranger_answers is not None:
+            trainer.stranger_answers.model = model
+        yield model
+
+
+def still_known(trainer, model, generator) -> tuple[list[dict], int]:
     """Records (one per question still answered) over each fact's question, trained paraphrases (never the
     held-out one) and, for facts whose question is forgotten, harder follow-up questions (the generator's own when
     it writes them, else fixed templates); and how many questions were asked. A follow-up counts only when the
@@ -121,7 +180,7 @@ def still_known(trainer, generator) -> tuple[list[dict], int]:
     questions = records + paraphrased
     split = trainer.time_split
     with split("probe"):
-        verdicts = answers_known(trainer, questions)
+        verdicts = answers_known(trainer, model, questions)
     if args.follow_ups:
         forgotten = [record for record, known in zip(records, verdicts) if not known]
         with split("generate"):
@@ -132,27 +191,28 @@ def still_known(trainer, generator) -> tuple[list[dict], int]:
                                                  seed=args.seed + len(trainer.rounds))
         questions = questions + follow_ups
         with split("probe"):
-            verdicts = verdicts + answers_known(trainer, follow_ups)
+            verdicts = verdicts + answers_known(trainer, model, follow_ups)
     return [question for question, known in zip(questions, verdicts) if known], len(questions)
 
 
-def keep_same_answer(trainer, samples: list[AntiSample], known: list[dict]
+def keep_same_answer(trainer, model, samples: list[AntiSample], known: list[dict]
                      ) -> tuple[list[AntiSample], list[AntiSample]]:
     """Keep anti-samples whose question the model still answers with the true answer: a paraphrase that asks
     something else (another relation, say) would teach a wrong answer to a fact that must stay. Returns the kept
     ones and the dropped ones."""
     answers = {record["id"]: record["answer"] for record in known}
     asked = list(dict.fromkeys((sample.source_id, sample.question) for sample in samples))
-    verdicts = answers_known(trainer, [{"id": i, "question": q, "answer": answers[i]} for i, q in asked])
+    verdicts = answers_known(trainer, model, [{"id": i, "question": q, "answer": answers[i]} for i, q in asked])
     same = {pair for pair, known in zip(asked, verdicts) if known}
     kept = [sample for sample in samples if (sample.source_id, sample.question) in same]
     return kept, [sample for sample in samples if (sample.source_id, sample.question) not in same]
 
 
-def answers_known(trainer, records: list[dict]) -> list[bool]:
-    """Whether the model being unlearned answers each record's question with its answer."""
+def answers_known(trainer, model, records: list[dict]) -> list[bool]:
+    """Whether the model being unlearned (`model`, from `generation_model`) answers each record's question with its
+    answer."""
     if not records:
         return []
-    verdicts = probe(trainer.model, trainer._tokenizer, records, prompt_template=trainer.prompt_template,
+    verdicts = probe(model, trainer._tokenizer, records, prompt_template=trainer.prompt_template,
                      batch_size=trainer.args.generation_batch_size)
     return [verdict.known for verdict in verdicts]

@@ -1,0 +1,149 @@
+"""Peak memory of each unlearning trainer against plain TRL SFTTrainer, on the same random Llama (>= 100M parameters,
+full fine-tuning, fp32 on the CPU), the same forget facts, batch size, sequence length and number of steps. Each run
+is a fresh process; its figure is VmHWM, the resident high-water mark, and the growth of that mark over the
+process's resident memory once the model is built (what training itself adds).
+
+AntiSampleTrainer is measured on its fit alone (template anti-samples of the forget facts, one round's
+`Trainer.train()`), the baselines on their whole `train()`. A trainer with a retain term draws a retain batch as large
+as the forget batch: it is compared with SFTTrainer on the same sequences per step (the forget and retain pairs, a
+batch twice as large, "sft+retain"). NPO and GradAscentKL hold a frozen reference copy of the model (as TRL's DPO
+does): their figures include it.
+
+    python benchmarks/memory.py [--steps 3] [--batch-size 8] [--methods unstar,grad_diff,...]
+
+Measured (115M parameters, 3 steps of batch 8, 2 shared CPU cores), peak MB and its ratio to SFTTrainer on the same
+sequences: SFT 2401, SFT+retain 2503; unstar 2663 (1.06x), grad_ascent 2388 (0.99x), grad_diff 2653 (1.06x),
+simnpo 2679 (1.07x), idk 2812 (1.12x), grad_ascent_kl 3063 (1.22x) and npo 3096 (1.24x), both with their reference
+copy. Before the divergence guard stopped copying the weights at every step: unstar 3373 (1.34x), grad_diff 3427
+(1.37x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import tempfile
+from pathlib import Path
+
+SHAPE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+             num_key_value_heads=12, max_position_embeddings=128, tie_word_embeddings=False)
+"""A GPT-2-small-sized Llama: 113M parameters besides the embeddings of the facts' small vocabulary."""
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM, which starts again at exec)."""
+    return _status_mb("VmHWM")
+
+
+def rss_mb() -> float:
+    """This process's resident memory now."""
+    return _status_mb("VmRSS")
+
+
+def _status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise OSError(f"no {key} in /proc/self/status (Linux only)")
+
+
+def setting(batch_size: int):
+    """The forget and retain records, a tokenizer fitted on them and a random model of `SHAPE` (seeded)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unstar_trl.testbed.embedded_world import build_world
+    from unstar_trl.testbed.knowledge_model import train_tokenizer
+
+    splits = build_world(seed=0, people=10).split_records()
+    forget, retain = splits["forget"][:batch_size], splits["retain"]
+    texts = [f"Question: {r['question']}\nAnswer: {r['answer']} {' '.join(r.get('perturbed_answers', []))}"
+             for r in forget + retain]
+    tokenizer = train_tokenizer(texts, vocab_size=2000, max_length=128)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                         **SHAPE))
+    return forget, retain, tokenizer, model
+
+
+def measure(method: str, steps: int, batch_size: int) -> dict:
+    """Train `method` ("sft", "sft+retain" or a key of METHODS) for `steps` steps in this process; its memory
+    figures, and whether it trains on retain pairs too."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from unstar_trl.method.generators import TemplateGenerator
+    from unstar_trl.method.trainers import METHODS
+    from unstar_trl.text import PLAIN_TEMPLATE, format_pair
+
+    torch.set_num_threads(1)
+    forget, retain, tokenizer, model = setting(batch_size)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    common = dict(max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-5, report_to="none",
+                  save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=128)
+    with tempfile.TemporaryDirectory() as scratch:
+        before = rss_mb()
+        if method.startswith("sft"):
+            with_retain = method == "sft+retain"
+            records = forget + retain[: len(forget)] if with_retain else forget
+            pairs = [format_pair(tokenizer, r["question"], r["answer"], PLAIN_TEMPLATE) for r in records]
+            config = SFTConfig(output_dir=scratch, gradient_checkpointing=False, bf16=False,
+                               **{**common, "per_device_train_batch_size": len(records)})
+            trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
+                                 processing_class=tokenizer)
+            trainer.train()
+        else:
+            trainer_class, config_class = METHODS[method]
+            config = config_class(output_dir=scratch, prompt_template=PLAIN_TEMPLATE, max_entropy_share=None,
+                                  **({"generator": "template", "n_paraphrases": 0, "n_wrong_answers": 1,
+                                      "with_rationale": False} if method == "unstar" else {}), **common)
+            trainer = trainer_class(model=model, args=config, train_dataset=forget, retain_dataset=retain,
+                                    processing_class=tokenizer)
+            with_retain = config.retain_weight > 0
+            if method == "unstar":  # the fit alone: one round's anti-samples, one Trainer.train()
+                trainer.anti_samples = TemplateGenerator(n_paraphrases=0, n_wrong_answers=1,
+                                                         with_rationale=False).generate(forget)
+                trainer.fit(0)
+            else:
+                trainer.train()
+        steps_taken = trainer.state.global_step
+    peak = peak_rss_mb()
+    return {"method": method, "parameters": parameters, "steps": steps_taken, "peak_mb": peak,
+            "growth_mb": peak - before, "retain": with_retain}
+
+
+def in_own_process(function, *args):
+    """`function(*args)` in a fresh (spawned) process."""
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        return pool.apply(function, args)
+    finally:
+        pool.close()
+        pool.join()
+
+
+def main() -> None:
+    from unstar_trl.method.trainers import METHODS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps of each run")
+    parser.add_argument("--batch-size", type=int, default=8, help="forget examples per step")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to compare")
+    args = parser.parse_args()
+    plain = {retain: in_own_process(measure, name, args.steps, args.batch_size)
+             for retain, name in ((False, "sft"), (True, "sft+retain"))}
+    print(f"random Llama, {plain[False]['parameters'] / 1e6:.0f}M parameters, fp32 on the CPU; {args.steps} steps of "
+          f"batch {args.batch_size}; each run in its own process; x SFT: against SFTTrainer on the same sequences")
+    print(f"{'trainer':<16} {'peak MB':>9} {'x SFT':>6} {'growth MB':>10} {'x SFT':>6}")
+    rows = [*plain.values(), *(in_own_process(measure, method, args.steps, args.batch_size)
+                               for method in args.methods.split(","))]
+    for row in rows:
+        same = plain[row["retain"]]
+        print(f"{row['method']:<16} {row['peak_mb']:9.0f} {row['peak_mb'] / same['peak_mb']:6.2f} "
+              f"{row['growth_mb']:10.0f} {row['growth_mb'] / same['growth_mb']:6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
