@@ -112,7 +112,7 @@ def test_each_round_logs_its_seconds_by_phase_and_its_tokens(model_and_tokenizer
     for log in trainer.rounds:
         assert set(log["seconds"]) == set(PHASES) and (log["tokens"] > 0) == (log["steps"] > 0)
         assert (log["seconds"]["fit"] > 0) == (log["steps"] > 0) and log["seconds"]["probe"] > 0
-    assert sum(log["tokens"] for log in trainer.rounds) == trainer.data_collator.tokens
+    assert sum(log["tokens"] for log in trainer.rounds) == trainer.trained_tokens
     for phase in PHASES:  # the rounds share out the run's time (each round's figure rounded to milliseconds), but
         # for the bookkeeping between them (saving the audit), which is the run's "other" alone
         spent, total = sum(log["seconds"][phase] for log in trainer.rounds), trainer.time_split.seconds[phase]

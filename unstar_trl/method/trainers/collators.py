@@ -18,24 +18,24 @@ def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor
 
 
 class ForgetRetainCollator:
-    """Pads a batch of tokenized forget pairs into `{"forget": {...}}` and adds as many retain pairs, drawn at random
-    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding. `tokens` counts the non-padding
-    tokens of every batch made (all its parts): what a run trained on."""
+    """Pads a batch of tokenized forget pairs into `{"forget": {...}}`; `add_retain` adds as many retain pairs, drawn
+    at random (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding. The trainer adds the
+    retain pairs when it trains on a batch, not when the data loader makes it (ahead of time, maybe in another
+    process): so the draws follow the steps trained, and the state of `rng` saved with a checkpoint is the one a
+    resumed run goes on from."""
 
     def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0):
         self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
-        self.tokens = 0
 
     def __call__(self, features: list[dict]) -> dict:
-        batch = self.collate(features)
-        self.tokens += _tokens(batch)
-        return batch
+        return {"forget": pad_pairs(features, self.pad_token_id)}
 
-    def collate(self, features: list[dict]) -> dict:
-        batch = {"forget": pad_pairs(features, self.pad_token_id)}
-        if self.retain:
-            batch["retain"] = pad_pairs(self.retain_pairs(len(features)), self.pad_token_id)
-        return batch
+    def add_retain(self, batch: dict) -> dict:
+        """`batch` with as many retain pairs as it has forget pairs under "retain" (as it is without retain
+        records)."""
+        if not self.retain:
+            return batch
+        return {**batch, "retain": pad_pairs(self.retain_pairs(len(batch["forget"]["input_ids"])), self.pad_token_id)}
 
     def retain_pairs(self, count: int) -> list[dict]:
         """`count` tokenized retain pairs drawn at random."""
@@ -61,8 +61,8 @@ class AntiSampleCollator(ForgetRetainCollator):
         half = count // 2
         return [self.rng.choice(drawn) for _ in range(half)] + super().retain_pairs(count - half)
 
-    def collate(self, features: list[dict]) -> dict:
-        batch = super().collate([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+    def __call__(self, features: list[dict]) -> dict:
+        batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         if "true_input_ids" in features[0]:
             batch["forget"]["true"] = pad_pairs([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
                                                  for f in features], self.pad_token_id)
@@ -71,7 +71,7 @@ class AntiSampleCollator(ForgetRetainCollator):
         return batch
 
 
-def _tokens(batch: dict) -> int:
+def batch_tokens(batch: dict) -> int:
     """Non-padding tokens of a batch and of the batches nested in it."""
     own = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-    return own + sum(_tokens(part) for part in batch.values() if isinstance(part, dict))
+    return own + sum(batch_tokens(part) for part in batch.values() if isinstance(part, dict))

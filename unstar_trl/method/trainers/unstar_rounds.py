@@ -33,7 +33,7 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
     bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
                disable=args.disable_tqdm or not trainer.is_world_process_zero())
     for round_index in range(len(trainer.rounds), args.max_rounds + 1):
-        started, tokens = split.mark(), trainer.data_collator.tokens
+        started, tokens = split.mark(), trainer.trained_tokens
         known, asked = still_known(trainer, generator)
         facts_known = len({record["id"] for record in known})
         log = {"round": round_index, "facts": len(trainer.forget_records), "known": facts_known,
@@ -90,9 +90,9 @@ class NoAntiSamplesError(ValueError):
 
 def log_round(trainer, log: dict, started: tuple, tokens: int) -> None:
     """Append a round's log to `trainer.rounds`, with the seconds per phase since `started` (the time split's mark)
-    and the tokens trained since the collator had counted `tokens`; send its figures through `trainer.log` (to
+    and the tokens trained since the run had trained `tokens`; send its figures through `trainer.log` (to
     `report_to`)."""
-    log.update(tokens=trainer.data_collator.tokens - tokens, seconds=trainer.time_split.since(started))
+    log.update(tokens=trainer.trained_tokens - tokens, seconds=trainer.time_split.since(started))
     trainer.rounds.append(log)
     figures = {key: log[key] for key in ("round", "forget_acc", "known", "questions_answered", "made", "kept")}
     trainer.log({**figures, **{f"dropped_{reason}": count for reason, count in log["dropped"].items()}})
