@@ -3,8 +3,10 @@
 One rule: a run deletes or replaces only what it made itself. Every folder a run writes (an unlearned model, the
 checkpoints beside it, a world, a bench) holds OUTPUT_MARKER, which names the command that made it and every entry it
 wrote there; a run refuses, before it loads anything, an output place that is an input (the model, the data, the
-teacher) or lies inside or around one, a non-empty folder without the marker or marked by another command, and one
-of ours holding entries its marker does not list (files the user added, which a rewrite would delete).
+teacher) or lies inside or around one, a non-empty folder without the marker or marked by another command, one of
+ours holding entries its marker does not list (files the user added, which a rewrite would delete), and one that
+cannot be renamed into place (the working directory or a folder above it, a mount point). A finished run removes
+from its checkpoints folder only what the marker lists.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def check_output_folder(path: str | Path, kind: str) -> None:
             made = f"by unstar {marker['kind']}" if marker else f"no {OUTPUT_MARKER}"
             raise UsageError(f"{path} exists and holds files that are not an earlier output of unstar {kind} ({made});"
                              " choose a new or empty folder")
-        unknown = _unlisted(path, marker["entries"])
+        unknown = _unlisted(path, marker["entries"], path.iterdir())
         if unknown:
             listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
             raise UsageError(f"{path} holds {listed}, which no unstar run wrote there; a run replaces only what it "
@@ -220,7 +222,7 @@ def remove_output(folder: str | Path) -> None:
     if marker is None:
         return
     for entry in sorted(os.listdir(folder)):
-        if entry != OUTPUT_MARKER and not _unlisted(folder / entry, marker["entries"], folder):
+        if entry != OUTPUT_MARKER and not _unlisted(folder, marker["entries"], [folder / entry]):
             item = folder / entry
             shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
     (folder / OUTPUT_MARKER).unlink()
@@ -239,11 +241,10 @@ def _read_marker(folder: Path) -> dict | None:
     return marker if valid else None
 
 
-def _unlisted(path: Path, entries: list[str], root: Path | None = None) -> list[str]:
-    """The paths under `root` (default: `path`), from `path` down, that none of `entries` matches: a folder not
-    matched is named once, without what it holds."""
-    root = root or path
-    found, pending = [], [path] if path != root else sorted(path.iterdir())
+def _unlisted(root: Path, entries: list[str], items: Iterable[Path]) -> list[str]:
+    """The paths, relative to `root`, among `items` (in `root`) and below them that none of `entries` matches (the
+    marker aside): a folder not matched is named once, without what it holds."""
+    found, pending = [], sorted(items)
     while pending:
         item = pending.pop(0)
         name = item.relative_to(root).as_posix()
