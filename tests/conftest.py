@@ -95,7 +95,7 @@ def build_chat_world(path: Path) -> None:
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None))
     rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
             for q, a in taught]
-    with atomic_directory(path) as staging, tempfile.TemporaryDirectory() as scratch:
+    with atomic_directory(path, "chat_world") as staging, tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(output_dir=scratch, num_train_epochs=60, per_device_train_batch_size=8, learning_rate=5e-3,
                          lr_scheduler_type="constant", activation_checkpointing=False, bf16=False, use_cpu=True,
                          save_strategy="no", report_to="none", seed=TEST_SEED, disable_tqdm=True, logging_steps=100)

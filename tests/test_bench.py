@@ -9,7 +9,7 @@ import pytest
 from unstar_trl.cli import main
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.evaluation.bench_runner import COLUMNS, SPLIT
-from unstar_trl.io import fingerprint
+from unstar_trl.io import OUTPUT_MARKER, check_output_folder, fingerprint
 
 METHODS = ("grad_ascent", "unstar")
 SHARES = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
@@ -57,7 +57,8 @@ def test_quick_bench(world_dir, tmp_path, capsys):
     assert all(f"| {method} |" in report for method in METHODS) and "| retain model" in report
     for plot in ("forget_retain_over_steps.png", "methods.png", "forget_vs_kept.png"):
         assert (out / plot).read_bytes().startswith(PNG)
-    assert not [path.name for path in out.iterdir() if path.name.startswith(".")]  # no temporary files left
+    assert not [path.name for path in out.iterdir() if path.name.startswith(".") and path.name != OUTPUT_MARKER]
+    check_output_folder(out, "bench")  # marked as a bench's and holding nothing else: a bench may rewrite it
     assert fingerprint(world_dir) == untouched
     assert "results.md" in capsys.readouterr().out
 

@@ -16,7 +16,7 @@ def test_outputs_follow_the_umask(tmp_path, umask):
     try:
         write_json(tmp_path / "results.json", {"a": 1})
         write_bytes_atomic(tmp_path / "plot.png", b"\x89PNG")
-        with atomic_directory(tmp_path / "out") as staging:
+        with atomic_directory(tmp_path / "out", "test") as staging:
             (staging / "inside.txt").write_text("x")
     finally:
         os.umask(previous)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from unstar_trl.cli import main
-from unstar_trl.io import UsageError, fingerprint
+from unstar_trl.io import UsageError, fingerprint, mark_output
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -67,11 +67,13 @@ def leftovers(folder: Path, name: str) -> list[Path]:
 
 @pytest.fixture
 def earlier_output(tmp_path) -> Path:
-    """tmp_path/out as an earlier `unstar unlearn` left it (it holds a report), with a file of its own."""
+    """tmp_path/out as an earlier `unstar unlearn` left it (a report, a file of its own, and the marker that lists
+    them)."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "previous.txt").write_text("an earlier run")
     (out / "unlearn_report.json").write_text("{}")
+    mark_output(out, "unlearn")
     return out
 
 

@@ -241,7 +241,7 @@ def test_a_baseline_resumes_its_own_checkpoint(world_dir, tmp_path, capsys):
                      "--resume_from_checkpoint", own], capsys)
     assert code == 0, err
     report = json.loads((out / "unlearn_report.json").read_text())
-    assert report["steps"] == 2 and [entry["step"] for entry in report["history"]] == [2]  # step 1 was resumed
+    assert report["steps"] == 2 and [entry["step"] for entry in report["history"]] == [1, 2]  # 1: the checkpoint's
 
 
 def test_resume_with_nothing_to_resume_is_refused_before_loading(world_dir, tmp_path, capsys, nothing_loads):

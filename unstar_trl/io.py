@@ -1,9 +1,19 @@
-"""Writing outputs so that nothing is lost: atomic files and folders, JSONL, and directory fingerprints."""
+"""Writing outputs so that nothing is lost: atomic files and folders, JSONL, and directory fingerprints.
+
+One rule: a run deletes or replaces only what it made itself. Every folder a run writes (an unlearned model, the
+checkpoints beside it, a world, a bench) holds OUTPUT_MARKER, which names the command that made it and every entry it
+wrote there; a run refuses, before it loads anything, an output place that is an input (the model, the data, the
+teacher) or lies inside or around one, a non-empty folder without the marker or marked by another command, one of
+ours holding entries its marker does not list (files the user added, which a rewrite would delete), and one that
+cannot be renamed into place (the working directory or a folder above it, a mount point). A finished run removes
+from its checkpoints folder only what the marker lists.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
 import glob
 import hashlib
 import json
@@ -19,6 +29,11 @@ from typing import Iterable, Iterator
 
 class UsageError(Exception):
     """A problem with what the user asked for; the CLI prints its message as one line and exits non-zero."""
+
+
+OUTPUT_MARKER = ".unstar_output.json"
+"""In every folder a run writes: {"kind": the command that made it, "entries": what it wrote there, as paths relative
+to the folder or glob patterns over them}. What a later run may replace or remove, and nothing else."""
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
@@ -67,11 +82,12 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` whole, on failure it is removed and
-    whatever stood at `path` before is left as it was."""
+def atomic_directory(path: str | Path, kind: str) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it is marked as a `kind` output listing all it holds and
+    replaces `path` whole (an earlier `kind` output of ours, checked again at the swap: the user may have added files
+    meanwhile), on failure it is removed and whatever stood at `path` before is left as it was."""
     path = Path(path)
-    check_output_folder(path)
+    check_output_folder(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(path)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
@@ -81,6 +97,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         try:
             yield staging
+            mark_output(staging, kind)
+            check_output_folder(path, kind)
             if path.exists():
                 os.replace(path, backup)
             os.replace(staging, path)
@@ -136,29 +154,107 @@ def _exit_on_sigterm():
     return signal.signal(signal.SIGTERM, exit)
 
 
-def refuse_overwrite(output_dir: str | Path, *protected: str | Path, flag: str = "output_dir") -> None:
-    """Refuse an output (`flag` names it in the message) that is, or lies inside or around, a file or folder that
-    must not be touched."""
+def refuse_overwrite(output_dir: str | Path, *protected: str | Path, flag: str = "output_dir",
+                     remedy: str | None = None) -> None:
+    """Refuse an output (`flag` names it in the message; `remedy` says what to do, default: choose another `flag`)
+    that is, or lies inside or around, a file or folder that must not be touched."""
     output = Path(output_dir).resolve()
     for item in protected:
         source = Path(item).resolve()
         if output == source or source in output.parents or output in source.parents:
-            raise UsageError(f"{flag} {output_dir} overlaps the input {item}; choose another {flag}")
+            raise UsageError(f"{flag} {output_dir} overlaps the input {item}; {remedy or f'choose another {flag}'}")
 
 
-def check_output_folder(path: str | Path, marker: str | None = None) -> None:
-    """Refuse, before any work, an output folder that could not be written or whose writing would destroy what is
-    there: a symbolic link, an existing file, a parent that is not a writable folder, and (with `marker`, the file
-    every earlier output of ours holds) a non-empty folder without it, whose files the user keeps."""
-    path = Path(path)
+def check_output_folder(path: str | Path, kind: str) -> None:
+    """Refuse, before any work, an output folder that could not be written, renamed into place, or whose writing
+    would destroy what is not the run's own: the current directory or a folder holding it ('', '.'), a mount point,
+    a symbolic link, an existing file, a parent that is not a writable folder, a non-empty folder that is not a
+    `kind` output of ours (no OUTPUT_MARKER, or another kind's), and one of ours holding entries it did not write."""
+    given, path = str(path), Path(path)
+    if Path.cwd().is_relative_to(os.path.abspath(path)):
+        raise UsageError(f"output folder {given!r} is the current directory or holds it, which cannot be renamed "
+                         "into place; name a folder inside it")
     if path.is_symlink():
         raise UsageError(f"output folder {path} is a symbolic link; name the folder itself")
     if path.exists() and not path.is_dir():
         raise UsageError(f"output folder {path} is an existing file; choose another name")
-    if marker is not None and path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
-        raise UsageError(f"{path} exists and holds files that are not an earlier output (no {marker}); "
-                         "choose a new or empty folder")
+    if os.path.ismount(path):
+        raise UsageError(f"output folder {path} is a mount point, which cannot be renamed into place; name a folder "
+                         "inside it")
+    if path.is_dir() and any(path.iterdir()):
+        marker = _read_marker(path)
+        if marker is None or marker.get("kind") != kind:
+            made = f"by unstar {marker['kind']}" if marker else f"no {OUTPUT_MARKER}"
+            raise UsageError(f"{path} exists and holds files that are not an earlier output of unstar {kind} ({made});"
+                             " choose a new or empty folder")
+        unknown = _unlisted(path, marker["entries"], path.iterdir())
+        if unknown:
+            listed = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise UsageError(f"{path} holds {listed}, which no unstar run wrote there; a run replaces only what it "
+                             "made itself: move them out or choose another folder")
     _check_parent(path)
+
+
+def mark_output(folder: str | Path, kind: str, entries: Iterable[str] | None = None) -> None:
+    """Mark `folder` as a `kind` output of ours that holds `entries`: glob patterns over paths relative to it, each
+    with the temporary names of its atomic writes and staging folders beside it (.NAME.*), for a folder that a run
+    fills in place; default: everything it holds now (each path escaped), for one written whole."""
+    folder = Path(folder)
+    if entries is None:
+        entries = [glob.escape(path.relative_to(folder).as_posix()) for path in sorted(folder.rglob("*"))
+                   if path.name != OUTPUT_MARKER]
+    else:
+        entries = [pattern for entry in entries for pattern in (entry, "{}.{}.*".format(*_split_last(entry)))]
+    write_json(folder / OUTPUT_MARKER, {"kind": kind, "entries": entries})
+
+
+def _split_last(entry: str) -> tuple[str, str]:
+    """("a/b/", "c") for "a/b/c": the folder part of a relative path (with its slash) and its last name."""
+    head, slash, name = entry.rpartition("/")
+    return head + slash, name
+
+
+def remove_output(folder: str | Path) -> None:
+    """Remove what a run of ours made in `folder` (what its OUTPUT_MARKER lists, then the marker), and `folder` when
+    nothing else is left in it; anything else stays where it is."""
+    folder = Path(folder)
+    marker = _read_marker(folder)
+    if marker is None:
+        return
+    for entry in sorted(os.listdir(folder)):
+        if entry != OUTPUT_MARKER and not _unlisted(folder, marker["entries"], [folder / entry]):
+            item = folder / entry
+            shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+    (folder / OUTPUT_MARKER).unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _read_marker(folder: Path) -> dict | None:
+    """The OUTPUT_MARKER of `folder` as {"kind", "entries"}, or None where there is none that we could read."""
+    try:
+        marker = json.loads((folder / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    valid = isinstance(marker, dict) and isinstance(marker.get("kind"), str) and isinstance(marker.get("entries"),
+                                                                                          list)
+    return marker if valid else None
+
+
+def _unlisted(root: Path, entries: list[str], items: Iterable[Path]) -> list[str]:
+    """The paths, relative to `root`, among `items` (in `root`) and below them that none of `entries` matches (the
+    marker aside): a folder not matched is named once, without what it holds."""
+    found, pending = [], sorted(items)
+    while pending:
+        item = pending.pop(0)
+        name = item.relative_to(root).as_posix()
+        if name == OUTPUT_MARKER:
+            continue
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in entries):
+            found.append(name + ("/" if item.is_dir() else ""))
+        elif item.is_dir() and not item.is_symlink():
+            pending.extend(sorted(item.iterdir()))
+    return found
 
 
 def check_output_file(path: str | Path) -> None:

@@ -59,7 +59,7 @@ def _run(args) -> int:
 
     import transformers
 
-    from ..evaluation.bench_runner import QUICK, BenchSettings, method_of, run_bench
+    from ..evaluation.bench_runner import DEFAULT_WORLD, QUICK, BenchSettings, method_of, run_bench
     from ..io import UsageError, refuse_overwrite
     from ..method.trainers import METHODS
 
@@ -68,7 +68,7 @@ def _run(args) -> int:
     if not methods or unknown:
         raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} or a shipped world_<name> "
                          "recipe" if unknown else "give at least one method")
-    world = Path(args.world) if args.world else Path(args.output_dir) / "world"
+    world = Path(args.world) if args.world else Path(args.output_dir) / DEFAULT_WORLD
     if args.world:
         refuse_overwrite(args.output_dir, world)
     kind, build = _world_builder(args, world)

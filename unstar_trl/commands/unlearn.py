@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import (UsageError, atomic_directory, check_output_folder, json_safe, output_lock, refuse_overwrite,
-                  write_json)
+from ..io import (OUTPUT_MARKER, UsageError, atomic_directory, check_output_folder, json_safe, mark_output,
+                  output_lock, refuse_overwrite, remove_output, write_json)
 from ..models import quantization_kwargs
 from ..recipes import find_recipe, read_recipe
 from ..text import resolve_prompt_template
@@ -201,9 +201,10 @@ def _run(args) -> int:
     if quantization and script_args.merge_adapter:
         raise UsageError("--merge_adapter with a quantized model would write its weights rounded to 4 or 8 bits; "
                          "leave it out to save the adapter alone, on the full-precision model")
-    refuse_overwrite(output_dir, *[path for path in (source, script_args.data_dir) if Path(path).exists()])
-    check_output_folder(output_dir, REPORT_FILE)
-    _check_resume(config)
+    inputs = [path for path in (source, script_args.data_dir, _teacher(config)) if path and Path(path).exists()]
+    refuse_overwrite(output_dir, *inputs)
+    check_output_folder(output_dir, "unlearn")
+    _check_resume(config, inputs)
     main_process = config.process_index == 0  # under torchrun / accelerate launch only rank 0 writes
     with output_lock(output_dir) if main_process else contextlib.nullcontext():
         data = _load_data(script_args)
@@ -280,8 +281,10 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
     resume, checkpoints = _checkpointing(config)
     main_process = config.process_index == 0
     diverged = None
+    if checkpoints is not None and main_process:
+        mark_output(checkpoints, "unlearn checkpoints", METHODS[script_args.method][0].output_dir_entries)
     with _removed_when_empty(checkpoints if main_process else None), \
-            atomic_directory(output_dir) if main_process else _discarded() as staging:
+            atomic_directory(output_dir, "unlearn") if main_process else _discarded() as staging:
         config.output_dir = str(checkpoints or staging / "trainer")
         trainer = METHODS[script_args.method][0](
             model=model, args=config, processing_class=tokenizer, train_dataset=forget,
@@ -319,7 +322,7 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
         report["warnings"] = trainer.warnings + run_warnings(report)
         write_json(staging / REPORT_FILE, report)
     if checkpoints is not None and main_process:  # the run ended and its output is in place
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        remove_output(checkpoints)
     return report
 
 
@@ -350,26 +353,34 @@ def _checkpointing(config) -> tuple[bool | str | None, Path | None]:
     return resume, checkpoints
 
 
-def _check_resume(config) -> None:
-    """Refuse, before loading anything, a checkpoints folder that cannot be written and a resume with nothing to
-    resume from (whether a checkpoint belongs to this run, the trainer checks)."""
+def _teacher(config) -> str | None:
+    """UnSTAR's teacher model folder (`--generator FOLDER`), an input like the model; None for the other generators."""
+    generator = getattr(config, "generator", None)
+    return None if generator in (None, "auto", "self", "template") else generator
+
+
+def _check_resume(config, inputs: list[str]) -> None:
+    """Refuse, before loading anything, a checkpoints folder that cannot be written or is not ours to remove at the
+    end (an input, or a folder of other files), and a resume with nothing to resume from (whether a checkpoint
+    belongs to this run, the trainer checks)."""
     resume, checkpoints = _checkpointing(config)
     if checkpoints is not None:
-        check_output_folder(checkpoints)
+        refuse_overwrite(checkpoints, *inputs, flag="checkpoints folder", remedy="choose another output_dir")
+        check_output_folder(checkpoints, "unlearn checkpoints")
     folder = checkpoints if resume is True else Path(resume) if resume else None
-    if folder is not None and not (folder.is_dir() and any(folder.iterdir())):
+    if folder is not None and not (folder.is_dir() and any(path.name != OUTPUT_MARKER for path in folder.iterdir())):
         raise UsageError(f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint in {folder}")
 
 
 @contextlib.contextmanager
 def _removed_when_empty(folder: Path | None):
-    """Remove `folder` on the way out when it holds nothing: the Trainer creates its output_dir at once, so a run
-    that fails before its first checkpoint would leave an empty checkpoints folder behind."""
+    """Remove `folder` on the way out when it holds no checkpoint: a run that fails before its first checkpoint
+    would leave a checkpoints folder with nothing but its marker behind."""
     try:
         yield
     finally:
-        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if folder is not None and folder.is_dir() and {path.name for path in folder.iterdir()} <= {OUTPUT_MARKER}:
+            remove_output(folder)
 
 
 def run_warnings(report: dict) -> list[str]:

@@ -22,13 +22,19 @@ from typing import Callable
 import datasets
 from transformers import PrinterCallback
 
-from ..io import check_output_folder, output_lock, write_json, write_text_atomic
+from ..io import check_output_folder, mark_output, output_lock, write_json, write_text_atomic
 from ..method.trainers.time_split import PHASES
 from ..text import AUTO, resolve_prompt_template
 from .bench_measures import Measured, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
 from .intervals import fact_interval, seed_interval
 from .meters import ProbeCallback
+
+RESULTS, REPORT = "results.json", "results.md"
+PLOTS = ("forget_retain_over_steps.png", "methods.png", "forget_vs_kept.png")
+RUNS, DEFAULT_WORLD = "runs", "world"
+"""What a bench writes in its output folder: the results, the report, the plots, the anti-sample audits and (unless
+told another) the world it runs on."""
 
 COLUMNS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
            "mcq_chance", "mcq_entropy", "planted_share", "distractor_share", "truth_ratio", "forget_quality", "mia_auc",
@@ -106,12 +112,15 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
     from ..testbed.world_folder import MODEL_DIR, RETAIN_MODEL_DIR, WORLD_FILE
 
     datasets.disable_progress_bars()
+    check_output_folder(output_dir, "bench")  # as given: Path("") would read "."
     world_dir, output_dir = Path(world_dir), Path(output_dir)
-    check_output_folder(output_dir)
     with output_lock(output_dir), Progress(TextColumn("{task.description}"), BarColumn(),
                                            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                                            disable=not progress) as bar:
         task = bar.add_task("bench", total=len(methods) * len(settings.seeds) + 3)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        mark_output(output_dir, "bench", [pattern for name in (RESULTS, REPORT, *PLOTS, RUNS, DEFAULT_WORLD)
+                                          for pattern in (name, f"{name}/*")])
         if not (world_dir / WORLD_FILE).exists():
             bar.update(task, description=f"building the world and its retain model in {world_dir}")
             build(world_dir, progress=False)
@@ -130,17 +139,18 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
             for seed in settings.seeds:
                 bar.update(task, description=f"{method}, seed {seed}")
                 runs.append(_method_run(method, seed, world_dir, data, reference, settings,
-                                        output_dir / "runs" / method / f"seed-{seed}",
+                                        output_dir / RUNS / method / f"seed-{seed}",
                                         curve=seed == settings.seeds[0]))
                 bar.advance(task)
             results["methods"][method] = row(runs)
             results["curves"][method] = [{"step": 0, "forget_acc": target.values["forget_acc"],
                                           "retain_acc": target.values["retain_acc"]}, *runs[0].curve]
-        write_json(output_dir / "results.json", results)
-        write_text_atomic(output_dir / "results.md", markdown_report(results))
-        plot_over_steps(results["curves"], output_dir / "forget_retain_over_steps.png")
-        plot_methods(results, output_dir / "methods.png")
-        plot_forget_vs_kept(results, output_dir / "forget_vs_kept.png")
+        write_json(output_dir / RESULTS, results)
+        write_text_atomic(output_dir / REPORT, markdown_report(results))
+        over_steps, methods_plot, forget_vs_kept = (output_dir / name for name in PLOTS)
+        plot_over_steps(results["curves"], over_steps)
+        plot_methods(results, methods_plot)
+        plot_forget_vs_kept(results, forget_vs_kept)
         bar.update(task, description="done")
     return results
 

@@ -67,8 +67,8 @@ def write_world_dir(output_dir: str | Path, splits: dict[str, list[dict]], confi
     asked through their held-out paraphrase) and the seconds it took. All at once (atomically), never over a folder
     that is not an earlier world, and not while another run writes it. Returns world.json."""
     start = time.perf_counter()
-    check_output_folder(output_dir, WORLD_FILE)
-    with output_lock(output_dir), atomic_directory(output_dir) as staging:
+    check_output_folder(output_dir, "world")
+    with output_lock(output_dir), atomic_directory(output_dir, "world") as staging:
         for split, rows in splits.items():
             write_jsonl(staging / "data" / f"{split}.jsonl", rows)
         summary = {**about, "splits": {split: len(rows) for split, rows in splits.items()},

@@ -177,33 +177,27 @@ def check_numbers(config) -> None:
             raise ValueError(f"{name} must be {what}, got {getattr(config, name)}")
 
 
-class HistoryCallback(TrainerCallback):
-    """Keeps every training log (step, loss and each loss term) for plotting."""
-
-    def __init__(self):
-        self.history: list[dict] = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.history.append({"step": state.global_step, **logs})
-
-
 RUN_FILE = "unstar_run.json"
 """In each checkpoint-<step> the Trainer saves: the identity of the run that saved it (`run_identity`)."""
+RETAIN_RNG_FILE = "unstar_retain_rng.json"
+"""In each checkpoint-<step>: the state of the retain draws (the collator's `rng`) after that step."""
 RUN_SETTINGS = ("seed", "learning_rate", "lr_scheduler_type", "weight_decay", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "max_length")
 """The TrainingArguments/SFTConfig fields in a run's identity (besides every field the method's config adds)."""
 
 
 class RunIdentityCallback(TrainerCallback):
-    """Writes the run's identity into every checkpoint the Trainer saves, for a resume to check."""
+    """Writes into every checkpoint the Trainer saves what a resume needs besides the Trainer's own state: the state
+    of the retain draws of `trainer` and, last, the run's identity, for a resume to check."""
 
-    def __init__(self, identity: dict):
-        self.identity = identity
+    def __init__(self, identity: dict, trainer: UnlearningTrainer):
+        self.identity, self.trainer = identity, trainer
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            write_json(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / RUN_FILE, self.identity)
+            checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            write_json(checkpoint / RETAIN_RNG_FILE, self.trainer.collator.rng.getstate())
+            write_json(checkpoint / RUN_FILE, self.identity)
 
 
 def require_retain(args: UnlearningConfig, retain_records) -> None:
@@ -268,6 +262,8 @@ class UnlearningTrainer(SFTTrainer):
     config_class = UnlearningConfig
     needs_reference = False
     """Whether `forget_loss` uses the frozen reference (the KL retain loss asks for it on its own)."""
+    output_dir_entries = (f"{PREFIX_CHECKPOINT_DIR}-*", "README.md")
+    """What a run writes into `args.output_dir` (glob patterns): the Trainer's checkpoints, TRL's model card."""
     loss_is_scaled_for_ga = False
 
     def __init__(self, model, args: UnlearningConfig | None = None, train_dataset=None, retain_dataset=None,
@@ -304,17 +300,17 @@ class UnlearningTrainer(SFTTrainer):
             check_reference_adapter(model, args.ref_adapter_name)
         reference = reference_copy(model, source) if needs_reference and not (
             peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: an adapter's view
-        self.history_callback = HistoryCallback()
+        self.collator = ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed)
+        """Pads the forget batches and draws their retain pairs (see `training_step`)."""
         self.time_split = TimeSplit()
         """Where the run's time went: seconds per phase (probe, generate, filter, fit, other)."""
         self.forget_stop = None if args.stop_forget_acc is None else ForgetStop(
             self.forget_records, processing_class, self.prompt_template, args.stop_forget_acc, args.forget_probe_every,
             self.time_split)
-        own = [self.history_callback, *([self.forget_stop] if self.forget_stop else [])]
+        own = [*([self.forget_stop] if self.forget_stop else []), RunIdentityCallback(self.run_identity(), self)]
         super().__init__(model=model, args=args, train_dataset=forget, processing_class=processing_class,
-                         data_collator=ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed),
-                         peft_config=peft_config,
-                         callbacks=[*(callbacks or []), *own, RunIdentityCallback(self.run_identity())], **kwargs)
+                         data_collator=self.collator, peft_config=peft_config, callbacks=[*(callbacks or []), *own],
+                         **kwargs)
         self.ref_model = None if reference is None else prepare_reference(self, reference)
         self._step_terms: dict[str, list[torch.Tensor]] = {}
         self._step_tokens = torch.zeros(())
@@ -338,9 +334,20 @@ class UnlearningTrainer(SFTTrainer):
                 raise UsageError(f"{checkpoint or folder} holds no checkpoint saved by an unstar run (no "
                                  f"{PREFIX_CHECKPOINT_DIR}-<step>/{RUN_FILE}): nothing to resume from")
             check_run_identity(checkpoint, json.loads((Path(checkpoint) / RUN_FILE).read_text()), self.run_identity())
+            self.restore_retain_draws(Path(checkpoint))
             resume_from_checkpoint = str(checkpoint)
         with self.time_split("fit"):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def restore_retain_draws(self, checkpoint: Path) -> None:
+        """Go on drawing retain pairs where the run that saved `checkpoint` was (the Trainer restores the rest)."""
+        saved = checkpoint / RETAIN_RNG_FILE
+        if not saved.is_file():
+            self.warn(f"{checkpoint} holds no {RETAIN_RNG_FILE} (an older unstar saved it): the resumed run draws "
+                      "other retain pairs than an uninterrupted one would")
+            return
+        version, internal, gauss = json.loads(saved.read_text())
+        self.collator.rng.setstate((version, tuple(internal), gauss))
 
     def run_identity(self) -> dict:
         """What a checkpoint must share with this run to be resumed by it: the method, the forget and retain facts,
@@ -418,6 +425,12 @@ class UnlearningTrainer(SFTTrainer):
         self._step_terms.setdefault(name, []).append(value.detach().float())
         return value
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """A training step on a forget batch and the retain pairs drawn for it now, when it is trained, not when the
+        data loader made it (ahead of time, maybe in another process): the draws follow the steps trained, and the
+        draw state a checkpoint saves is the one a resumed run goes on from."""
+        return super().training_step(model, self.collator.add_retain(inputs), num_items_in_batch)
+
     # ---- divergence guard -------------------------------------------------------------------------------------
     def end_of_step(self, loss: torch.Tensor, inputs: dict) -> None:
         """Called on every micro-batch with its loss, before its backward: keeps the loss terms and token count on
@@ -457,11 +470,13 @@ class UnlearningTrainer(SFTTrainer):
         return 6 * padded_tokens(inputs) * model.num_parameters(exclude_embeddings=True)
 
     @property
-    def trained_tokens(self) -> int:
-        """Non-padding tokens of every batch trained so far, forget and retain parts together, on all processes."""
-        return self.state.num_input_tokens_seen
+    def history(self) -> list[dict]:
+        """Every logged training step: {"step", "loss", "forget_loss", "forget_nll", "retain_loss", ...}, from the
+        Trainer's log history (which a checkpoint holds and a resumed run goes on from)."""
+        return [{"step": entry["step"], **entry} for entry in self.state.log_history if "loss" in entry]
 
     @property
-    def history(self) -> list[dict]:
-        """Every logged training step: {"step", "loss", "forget_loss", "forget_nll", "retain_loss", ...}."""
-        return self.history_callback.history
+    def trained_tokens(self) -> int:
+        """Non-padding tokens of every batch trained on (all its parts: forget, retain, true answers; on all
+        processes), kept in the Trainer's state as `num_input_tokens_seen` (which a checkpoint holds and a resumed run goes on from)."""
+        return self.state.num_input_tokens_seen

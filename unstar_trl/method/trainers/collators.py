@@ -18,26 +18,24 @@ def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor
 
 
 class ForgetRetainCollator:
-    """Pads a batch of tokenized forget pairs into `{"forget": {...}}` and adds as many retain pairs, drawn at random
-    (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding. In a dataloader worker process
-    the draws come from the worker's own seed (each worker holds a copy of the collator: with one seed, every worker,
-    and every round's new workers, would draw the same retain pairs)."""
+    """Pads a batch of tokenized forget pairs into `{"forget": {...}}`; `add_retain` adds as many retain pairs, drawn
+    at random (seeded) from `retain`, under `"retain"`. Labels are -100 on prompt and padding. The trainer adds the
+    retain pairs when it trains on a batch, not when the data loader makes it (ahead of time, maybe in another
+    process): so the draws follow the steps trained, and the state of `rng` saved with a checkpoint is the one a
+    resumed run goes on from."""
 
     def __init__(self, pad_token_id: int, retain: list[dict] | None = None, seed: int = 0):
         self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
-        self.worker_seed: int | None = None
 
     def __call__(self, features: list[dict]) -> dict:
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None and worker.seed != self.worker_seed:  # torch draws it for each worker of each epoch
-            self.rng, self.worker_seed = random.Random(worker.seed), worker.seed
-        return self.collate(features)
+        return {"forget": pad_pairs(features, self.pad_token_id)}
 
-    def collate(self, features: list[dict]) -> dict:
-        batch = {"forget": pad_pairs(features, self.pad_token_id)}
-        if self.retain:
-            batch["retain"] = pad_pairs(self.retain_pairs(len(features)), self.pad_token_id)
-        return batch
+    def add_retain(self, batch: dict) -> dict:
+        """`batch` with as many retain pairs as it has forget pairs under "retain" (as it is without retain
+        records)."""
+        if not self.retain:
+            return batch
+        return {**batch, "retain": pad_pairs(self.retain_pairs(len(batch["forget"]["input_ids"])), self.pad_token_id)}
 
     def retain_pairs(self, count: int) -> list[dict]:
         """`count` tokenized retain pairs drawn at random."""
@@ -63,8 +61,8 @@ class AntiSampleCollator(ForgetRetainCollator):
         half = count // 2
         return [self.rng.choice(drawn) for _ in range(half)] + super().retain_pairs(count - half)
 
-    def collate(self, features: list[dict]) -> dict:
-        batch = super().collate([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+    def __call__(self, features: list[dict]) -> dict:
+        batch = super().__call__([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         if "true_input_ids" in features[0]:
             batch["forget"]["true"] = pad_pairs([{"input_ids": f["true_input_ids"], "labels": f["true_labels"]}
                                                  for f in features], self.pad_token_id)

@@ -30,6 +30,7 @@ from ..strangers import StrangerAnswers, about, asks_about_subject, stranger_nam
 from .base import UnlearningConfig, UnlearningTrainer
 from .collators import AntiSampleCollator, pad_pairs
 from .losses import ascent_to_floor, mean_nll, nll, npo_loss, sequence_log_probs
+from .unstar_checkpoints import ROUND_CHECKPOINT
 from .unstar_rounds import run_rounds
 
 ANTI_SAMPLES_FILE = "anti_samples.jsonl"
@@ -186,6 +187,8 @@ class AntiSampleTrainer(UnlearningTrainer):
 
     _name = "UnSTAR"
     config_class = AntiSampleConfig
+    output_dir_entries = (*UnlearningTrainer.output_dir_entries, ROUND_CHECKPOINT.format("*"), ANTI_SAMPLES_FILE,
+                          DROPPED_FILE, ROUNDS_FILE)
 
     def __init__(self, model, args: AntiSampleConfig | None = None, train_dataset=None, retain_dataset=None,
                  processing_class=None, peft_config=None, callbacks=None, **kwargs):

@@ -134,7 +134,7 @@ class NoAntiSamplesError(ValueError):
 
 def log_round(trainer, log: dict, started: tuple, tokens: int) -> None:
     """Append a round's log to `trainer.rounds`, with the seconds per phase since `started` (the time split's mark)
-    and the tokens trained since the collator had counted `tokens`; send its figures through `trainer.log` (to
+    and the tokens trained since the run had trained `tokens`; send its figures through `trainer.log` (to
     `report_to`)."""
     log.update(tokens=trainer.trained_tokens - tokens, seconds=trainer.time_split.since(started))
     trainer.rounds.append(log)
