@@ -41,6 +41,7 @@ from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_met
 from unstar_trl.text import (
     AUTO,
     PLAIN_TEMPLATE,
+    answer_text,
     contains_answer,
     format_completion,
     read_prompts_file,
@@ -125,6 +126,7 @@ def _doc(record: dict, role: str, question: str | None = None, *, template: str 
     doc["prompt"] = task_prompt(doc["question"], template)
     doc["target"] = format_completion(doc["answer"], template)
     doc["chat"] = template is None
+    doc["template"] = template
     doc["role"] = role
     return doc
 
@@ -215,15 +217,16 @@ def _warn_once(message: str) -> None:
 # ---- per-document results -----------------------------------------------------------------------------------------
 
 def process_qa(doc: dict, results: list[str]) -> dict:
-    """Greedy answer: normalised containment of the true answer and ROUGE-L recall."""
-    generation = results[0]
+    """Greedy answer (up to where a plain template's next prompt would begin, as the probe reads it): normalised
+    containment of the true answer and ROUGE-L recall."""
+    generation = answer_text(results[0], doc["template"])
     return {"acc": float(contains_answer(generation, doc["answer"])),
             "rouge_l_recall": rouge_l_recall(generation, doc["answer"])}
 
 
 def process_targeted(doc: dict, results: list[str]) -> dict:
     """A targeted fact counts towards `acc`, a sibling towards `sibling_acc`; both towards `removal_score`."""
-    known = float(contains_answer(results[0], doc["answer"]))
+    known = float(contains_answer(answer_text(results[0], doc["template"]), doc["answer"]))
     key = "acc" if doc["role"] == "targeted" else "sibling_acc"
     return {key: known, "removal_score": (doc["role"], known)}
 

@@ -70,8 +70,8 @@ class UnlearningConfig(SFTConfig):
         default=AUTO,
         metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. 'chat' (or None): "
                   "the tokenizer's chat template (completion: the answer as the assistant's turn, closed by the "
-                  "template's end of turn, as SFTTrainer trains conversational rows). 'auto': the model folder's recorded "
-                  "format, else its chat template if it has one, else 'Question: {question}\\nAnswer:'."},
+                  "template's end of turn, as SFTTrainer trains conversational rows). 'auto': the model folder's "
+                  "recorded format, else its chat template if it has one, else 'Question: {question}\\nAnswer:'."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss (gamma)."})
     retain_weight: float = field(
