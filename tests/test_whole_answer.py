@@ -90,6 +90,20 @@ def test_the_lm_eval_task_judges_as_the_probe_does(talkative):
     assert results["prompt_template"] is None and results["summary"]["forget_qa_acc"] == 1.0
 
 
+def test_lm_eval_on_the_model_folder_stops_at_its_end_of_turn(talkative, tmp_path):
+    from test_tasks import _lm_eval
+
+    model, tokenizer, data = talkative
+    model.save_pretrained(tmp_path / "model")  # its generation config stops at eos (</s>) only
+    tokenizer.save_pretrained(tmp_path / "model")
+    results = _lm_eval(tmp_path / "model", "unstar_forget_qa", {"data_dir": str(data)}, tmp_path / "lm_eval",
+                       "--apply_chat_template", "--log_samples")
+    assert results["results"]["unstar_forget_qa"]["acc,none"] == 1.0
+    (samples,) = (tmp_path / "lm_eval").rglob("samples_unstar_forget_qa_*.jsonl")
+    answers = {json.loads(line)["doc"]["id"]: json.loads(line)["resps"][0][0] for line in samples.read_text().splitlines()}
+    assert answers == SPOKEN  # the whole answer, and nothing after the end of turn
+
+
 def test_the_tasks_generate_within_the_probes_budget():
     from unstar_trl.evaluation.lm_eval_tasks import tasks_path
     from unstar_trl.method.probe import ANSWER_TOKENS

@@ -38,6 +38,8 @@ from lm_eval.api.task import ConfigurableTask
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
 from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys
+from unstar_trl.method.tokens import stop_token_ids
+from unstar_trl.models import has_tokenizer, load_tokenizer
 from unstar_trl.text import (
     AUTO,
     PLAIN_TEMPLATE,
@@ -193,10 +195,14 @@ def _interleave(*groups: list[dict]) -> list[dict]:
 class UnstarTask(ConfigurableTask):
     """An unstar task that warns, once per run, when the run does not apply the chat template its documents are
     made for: chat-format documents (bare questions) without --apply_chat_template, or plain-template ones wrapped in
-    a chat turn."""
+    a chat turn. A generation task on a model folder stops at its end of turn (`_stop_token_ids`)."""
 
     def __init__(self, config: dict, **kwargs):
         super().__init__(config={key: value for key, value in config.items() if key != "class"}, **kwargs)
+        if self.config.output_type == "generate_until":
+            stops = _stop_token_ids(self.config.metadata or {})
+            if stops:
+                self.config.generation_kwargs["eos_token_id"] = stops
 
     def build_all_requests(self, *args, apply_chat_template: bool = False, **kwargs):
         docs = self.test_docs()
@@ -207,6 +213,24 @@ class UnstarTask(ConfigurableTask):
                        f"{'add' if chat else 'leave out'} --apply_chat_template (or set the prompt_template "
                        "metadata), or the model is asked in a format it was not trained in")
         return super().build_all_requests(*args, apply_chat_template=apply_chat_template, **kwargs)
+
+
+def _stop_token_ids(metadata: dict) -> list[int] | None:
+    """The tokens a model's answer ends at (its chat template's end of turn and eos, as the probe stops), from the
+    tokenizer of the model folder lm-eval's model arguments name (`tokenizer`, `peft`, then `pretrained`); None when
+    they name no folder (an in-memory model: `evaluate_model` sets its generation config instead). lm-eval itself
+    stops only at eos and `until` strings, and a special end of turn (`<|im_end|>` beside an eos `</s>`) never shows
+    in the text it decodes."""
+    folder = next((metadata[key] for key in ("tokenizer", "peft", "pretrained")
+                   if isinstance(metadata.get(key), str) and has_tokenizer(metadata[key])), None)
+    if folder is None:
+        return None
+    return _folder_stop_token_ids(folder, prompt_template(metadata) is None)
+
+
+@functools.cache
+def _folder_stop_token_ids(folder: str, chat: bool) -> list[int]:
+    return stop_token_ids(load_tokenizer(folder), chat)
 
 
 @functools.cache
