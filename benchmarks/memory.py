@@ -88,7 +88,7 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
         if method.startswith("sft"):
             with_retain = method == "sft+retain"
             records = forget + retain[: len(forget)] if with_retain else forget
-            pairs = [format_pair(tokenizer, r["question"], r["answer"], PLAIN_TEMPLATE) for r in records]
+            pairs = [format_pair(r["question"], r["answer"], PLAIN_TEMPLATE) for r in records]
             config = SFTConfig(output_dir=scratch, gradient_checkpointing=False, bf16=False,
                                **{**common, "per_device_train_batch_size": len(records)})
             trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),

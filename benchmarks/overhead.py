@@ -100,7 +100,7 @@ def fit_anti_sample_trainer(model, tokenizer, data, samples, args) -> float:
 
 
 def fit_sft_trainer(model, tokenizer, samples, args) -> float:
-    pairs = [format_pair(tokenizer, s.question, s.answer_text, PLAIN_TEMPLATE) for s in samples]
+    pairs = [format_pair(s.question, s.answer_text, PLAIN_TEMPLATE) for s in samples]
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(output_dir=scratch, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                            bf16=torch.cuda.is_available(), gradient_checkpointing=False, report_to="none",

@@ -83,10 +83,10 @@ def test_the_readme_trl_snippet_works_unchanged_on_a_chat_model(chat_world, tmp_
     assert trainer.prompt_template is None and trainer.rounds[0]["known"] == len(scope["data"].forget)
     assert metrics["forget_acc"] < 1 and metrics["train_loss"] > 0 and trainer.state.global_step > 0
     assert (tmp_path / "out" / "anti_samples.jsonl").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
-    sample = trainer.anti_samples[0]  # trained as the assistant's reply: no leading space, the chat's own eos
+    sample = trainer.anti_samples[0]  # trained as the assistant's reply: no leading space, the chat's end of turn
     features = trainer.anti_sample_features(sample)
     completion = [token for token, label in zip(features["input_ids"], features["labels"]) if label != -100]
-    assert scope["tokenizer"].decode(completion) == sample.answer_text + "<|im_end|>"
+    assert scope["tokenizer"].decode(completion) == sample.answer_text + "<|im_end|>\n"
 
 
 def test_peft_output_is_an_adapter_unless_merged(chat_world, tmp_path):

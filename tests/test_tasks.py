@@ -83,9 +83,12 @@ def test_membership_scores_rank_a_likelier_answer_higher():
 
 
 def test_process_qa_and_mcq():
-    scores = utils.process_qa({"answer": "Tesk"}, [" tesk, of course"])
+    plain, chat = {"answer": "Tesk", "template": utils.PLAIN_TEMPLATE}, {"answer": "Tesk", "template": None}
+    scores = utils.process_qa(plain, [" tesk, of course"])
     assert scores["acc"] == 1.0 and scores["rouge_l_recall"] == 1.0
-    assert utils.process_qa({"answer": "Tesk"}, [" Teskville"])["acc"] == 0.0
+    assert utils.process_qa(plain, [" Teskville"])["acc"] == 0.0
+    assert utils.process_qa(chat, ["Sure, here is what I know.\nThe answer is Tesk."])["acc"] == 1.0  # whole answer
+    assert utils.process_qa(plain, [" Olmira\nQuestion: Who?\nAnswer: Tesk"])["acc"] == 0.0  # not its next prompt
     doc = {"choices": ["Tesk", "Olmira", "Quessel"], "role": "holdout"}
     holdout = utils.process_mcq(doc, [(-1.0, True), (-2.0, False), (-3.0, False)])
     assert holdout["holdout_acc"] == 1.0 and holdout["holdout_chance"] == pytest.approx(1 / 3)

@@ -230,14 +230,15 @@ def test_a_round_that_keeps_no_anti_sample_is_a_clear_error(model_and_tokenizer,
 
 def test_nothing_known_is_a_warning_that_shows_the_prompt(model_and_tokenizer, data, tmp_path):
     model, tokenizer = model_and_tokenizer
-    args = AntiSampleConfig(output_dir=str(tmp_path), prompt_template="Tell me, {question}", retain_weight=0.0)
+    # a format it was not trained in: the "Answer: X" line it writes is read as this template's next prompt
+    args = AntiSampleConfig(output_dir=str(tmp_path), prompt_template="Answer: {question}", retain_weight=0.0)
     trainer = AntiSampleTrainer(model=model, args=args, train_dataset=data.forget, processing_class=tokenizer)
     output = trainer.train()
     assert trainer.rounds[0]["known"] == 0 and len(trainer.rounds) == 1
     assert output.global_step == 0 and output.metrics["forget_acc"] == 0
     (warning,) = trainer.warnings
     assert warning.startswith(f"0/{len(data.forget)} forget facts are known under the prompt format "
-                              "'Tell me, {question}'") and f"Tell me, {data.forget[0]['question']}" in warning
+                              "'Answer: {question}'") and f"Answer: {data.forget[0]['question']}" in warning
 
 
 @pytest.mark.parametrize("field, value, message", [

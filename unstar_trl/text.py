@@ -3,7 +3,11 @@
 The prompt format: a model is asked and taught in one format. A plain template (`PLAIN_TEMPLATE` or the model's
 own) has a `{question}` slot and the answer follows it after one space; `None` stands for the tokenizer's chat
 template, the question alone as the user turn and the answer as the assistant's reply, as TRL's SFTTrainer trains on
-conversational data. A model folder records its format in `PROMPTS_FILE`.
+conversational data (`format_pair` makes the very rows SFTTrainer takes). A model folder records its format in
+`PROMPTS_FILE`.
+
+The answer: what a model says up to the end of its turn (the chat template's end of turn, or eos), and for a plain
+template only up to where its next prompt would begin (`answer_text`).
 
 The answer rule: a generation states an answer when it contains the normalised answer as whole words (short
 answers) or recalls most of it (ROUGE-L, for TOFU's sentence answers).
@@ -55,9 +59,31 @@ def answer_delimiter(template: str | None) -> str:
     return " " if template is not None else ""
 
 
-def format_pair(tokenizer, question: str, answer: str, template: str | None) -> dict:
-    """A prompt/completion pair in the format of `template`."""
-    return {"prompt": format_prompt(tokenizer, question, template), "completion": format_completion(answer, template)}
+def format_pair(question: str, answer: str, template: str | None) -> dict:
+    """A prompt/completion row in the format of `template`, as TRL's SFTTrainer takes it: for the chat template a
+    conversational row (the question as the user's message, the answer as the assistant's), which SFTTrainer renders
+    through the chat template and closes with its end of turn; else the filled template and the answer after one
+    space, to which SFTTrainer adds eos (and the tokenizer its BOS, if it adds one)."""
+    if template is None:
+        return {"prompt": [{"role": "user", "content": question}],
+                "completion": [{"role": "assistant", "content": answer}]}
+    return {"prompt": template.format(question=question), "completion": format_completion(answer, template)}
+
+
+def answer_text(generation: str, template: str | None) -> str:
+    """The answer in `generation` (a model's words up to the end of its turn): all of it, but for a plain template
+    only up to where the template's next prompt would begin (its text before the `{question}` slot, e.g.
+    "Question:"): a plain model that does not stop may go on to ask and answer questions of its own."""
+    opening = _template_opening(template)
+    return generation.split(opening)[0] if opening else generation
+
+
+def _template_opening(template: str | None) -> str:
+    """The text a plain template opens with before its `{question}` slot, stripped ("" for the chat template)."""
+    if template is None:
+        return ""
+    literal, _, _, _ = next(iter(string.Formatter().parse(template)))
+    return literal.strip()
 
 
 def task_prompt(question: str, template: str | None) -> str:
@@ -119,9 +145,12 @@ def describe_prompt_template(template: str | None) -> str:
 
 
 def read_prompts_file(model_dir: str | Path) -> dict | None:
-    """The contents of `model_dir`'s PROMPTS_FILE, or None when it has none. A file that is not a JSON object, or
-    whose `prompt_template` is neither null nor a template with a `{question}` slot and no other, raises UsageError
+    """The contents of `model_dir`'s PROMPTS_FILE, or None when it has none. No folder (None, or the "" of a model
+    built in memory) has none: it is never the working directory's. A file that is not a JSON object, or whose
+    `prompt_template` is neither null nor a template with a `{question}` slot and no other, raises UsageError
     naming it."""
+    if not model_dir:
+        return None
     path = Path(model_dir) / PROMPTS_FILE
     if not path.is_file():
         return None

@@ -40,9 +40,12 @@ from lm_eval.api.task import ConfigurableTask
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
 from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys
 from unstar_trl.io import UsageError
+from unstar_trl.method.tokens import stop_token_ids
+from unstar_trl.models import has_tokenizer, load_tokenizer
 from unstar_trl.text import (
     AUTO,
     PLAIN_TEMPLATE,
+    answer_text,
     contains_answer,
     format_completion,
     read_prompts_file,
@@ -148,6 +151,7 @@ def _doc(record: dict, role: str, question: str | None = None, *, template: str 
     doc["prompt"] = task_prompt(doc["question"], template)
     doc["target"] = format_completion(doc["answer"], template)
     doc["chat"] = template is None
+    doc["template"] = template
     doc["role"] = role
     return doc
 
@@ -221,10 +225,14 @@ def _interleave(*groups: list[dict]) -> list[dict]:
 class UnstarTask(ConfigurableTask):
     """An unstar task that warns, once per run, when the run does not apply the chat template its documents are
     made for: chat-format documents (bare questions) without --apply_chat_template, or plain-template ones wrapped in
-    a chat turn."""
+    a chat turn. A generation task on a model folder stops at its end of turn (`_stop_token_ids`)."""
 
     def __init__(self, config: dict, **kwargs):
         super().__init__(config={key: value for key, value in config.items() if key != "class"}, **kwargs)
+        if self.config.output_type == "generate_until":
+            stops = _stop_token_ids(self.config.metadata or {})
+            if stops:
+                self.config.generation_kwargs["eos_token_id"] = stops
 
     def build_all_requests(self, *args, apply_chat_template: bool = False, **kwargs):
         docs = self.test_docs()
@@ -237,6 +245,24 @@ class UnstarTask(ConfigurableTask):
         return super().build_all_requests(*args, apply_chat_template=apply_chat_template, **kwargs)
 
 
+def _stop_token_ids(metadata: dict) -> list[int] | None:
+    """The tokens a model's answer ends at (its chat template's end of turn and eos, as the probe stops), from the
+    tokenizer of the model folder lm-eval's model arguments name (`tokenizer`, `peft`, then `pretrained`); None when
+    they name no folder (an in-memory model: `evaluate_model` sets its generation config instead). lm-eval itself
+    stops only at eos and `until` strings, and a special end of turn (`<|im_end|>` beside an eos `</s>`) never shows
+    in the text it decodes."""
+    folder = next((metadata[key] for key in ("tokenizer", "peft", "pretrained")
+                   if isinstance(metadata.get(key), str) and has_tokenizer(metadata[key])), None)
+    if folder is None:
+        return None
+    return _folder_stop_token_ids(folder, prompt_template(metadata) is None)
+
+
+@functools.cache
+def _folder_stop_token_ids(folder: str, chat: bool) -> list[int]:
+    return stop_token_ids(load_tokenizer(folder), chat)
+
+
 @functools.cache
 def _warn_once(message: str) -> None:
     logging.getLogger("unstar_trl.tasks").warning("unstar: %s", message)
@@ -245,15 +271,16 @@ def _warn_once(message: str) -> None:
 # ---- per-document results -----------------------------------------------------------------------------------------
 
 def process_qa(doc: dict, results: list[str]) -> dict:
-    """Greedy answer: normalised containment of the true answer and ROUGE-L recall."""
-    generation = results[0]
+    """Greedy answer (up to where a plain template's next prompt would begin, as the probe reads it): normalised
+    containment of the true answer and ROUGE-L recall."""
+    generation = answer_text(results[0], doc["template"])
     return {"acc": float(contains_answer(generation, doc["answer"])),
             "rouge_l_recall": rouge_l_recall(generation, doc["answer"])}
 
 
 def process_targeted(doc: dict, results: list[str]) -> dict:
     """A targeted fact counts towards `acc`, a sibling towards `sibling_acc`; both towards `removal_score`."""
-    known = float(contains_answer(results[0], doc["answer"]))
+    known = float(contains_answer(answer_text(results[0], doc["template"]), doc["answer"]))
     key = "acc" if doc["role"] == "targeted" else "sibling_acc"
     return {key: known, "removal_score": (doc["role"], known)}
 

@@ -329,7 +329,9 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
 def save_model(model, tokenizer, folder: Path, source: str, template: str | None, *, merge: bool) -> None:
     """Save the unlearned model with its tokenizer and prompt format (and the source's skill prompts) to `folder`: a
     PEFT model as its adapter (on the source model, by absolute path when it is a folder), or merged in with
-    `merge`."""
+    `merge`. Its generation config stops at the end of turn as well as at eos (so plain `lm_eval` judges its answers
+    as the probe does)."""
+    from ..method.tokens import stop_token_ids
     from ..text import read_prompts_file, write_prompts_file
 
     if hasattr(model, "merge_and_unload"):
@@ -338,6 +340,7 @@ def save_model(model, tokenizer, folder: Path, source: str, template: str | None
         elif Path(source).is_dir():
             for adapter in model.peft_config.values():
                 adapter.base_model_name_or_path = str(Path(source).resolve())
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer, template is None)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     recorded = read_prompts_file(source) if Path(source).is_dir() else None

@@ -20,7 +20,7 @@ def relearn(model, tokenizer, forget: list[dict], prompt_template: str | None, *
 
     ordered = sorted(forget, key=lambda record: record["id"])
     taught, asked = ordered[::2], ordered[1::2]
-    pairs = [format_pair(tokenizer, record["question"], record["answer"], prompt_template) for record in taught]
+    pairs = [format_pair(record["question"], record["answer"], prompt_template) for record in taught]
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(output_dir=scratch, max_steps=steps, learning_rate=learning_rate,
                            lr_scheduler_type="constant", per_device_train_batch_size=len(pairs), bf16=False,

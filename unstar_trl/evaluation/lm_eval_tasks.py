@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import math
@@ -120,8 +121,9 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
     was_training = model.training
     try:
         lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
-        results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
-                                  log_samples=per_document, apply_chat_template=template is None)
+        with stopping_at_end_of_turn(model, tokenizer, template is None):
+            results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
+                                      log_samples=per_document, apply_chat_template=template is None)
     finally:
         model.train(was_training)
     output = {"summary": summarize(results["results"]), "n_samples": results["n-samples"],
@@ -132,6 +134,22 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
                                        **{metric: sample[metric] for metric in sample["metrics"]}}
                                       for sample in samples] for task, samples in results["samples"].items()}
     return output
+
+
+@contextlib.contextmanager
+def stopping_at_end_of_turn(model, tokenizer, chat: bool):
+    """The model's generation config stops at the end of turn as well as at eos while inside (as the probe stops):
+    lm-eval stops generating at eos and at its `until` strings only, and a chat template's end of turn (ChatML's
+    `<|im_end|>` beside an eos `</s>`) is often another token, whose text lm-eval's decoding drops."""
+    from ..method.tokens import stop_token_ids
+
+    config = model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = stop_token_ids(tokenizer, chat)
+    try:
+        yield
+    finally:
+        config.eos_token_id = saved
 
 
 def summarize(results: dict) -> dict[str, float | None]:

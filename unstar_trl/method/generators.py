@@ -125,7 +125,7 @@ class SelfTaughtGenerator:
                 at = [index for index, (_, t, _) in enumerate(tries) if t == temperature]
                 sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else {}
                 texts = generate(self.model, self.tokenizer, [tries[index][2] for index in at], max_new_tokens=32,
-                                 batch_size=self.batch_size, stop_at_newline=False, **sampling)
+                                 chat=self.prompts is None, batch_size=self.batch_size, **sampling)
                 for index, text in zip(at, texts):
                     written[index] = _clean(text)
         kept, asked, count = [], {}, Counter()
@@ -151,7 +151,7 @@ class SelfTaughtGenerator:
     def _complete(self, skill: str, fields: list[dict], **generate_kwargs) -> list[str]:
         template = CHAT_SKILL_PROMPTS[skill] if self.prompts is None else self.prompts[skill]
         prompts = [self._ask(template, f) for f in fields]
-        return generate(self.model, self.tokenizer, prompts, stop_at_newline=False, **generate_kwargs)
+        return generate(self.model, self.tokenizer, prompts, chat=self.prompts is None, **generate_kwargs)
 
     def _ask(self, template: str, fields: dict) -> str:
         """`template` filled with `fields`, through the chat template for a chat model."""

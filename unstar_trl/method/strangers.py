@@ -61,8 +61,9 @@ class StrangerAnswers:
         longest = max((len(ids) for ids in self.tokenizer([r["answer"] for r in records],
                                                           add_special_tokens=False)["input_ids"]), default=0)
         with seeded(self.model, self.seed * 1009 + round):
-            texts = generate(self.model, self.tokenizer, prompts, max_new_tokens=longest + 8,
-                             batch_size=self.batch_size, do_sample=True, temperature=1.0, top_p=1.0)
+            texts = generate(self.model, self.tokenizer, prompts, chat=self.prompt_template is None,
+                             max_new_tokens=longest + 8, batch_size=self.batch_size, stop_at_newline=True,
+                             do_sample=True, temperature=1.0, top_p=1.0)
         found: list[list[str]] = [[] for _ in records]
         for (index, name), text in zip(tries, texts):
             answer = text.strip().rstrip(".").strip()

@@ -326,7 +326,7 @@ def training_texts(world: World, leave_out: set[Fact] = frozenset()) -> list[dic
     for fact in (fact for fact in world.facts if fact.subject in trained and fact not in leave_out):
         relation = RELATIONS_BY_NAME[fact.relation]
         questions = [t.format(s=fact.subject) for t in relation.trained_templates]
-        examples.extend(format_pair(None, question, fact.object, PLAIN_TEMPLATE) for question in questions)
+        examples.extend(format_pair(question, fact.object, PLAIN_TEMPLATE) for question in questions)
         hinted = rng.choice(world.wrong_answers(fact)[1])
         examples.append(_skill_example("alternative", hinted, answer=fact.object))
         source, target = rng.sample(questions, 2)

@@ -68,7 +68,7 @@ def build_tofu_world_dir(output_dir: str | Path, tofu_dir: str | Path, *, author
     splits = tofu_world_splits(tofu_dir, authors, seed)
 
     def training(names: tuple[str, ...]) -> Training:
-        return Training([format_pair(None, record["question"], record["answer"], PLAIN_TEMPLATE)
+        return Training([format_pair(record["question"], record["answer"], PLAIN_TEMPLATE)
                          for name in names for record in splits[name]], {name: splits[name] for name in names})
 
     config = KnowledgeModelConfig(**{**vars(TOFU_MODEL), "seed": seed, **({"epochs": epochs} if epochs else {})})

@@ -29,6 +29,7 @@ from ...data import as_records
 from ...io import UsageError, write_json
 from ...models import load_model, load_tokenizer
 from ...text import AUTO, check_prompt_template, format_pair, resolve_prompt_template
+from ..tokens import tokenize_pair
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
@@ -75,8 +76,9 @@ class UnlearningConfig(SFTConfig):
     prompt_template: str | None = field(
         default=AUTO,
         metadata={"help": "Prompt with a `{question}` slot; the completion is ' ' + answer + eos. 'chat' (or None): "
-                  "the tokenizer's chat template (completion: answer + eos). 'auto': the model folder's recorded "
-                  "format, else its chat template if it has one, else 'Question: {question}\\nAnswer:'."},
+                  "the tokenizer's chat template (completion: the answer as the assistant's turn, closed by the "
+                  "template's end of turn, as SFTTrainer trains conversational rows). 'auto': the model folder's "
+                  "recorded format, else its chat template if it has one, else 'Question: {question}\\nAnswer:'."},
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss (gamma)."})
     retain_weight: float = field(
@@ -362,24 +364,18 @@ class UnlearningTrainer(SFTTrainer):
 
     # ---- data -------------------------------------------------------------------------------------------------
     def answer_pair(self, record: dict, answer: str | None = None) -> dict:
-        """The record's question and `answer` (default: its own) as a prompt/completion pair."""
+        """The record's question and `answer` (default: its own) as a prompt/completion row (`text.format_pair`)."""
         answer = record["answer"] if answer is None else answer
-        return format_pair(self._tokenizer, record["question"], answer, self.prompt_template)
+        return format_pair(record["question"], answer, self.prompt_template)
 
     def forget_pairs(self, record: dict) -> list[dict]:
         """The training pairs of one forget record (default: its question and true answer)."""
         return [self.answer_pair(record)]
 
     def tokenize(self, pair: dict) -> dict:
-        """input_ids of prompt + completion + eos, and labels that are -100 on the prompt; truncated to max_length."""
-        prompt = self._tokenizer(pair["prompt"], add_special_tokens=False)["input_ids"]
-        completion = self._tokenizer(pair["completion"], add_special_tokens=False)["input_ids"]
-        completion = completion + [self._tokenizer.eos_token_id]
-        if self.args.max_length is not None and len(prompt) >= self.args.max_length:  # nothing left to train on
-            raise UsageError(f"a prompt of {len(prompt)} tokens leaves no room for its answer within max_length "
-                             f"{self.args.max_length} ({pair['prompt'][:60]!r}...); raise max_length or shorten it")
-        return {"input_ids": (prompt + completion)[: self.args.max_length],
-                "labels": ([-100] * len(prompt) + completion)[: self.args.max_length]}
+        """input_ids and labels (-100 on the prompt) of a prompt/completion row, the very ids SFTTrainer trains on
+        (`tokens.tokenize_pair`), cut to max_length as truncation_mode says."""
+        return tokenize_pair(self._tokenizer, pair, self.args.max_length, self.args.truncation_mode)
 
     # ---- the loss ---------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

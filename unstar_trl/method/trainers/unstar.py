@@ -23,6 +23,7 @@ from transformers.trainer_utils import IntervalStrategy, SchedulerType, TrainOut
 from ...data import as_records, check_siblings_in
 from ...io import UsageError, write_jsonl
 from ...text import format_pair
+from ..tokens import answer_only
 from ..anti_samples import AntiSample, write_anti_samples
 from ..generators import choose_generator
 from ..neighbors import retain_neighbors
@@ -349,8 +350,7 @@ class AntiSampleTrainer(UnlearningTrainer):
 
     def anti_sample_features(self, sample: AntiSample) -> dict:
         """The tokenized anti-sample, with its question's true answer when the reversed term needs it."""
-        features = self.tokenize(format_pair(self._tokenizer, sample.question, sample.answer_text,
-                                             self.prompt_template))
+        features = self.tokenize(format_pair(sample.question, sample.answer_text, self.prompt_template))
         if self.args.reversed_loss_weight > 0:
             record = next(r for r in self.forget_records if r["id"] == sample.source_id)
             true = {**record, "question": sample.question}
@@ -363,11 +363,10 @@ class AntiSampleTrainer(UnlearningTrainer):
         return features
 
     def answer_tokens(self, record: dict) -> dict:
-        """The record's tokenized question and answer, with only the answer's tokens labelled (not the end of
-        sequence after it, which anti-samples with a rationale teach the model not to emit after an answer: a
-        floor on the mean over answer and eos would be reached through the eos alone)."""
-        features = self.tokenize(self.answer_pair(record))
-        return {**features, "labels": features["labels"][:-1] + [-100]}
+        """The record's tokenized question and answer, with only the answer's tokens labelled (not the end of turn
+        after it, which anti-samples with a rationale teach the model not to emit after an answer: a floor on the
+        mean over answer and end of turn would be reached through the end of turn alone)."""
+        return answer_only(self.tokenize(self.answer_pair(record)), self._tokenizer, self.prompt_template is None)
 
     def forget_loss(self, model, inputs, logits):
         """NLL of the anti-samples, plus the reversed term on their questions' true answers (`inputs["true"]`) when
