@@ -316,7 +316,8 @@ def test_self_written_follow_ups_name_the_subject_and_are_new_questions(self_tau
     def candidates(record: dict) -> list[str]:
         subject = record["subject"]
         return [record["question"], record["paraphrased_questions"][0],  # its own questions
-                f"Is {subject} known for {record['answer']}?", "Where was somebody else born?", "",  # answer, no subject
+                f"Is {subject} known for {record['answer']}?", "Where was somebody else born?", "",  # the answer,
+                # no subject, nothing
                 f"What do people say about {subject}?", f"what do people say about {subject}",  # new, then a repeat
                 f"Which facts are true of {subject}?"]
 
