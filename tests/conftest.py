@@ -112,11 +112,72 @@ def world_summary(world_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tofu_dir() -> Path:
+def real_tofu_dir() -> Path:
+    """The real TOFU files (../shared/data/tofu beside the checkout, as in CI); the test skips without them."""
     path = SHARED_DATA / "tofu"
-    if not path.is_dir():
-        pytest.fail(f"TOFU data not found at {path}; the project expects ../shared beside its checkout")
+    if not (path / "full.jsonl").is_file():
+        pytest.skip(f"needs the real TOFU files at {path} (../shared beside the checkout)")
     return path
+
+
+@pytest.fixture(scope="session")
+def made_tofu_dir(tmp_path_factory) -> Path:
+    """A folder in TOFU's layout and shape, written from an embedded world by `write_tofu_folder`."""
+    path = tmp_path_factory.mktemp("tofu")
+    write_tofu_folder(path)
+    return path
+
+
+@pytest.fixture(scope="session", params=["made", "real"])
+def tofu_dir(request) -> Path:
+    """A TOFU folder: the one the tests make, then the real files (skipped where they are absent)."""
+    return request.getfixturevalue(f"{request.param}_tofu_dir")
+
+
+TOFU_AUTHORS, TOFU_QUESTIONS, TOFU_RETAIN_PERTURBED_AUTHORS = 200, 20, 20
+TOFU_FORGET_AUTHORS = {"01": 2, "05": 10, "10": 20}
+"""forgetNN: the first 2, 10 or 20 of the last 20 authors (180, 181, ...), as in TOFU."""
+TOFU_REAL_AUTHORS, TOFU_WORLD_FACTS = 100, 117
+
+
+def write_tofu_folder(folder: Path, seed: int = TEST_SEED) -> None:
+    """TOFU's files in TOFU's format and row counts (../shared/data/README.md), from an embedded world of 200 people:
+    each "author" is a person asked 20 questions (their facts under the trained question templates), the answer is
+    the object; paraphrased question: the held-out template; paraphrased answer: the relation's rationale sentence,
+    and the five perturbed answers that sentence with other objects (the first three are the fact's evaluation
+    distractors). real_authors and world_facts ask about people outside full.jsonl."""
+    from unstar_trl.io import write_jsonl
+    from unstar_trl.testbed.embedded_world import RELATIONS_BY_NAME, build_world
+
+    world = build_world(seed=seed, people=TOFU_AUTHORS, holdout_people=32)
+
+    def perturbed(fact, question: str) -> dict:
+        relation = RELATIONS_BY_NAME[fact.relation]
+        sentence = lambda answer: relation.rationale.format(s=fact.subject, o=answer)  # noqa: E731
+        distractors, others = world.wrong_answers(fact)
+        return {"question": question, "answer": fact.object, "paraphrased_answer": sentence(fact.object),
+                "perturbed_answer": [sentence(wrong) for wrong in (distractors + others)[:5]],
+                "paraphrased_question": relation.heldout_template.format(s=fact.subject)}
+
+    authors = [[perturbed(fact, template.format(s=person)) for fact in world.facts_of(person)
+                for template in RELATIONS_BY_NAME[fact.relation].trained_templates][:TOFU_QUESTIONS]
+               for person in world.trained]
+    plain = lambda rows: [{"question": row["question"], "answer": row["answer"]} for row in rows]  # noqa: E731
+    rows_of = lambda selected: [row for index in selected for row in authors[index]]  # noqa: E731
+    write_jsonl(folder / "full.jsonl", plain(rows_of(range(TOFU_AUTHORS))))
+    first_forget = TOFU_AUTHORS - max(TOFU_FORGET_AUTHORS.values())
+    for name, count in TOFU_FORGET_AUTHORS.items():
+        forget = range(first_forget, first_forget + count)
+        write_jsonl(folder / f"forget{name}.jsonl", plain(rows_of(forget)))
+        write_jsonl(folder / f"forget{name}_perturbed.jsonl", rows_of(forget))
+        write_jsonl(folder / f"retain{100 - int(name)}.jsonl",
+                    plain(rows_of(index for index in range(TOFU_AUTHORS) if index not in forget)))
+    write_jsonl(folder / "retain_perturbed.jsonl", rows_of(range(TOFU_RETAIN_PERTURBED_AUTHORS)))
+    outside = [world.record(fact) for fact in world.splits["holdout"]]
+    qa = [{"question": record["question"], "answer": record["answer"], "perturbed_answer": record["eval_distractors"],
+           "original_answer": record["rationale"]} for record in outside]
+    write_jsonl(folder / "real_authors_perturbed.jsonl", qa[:TOFU_REAL_AUTHORS])
+    write_jsonl(folder / "world_facts_perturbed.jsonl", qa[TOFU_REAL_AUTHORS:][:TOFU_WORLD_FACTS])
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -163,8 +164,8 @@ def test_tofu_anti_samples_use_the_perturbed_answers_and_pass_the_filters(tofu_d
                for s in kept)
 
 
-def test_long_answers_are_matched_by_rouge_recall(tofu_dir):
-    record = load_records(tofu_dir, split="forget01")[0]
+def test_long_answers_are_matched_by_rouge_recall(real_tofu_dir):
+    record = load_records(real_tofu_dir, split="forget01")[0]
     assert contains_answer(record["answer"], record["answer"])
     assert contains_answer(record["answer"].replace("Basil", "Bazil") + " Also more.", record["answer"])
     assert not any(contains_answer(wrong, record["answer"]) for wrong in record["perturbed_answers"])
@@ -295,10 +296,12 @@ def test_chat_models_get_the_paper_prompts_through_the_chat_template(self_taught
 
 # ---------------------------------------------------------------------------------------------- follow-ups, IO
 
-def test_self_written_follow_ups_name_the_subject_and_are_new_questions(self_taught, forget_records):
+def test_self_written_follow_ups_name_the_subject_and_are_new_questions(self_taught, forget_records, monkeypatch):
+    """Of what the model writes, a follow-up keeps only new questions that name the subject and not the answer, at
+    most `per_record` per fact. What the world model writes depends on its floats, so the rule is checked on what it
+    wrote, and on a generator whose writing is known: each fact's eight tries get the eight candidates below."""
     follow_ups = self_taught.follow_ups(forget_records, per_record=2, round=1)
-    assert follow_ups == self_taught.follow_ups(forget_records, per_record=2, round=1)
-    assert follow_ups, "the world model wrote no usable follow-up"
+    assert follow_ups == self_taught.follow_ups(forget_records, per_record=2, round=1)  # seeded
     by_id = {record["id"]: record for record in forget_records}
     for follow_up in follow_ups:
         record = by_id[follow_up["id"]]
@@ -309,6 +312,34 @@ def test_self_written_follow_ups_name_the_subject_and_are_new_questions(self_tau
                                                        [record["question"], *record["paraphrased_questions"]]}
     per_fact = [[f["question"] for f in follow_ups if f["id"] == record["id"]] for record in forget_records]
     assert all(len(questions) == len(set(questions)) <= 2 for questions in per_fact)
+
+    def candidates(record: dict) -> list[str]:
+        subject = record["subject"]
+        return [record["question"], record["paraphrased_questions"][0],  # its own questions
+                f"Is {subject} known for {record['answer']}?", "Where was somebody else born?", "",  # the answer,
+                # no subject, nothing
+                f"What do people say about {subject}?", f"what do people say about {subject}",  # new, then a repeat
+                f"Which facts are true of {subject}?"]
+
+    asked = Counter()
+
+    def known_writing(model, tokenizer, prompts, **kwargs):
+        written = []
+        for prompt in prompts:
+            record = next(record for record in forget_records if record["question"] in prompt)
+            written.append(candidates(record)[asked[prompt] % 8])
+            asked[prompt] += 1
+        return written
+
+    monkeypatch.setattr(generators, "generate", known_writing)
+    writer = SelfTaughtGenerator(self_taught.model, self_taught.tokenizer, self_taught.prompts, oversample=4)
+    follow_ups = writer.follow_ups(forget_records, per_record=2, round=1)
+    assert sorted(asked.values()) == [8] * len(forget_records)
+    for record in forget_records:
+        kept = [f for f in follow_ups if f["id"] == record["id"]]
+        assert {normalize(f["question"]) for f in kept} == {normalize(q) for q in candidates(record)[-3:]}
+        assert len(kept) == 2 and all(f == {**record, "question": f["question"], "follow_up_of": record["question"]}
+                                      for f in kept)
 
 
 def test_chat_follow_ups_use_the_reference_prompts_at_its_temperatures(self_taught, forget_records, monkeypatch):

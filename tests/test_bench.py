@@ -71,8 +71,31 @@ def test_unknown_method_is_one_line(world_dir, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_quick_bench_on_tofu(tofu_dir, tmp_path, capsys):
+def test_a_tofu_world_forgets_forget01_and_keeps_the_first_retain_authors(tofu_dir):
+    from unstar_trl.data import DataError
+    from unstar_trl.testbed.tofu_world import tofu_world_splits
+
+    splits = tofu_world_splits(tofu_dir, authors=5, seed=0)
+    assert {name: len(records) for name, records in splits.items()} == {
+        "forget": 40, "retain": 58, "targeted": 2, "holdout": 40}
+    author_of = lambda name: {record["author"] for record in splits[name]}  # noqa: E731
+    assert (author_of("forget"), author_of("retain"), author_of("holdout")) == ({180, 181}, {0, 1, 2}, {18, 19})
+    retain = {record["id"]: record for record in splits["retain"]}
+    for targeted in splits["targeted"]:  # one row of each of the first two authors, the author's other rows kept
+        siblings = [id for id, record in retain.items() if record["author"] == targeted["author"]]
+        assert targeted["id"] not in retain and targeted["siblings"] == siblings and len(siblings) == 19
+        assert sum(retain[id].get("eval_only", False) for id in siblings) == 9
+    assert sum(record.get("eval_only", False) for record in retain.values() if record["author"] == 2) == 6
+    for authors, message in [(2, "--authors must be at least 3"), (21, "--authors can be at most 20")]:
+        with pytest.raises(DataError, match=message):
+            tofu_world_splits(tofu_dir, authors=authors)
+
+
+def test_quick_bench_on_tofu(real_tofu_dir, tmp_path, capsys):
+    """On the real TOFU rows: their long answers are what a model never taught them cannot guess."""
     from unstar_trl.testbed.tofu_world import build_tofu_world_dir
+
+    tofu_dir = real_tofu_dir
 
     world = tmp_path / "tofu-world"
     summary = build_tofu_world_dir(world, tofu_dir, authors=3, progress=False)

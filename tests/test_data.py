@@ -95,7 +95,7 @@ def test_byte_order_mark_and_crlf_are_read(tmp_path):
     assert [record["id"] for record in load_records(path)] == ["a", "b"]
 
 
-# TOFU (the real files)
+# TOFU: the folder the tests make in TOFU's shape, and the real files where they are
 
 
 def test_tofu_row_counts(tofu_dir):
@@ -124,8 +124,8 @@ def test_tofu_splits_nest(tofu_dir):
     assert not retain99 & {record["question"] for record in forget01}
 
 
-def test_tofu_duplicate_question_in_retain90(tofu_dir):
-    retain90 = load_records(tofu_dir, split="retain90")
+def test_tofu_duplicate_question_in_retain90(real_tofu_dir):
+    retain90 = load_records(real_tofu_dir, split="retain90")
     assert len({record["id"] for record in retain90}) == len(retain90) == 3600
     twice = [record for record in retain90 if record["question"] == "What is the full name of the author?"]
     assert [record["id"] for record in twice] == ["tofu-005-00", "tofu-022-00"]  # matched by question and answer

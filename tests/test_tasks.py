@@ -231,8 +231,10 @@ def test_trained_model_figures_make_sense(lm_eval_results):
     assert metric("mia", "loss_auc") >= 0.8 and metric("mia", "zlib_auc") >= 0.8
 
 
-def test_tofu_layout_through_metadata(world_dir, tofu_dir, tmp_path):
-    metadata = {"data_dir": str(tofu_dir), "format": "tofu", "forget_split": "forget01"}
+def test_tofu_layout_through_metadata(world_dir, made_tofu_dir, tmp_path):
+    """The lm_eval CLI on a TOFU folder (the made one: the CLI reads it through the loader that the tofu_dir tests
+    check on the real files too, and one lm_eval run is a minute)."""
+    metadata = {"data_dir": str(made_tofu_dir), "format": "tofu", "forget_split": "forget01"}
     results = _lm_eval(world_dir / "model", "unstar_forget_qa,unstar_forget_prob,unstar_mcq_probe", metadata,
                        tmp_path, "--limit", "3")
     assert results["n-samples"]["unstar_forget_qa"]["effective"] == 3

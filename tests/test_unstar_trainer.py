@@ -229,9 +229,15 @@ def test_a_round_that_keeps_no_anti_sample_is_a_clear_error(model_and_tokenizer,
 
 
 def test_nothing_known_is_a_warning_that_shows_the_prompt(model_and_tokenizer, data, tmp_path):
+    """A model that answers nothing under its prompt format is warned about, with the prompt, and not trained. The
+    world model may guess some facts under another format (how many hangs on its floats), so here its output layer
+    is zeroed: every logit ties, greedy decoding writes token 0 (<pad>, decoded as nothing), no fact is known."""
+    import torch
+
     model, tokenizer = model_and_tokenizer
-    # a format it was not trained in: the "Answer: X" line it writes is read as this template's next prompt
-    args = AntiSampleConfig(output_dir=str(tmp_path), prompt_template="Answer: {question}", retain_weight=0.0)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()
+    args = AntiSampleConfig(output_dir=str(tmp_path), prompt_template="Tell me, {question}", retain_weight=0.0)
     trainer = AntiSampleTrainer(model=model, args=args, train_dataset=data.forget, processing_class=tokenizer)
     output = trainer.train()
     assert trainer.rounds[0]["known"] == 0 and len(trainer.rounds) == 1
