@@ -29,7 +29,7 @@ def save_round_checkpoint(trainer) -> Path:
         return path
     with atomic_directory(path) as staging:
         trainer.save_model(str(staging))
-        state = {"run": trainer.run_identity(), "rounds": trainer.rounds,
+        state = {"run": trainer.run_identity(), "rounds": trainer.rounds, "writer_check": trainer.writer_check,
                  "history": trainer.history_callback.history,
                  "anti_samples": [sample.to_json() for sample in trainer.anti_samples],
                  "dropped": [{**sample.to_json(), "reason": reason} for sample, reason in trainer.dropped]}
@@ -47,6 +47,7 @@ def load_round_checkpoint(trainer, path: str | Path) -> None:
     check_run_identity(path, state["run"], trainer.run_identity())
     trainer._load_from_checkpoint(str(path))
     trainer.rounds = state["rounds"]
+    trainer.writer_check = state.get("writer_check")
     trainer.state = TrainerState.load_from_json(str(path / TRAINER_STATE_NAME))  # the run's step and log history
     trainer.history_callback.history[:] = state["history"]
     trainer.anti_samples = [AntiSample(**row) for row in state["anti_samples"]]
