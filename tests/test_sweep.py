@@ -75,7 +75,8 @@ def test_eval_on_an_output_finds_its_anti_samples_and_its_data(swept, tmp_path, 
     assert main(["eval", "--model", str(out), "--tasks", "unstar_planted,unstar_forget_qa", "--output",
                  str(result)]) == 0
     summary = json.loads(result.read_text())["summary"]
-    assert summary["planted_share"] is not None and 0 <= summary["planted_share"] <= 1
+    planted = summary["planted_planted_share"]  # NaN (None here) when the tasks did not find the anti-samples
+    assert planted is not None and 0 <= planted <= 1
     report = json.loads((out / "unlearn_report.json").read_text())
     assert math.isclose(summary["forget_qa_acc"], report["after"]["forget_acc"], abs_tol=0.05)
     assert f"data: {report['data_dir']} (named by {out / 'unlearn_report.json'})" in capsys.readouterr().out

@@ -9,7 +9,7 @@ from unstar_trl.data import load_unlearning_data
 from unstar_trl.io import UsageError
 from unstar_trl.method.anti_samples import AntiSample, filter_anti_samples, is_rationale, is_whole_answer
 from unstar_trl.method.generators import SelfTaughtGenerator
-from unstar_trl.method.writer_check import SHARES, measure_writer
+from unstar_trl.method.writer_check import SHARES, bar, measure_writer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -105,7 +105,7 @@ def test_the_chat_models_own_anti_samples_keep_retain_or_fall_back_loudly(chat_w
     trainer, before, after = unlearn(chat_world, tmp_path)
     check = trainer.writer_check
     assert check["facts"] > 0 and all(check[name] is not None for name in SHARES), check
-    low = any(check[name] < check["bar"] for name in SHARES)
+    low = any(check[name] < bar(name, check["bar"]) for name in SHARES)
     assert trainer.generator_choice.kind == ("template" if low else "self"), check
     assert [w for w in trainer.warnings if "writer_check_bar" in w] == ([trainer.generator_choice.why] if low else [])
     assert after >= 0.9 * before, (before, after, check)

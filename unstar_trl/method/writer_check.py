@@ -8,9 +8,10 @@ a few facts the model answers, retain facts first (nothing is trained on them he
 - `rationale_share`: of the (question, wrong answer) pairs, those whose rationale argues for its wrong answer
   (`is_rationale`: names it and says more) and never names the true answer.
 
-A writer with a share below `writer_check_bar` is not trusted: "auto" falls back to the template generator when the
-forget records carry its `perturbed_answers` (one warning line), and is refused otherwise, as is a writer the user
-named ("self" or a teacher folder); `writer_check_bar` 0 turns the check off. The shares go into the run's report.
+A writer with a share below `writer_check_bar` (half of it for paraphrases, see `bar`) is not trusted: "auto" falls
+back to the template generator when the forget records carry its `perturbed_answers` (one warning line), and is
+refused otherwise, as is a writer the user named ("self" or a teacher folder); `writer_check_bar` 0 turns the check
+off. The shares go into the run's report (`writer_check`).
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ def checked_writer(trainer, generator):
         trainer.writer_check = {**measure_writer(generator, records, answers_known),
                                 "bar": args.writer_check_bar, "generator": trainer.generator_choice.kind}
     check = trainer.writer_check
-    low = [name for name in SHARES if check[name] is not None and check[name] < check["bar"]]
+    low = [name for name in SHARES if check[name] is not None and check[name] < bar(name, check["bar"])]
     if not low:
         return generator
     shares = ", ".join(f"{name} {check[name]:.2f}" for name in SHARES if check[name] is not None)
     writer = "the model" if check["generator"] == "self" else f"the teacher {check['generator']}"
     found = (f"{writer} does not write anti-samples that can be trusted: on {check['facts']} facts it knows, {shares} "
-             f"(below writer_check_bar {check['bar']}: {', '.join(low)})")
+             f"(below writer_check_bar {check['bar']}, half of it for paraphrases: {', '.join(low)})")
     if args.generator == "auto" and all(record.get("perturbed_answers") for record in trainer.forget_records):
         why = f"generator auto: {found}, so the template generator writes them from the records' perturbed_answers"
         trainer.generator_choice = GeneratorChoice("template", why)
@@ -61,6 +62,13 @@ def checked_writer(trainer, generator):
               "teacher model folder")
     raise UsageError(f"generator {args.generator}: {found}; {remedy}, or set writer_check_bar 0 to train on them "
                      "anyway")
+
+
+def bar(share: str, writer_check_bar: float) -> float:
+    """The least value of `share`: `writer_check_bar`, and half of it for paraphrases (the rounds drop, one by one,
+    those the model does not answer with the fact's answer, so a poor paraphraser wastes samples but teaches no lie;
+    a wrong answer or rationale that is not one would be trained)."""
+    return writer_check_bar / 2 if share == "paraphrase_share" else writer_check_bar
 
 
 def facts_to_check(trainer, answers_known) -> list[dict]:
