@@ -9,7 +9,7 @@ from unstar_trl.data import load_unlearning_data
 from unstar_trl.io import UsageError
 from unstar_trl.method.anti_samples import AntiSample, filter_anti_samples, is_rationale, is_whole_answer
 from unstar_trl.method.generators import SelfTaughtGenerator
-from unstar_trl.method.writer_check import SHARES, bar, measure_writer
+from unstar_trl.method.writer_check import SHARES, answer_kinds, bar, measure_writer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -69,6 +69,15 @@ def test_the_shares_count_usable_paraphrases_whole_wrong_answers_and_rationales(
     unanswered = measure_writer(FixedWriter(samples), [RECORD], lambda records: [False] * len(records))
     assert unanswered["paraphrase_share"] == 0.0
     assert measure_writer(FixedWriter(samples), [], None) == {"facts": 0, **dict.fromkeys(SHARES)}
+
+
+def test_a_wrong_answer_the_data_gives_only_to_another_relation_is_not_of_the_kind():
+    records = [{**RECORD, "relation": "profession"}, {"id": "g", "question": "Which instrument does Bo Lund play?",
+                                                     "answer": "oboe", "relation": "instrument"}]
+    kinds = answer_kinds(records)
+    samples = [sample("oboe"), sample("baker")]  # an instrument for a profession; an answer the data never gives
+    shares = measure_writer(FixedWriter(samples), records[:1], lambda records: [True] * len(records), kinds)
+    assert shares["wrong_answer_share"] == 0.5
 
 
 # ---- the tests' chat model, and a deliberately weak writer ---------------------------------------------------------

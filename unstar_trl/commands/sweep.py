@@ -25,8 +25,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model_name_or_path", default=None, help="model folder (default: the recipe's)")
     parser.add_argument("--data_dir", default=None, help="data folder or dataset (default: the recipe's)")
     parser.add_argument("--data_format", default="auto", help="data format: auto, jsonl, tofu or hf")
-    parser.add_argument("--forget_split", default="forget")
-    parser.add_argument("--retain_split", default="retain")
+    parser.add_argument("--forget_split", default="forget", help="split of the facts to unlearn")
+    parser.add_argument("--retain_split", default="retain", help="split of the facts to keep")
     parser.add_argument("--output", default=None,
                         help="the recipe to write (default: <recipe name>_swept.yaml here); never replaced")
     parser.add_argument("--grid", default=",".join(f"{rate:g}" for rate in GRID), type=_rates,

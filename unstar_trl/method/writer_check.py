@@ -4,7 +4,9 @@ a few facts the model answers, retain facts first (nothing is trained on them he
 - `paraphrase_share`: of the paraphrases asked for, those written that keep the subject and that the model still
   answers with the fact's answer;
 - `wrong_answer_share`: of the wrong answers asked for, those written that are whole answers (`is_whole_answer`: not
-  a word fragment such as "gineer", not empty or punctuation, not a sentence) and not the true answer;
+  a word fragment such as "gineer", not empty or punctuation, not a sentence), not the true answer and, where the
+  records name their `relation`, not an answer the data gives only to other relations (a profession for an
+  instrument);
 - `rationale_share`: of the (question, wrong answer) pairs, those whose rationale argues for its wrong answer
   (`is_rationale`: names it and says more) and never names the true answer.
 
@@ -41,7 +43,8 @@ def checked_writer(trainer, generator):
             return [verdict.known for verdict in verdicts]
 
         records = facts_to_check(trainer, answers_known)
-        trainer.writer_check = {**measure_writer(generator, records, answers_known),
+        kinds = answer_kinds(trainer.forget_records + trainer.retain_records)
+        trainer.writer_check = {**measure_writer(generator, records, answers_known, kinds),
                                 "bar": args.writer_check_bar, "generator": trainer.generator_choice.kind}
     check = trainer.writer_check
     low = [name for name in SHARES if check[name] is not None and check[name] < bar(name, check["bar"])]
@@ -84,10 +87,28 @@ def facts_to_check(trainer, answers_known) -> list[dict]:
     return chosen[:size]
 
 
-def measure_writer(generator: SelfTaughtGenerator, records: list[dict], answers_known) -> dict:
+def answer_kinds(records: list[dict]) -> dict[str, set[str]]:
+    """{normalised answer: the relations it answers} over the records that name their `relation` (true and perturbed
+    answers)."""
+    kinds: dict[str, set[str]] = {}
+    for record in records:
+        if record.get("relation"):
+            for answer in [record["answer"], *record.get("perturbed_answers", [])]:
+                kinds.setdefault(normalize(answer), set()).add(record["relation"])
+    return kinds
+
+
+def measure_writer(generator: SelfTaughtGenerator, records: list[dict], answers_known,
+                   kinds: dict[str, set[str]] | None = None) -> dict:
     """The writer check's shares (see the module; None where nothing of the kind is asked for, or no fact is known)
     for the anti-samples `generator` writes for `records`; `answers_known(records)` says which questions the model
-    answers with their answer."""
+    answers with their answer, `kinds` which relations each answer of the data belongs to (`answer_kinds`)."""
+    kinds = kinds or {}
+
+    def other_kind(wrong: str, record: dict) -> bool:
+        relations = kinds.get(normalize(wrong))
+        return bool(relations and record.get("relation")) and record["relation"] not in relations
+
     result = {"facts": len(records), **dict.fromkeys(SHARES)}
     if not records:
         return result
@@ -103,7 +124,8 @@ def measure_writer(generator: SelfTaughtGenerator, records: list[dict], answers_
         result["paraphrase_share"] = sum(answered) / (len(records) * generator.n_paraphrases)
     wrong = {(sample.source_id, sample.wrong_answer): sample for sample in samples}
     whole = [pair for pair, sample in wrong.items() if not leaks_answer(sample, by_id[pair[0]]["answer"])
-             and is_whole_answer(pair[1], by_id[pair[0]]["answer"], fragment_sources(by_id[pair[0]], sample.question))]
+             and is_whole_answer(pair[1], by_id[pair[0]]["answer"], fragment_sources(by_id[pair[0]], sample.question))
+             and not other_kind(pair[1], by_id[pair[0]])]
     result["wrong_answer_share"] = min(1.0, len(whole) / (len(records) * generator.n_wrong_answers))
     if generator.with_rationale:
         argued = [sample for sample in samples if is_rationale(sample.rationale, sample.wrong_answer)
