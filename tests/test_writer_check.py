@@ -120,28 +120,27 @@ def test_the_chat_models_own_anti_samples_keep_retain_or_fall_back_loudly(chat_w
     assert after >= 0.9 * before, (before, after, check)
 
 
-def test_a_weak_writer_falls_back_to_the_template_generator_in_one_line(chat_world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("generator", ["auto", "self"])
+def test_a_weak_writer_gives_way_to_the_template_generator_in_one_line(chat_world, tmp_path, monkeypatch, generator):
     monkeypatch.setattr(SelfTaughtGenerator, "_complete", fragment_writer)
-    trainer, before, after = unlearn(chat_world, tmp_path)
+    trainer, before, after = unlearn(chat_world, tmp_path, generator=generator)
     check = trainer.writer_check
     assert check["paraphrase_share"] == 0 and check["wrong_answer_share"] == 0 and check["rationale_share"] == 0
     assert check["fell_back_to"] == "template" and trainer.generator_choice.kind == "template"
     (warning,) = [w for w in trainer.warnings if "writer_check_bar" in w]
-    assert warning.startswith("generator auto: the model does not write anti-samples that can be trusted")
+    assert warning.startswith(f"generator {generator}: the model does not write anti-samples that can be trusted")
     assert "wrong_answer_share 0.00" in warning and "template generator" in warning
     assert {s.generator for s in trainer.anti_samples} == {"template"}
     assert after >= 0.9 * before, (before, after)
 
 
 def test_a_weak_writer_with_nothing_to_fall_back_to_is_refused(chat_world, tmp_path, monkeypatch):
-    monkeypatch.setattr(SelfTaughtGenerator, "_complete", fragment_writer)
-    with pytest.raises(UsageError, match=r"^generator self: the model does not write anti-samples that can be "
-                       r"trusted: .* use generator template .*writer_check_bar 0"):
-        unlearn(chat_world, tmp_path / "self", generator="self")
-    with pytest.raises(UsageError, match=r"^generator auto: .* the forget records carry no perturbed_answers for the "
-                       r"template generator; give a teacher model folder"):
-        unlearn(chat_world, tmp_path / "auto", perturbed=False)
     from unstar_trl.method.trainers.unstar_rounds import NoAntiSamplesError
 
+    monkeypatch.setattr(SelfTaughtGenerator, "_complete", fragment_writer)
+    with pytest.raises(UsageError, match=r"^generator auto: the model does not write anti-samples that can be "
+                       r"trusted: .*, and the forget records carry no perturbed_answers for the template generator; "
+                       r"give a teacher model folder .*writer_check_bar 0"):
+        unlearn(chat_world, tmp_path / "auto", perturbed=False)
     with pytest.raises(NoAntiSamplesError, match=r"the filters dropped every one \(.*not_an_answer \d+"):
         unlearn(chat_world, tmp_path / "off", generator="self", writer_check_bar=0.0)  # unchecked, still filtered

@@ -10,10 +10,10 @@ a few facts the model answers, retain facts first (nothing is trained on them he
 - `rationale_share`: of the (question, wrong answer) pairs, those whose rationale argues for its wrong answer
   (`is_rationale`: names it and says more) and never names the true answer.
 
-A writer with a share below `writer_check_bar` (half of it for paraphrases, see `bar`) is not trusted: "auto" falls
-back to the template generator when the forget records carry its `perturbed_answers` (one warning line), and is
-refused otherwise, as is a writer the user named ("self" or a teacher folder); `writer_check_bar` 0 turns the check
-off. The shares go into the run's report (`writer_check`).
+A writer with a share below `writer_check_bar` (half of it for paraphrases, see `bar`) is not trusted, whether "auto"
+chose it or the user named it ("self", a teacher folder): the template generator takes over when the forget records
+carry its `perturbed_answers` (one warning line), else the run is refused in one line; `writer_check_bar` 0 turns the
+check off. The shares go into the run's report (`writer_check`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ SHARES = ("paraphrase_share", "wrong_answer_share", "rationale_share")
 
 
 def checked_writer(trainer, generator):
-    """`generator`, or the template generator it falls back to, once the writer check (run once per run: a resumed
-    run keeps its checkpoint's) says whether its anti-samples can be trusted; sets `trainer.writer_check` and, on a
-    fallback, `trainer.generator_choice`. A writer below the bar with nothing to fall back to is a UsageError."""
+    """`generator`, or the template generator that takes over, once the writer check (run once per run: a resumed run
+    keeps its checkpoint's) says whether its anti-samples can be trusted; sets `trainer.writer_check` and, when the
+    template generator takes over, `trainer.generator_choice`. A writer below the bar with nothing to fall back to is
+    a UsageError."""
     args = trainer.args
     if not isinstance(generator, SelfTaughtGenerator) or args.writer_check_bar <= 0:
         return generator
@@ -54,17 +55,16 @@ def checked_writer(trainer, generator):
     writer = "the model" if check["generator"] == "self" else f"the teacher {check['generator']}"
     found = (f"{writer} does not write anti-samples that can be trusted: on {check['facts']} facts it knows, {shares} "
              f"(below writer_check_bar {check['bar']}, half of it for paraphrases: {', '.join(low)})")
-    if args.generator == "auto" and all(record.get("perturbed_answers") for record in trainer.forget_records):
-        why = f"generator auto: {found}, so the template generator writes them from the records' perturbed_answers"
+    if all(record.get("perturbed_answers") for record in trainer.forget_records):
+        why = (f"generator {args.generator}: {found}, so the template generator writes them from the records' "
+               "perturbed_answers (writer_check_bar 0 keeps this writer)")
         trainer.generator_choice = GeneratorChoice("template", why)
         check["fell_back_to"] = "template"
         trainer.warn(why)
         return make_generator("template", args, trainer.model, trainer._tokenizer)
-    remedy = ("the forget records carry no perturbed_answers for the template generator; give a teacher model folder"
-              if args.generator == "auto" else "use generator template (records with perturbed_answers) or another "
-              "teacher model folder")
-    raise UsageError(f"generator {args.generator}: {found}; {remedy}, or set writer_check_bar 0 to train on them "
-                     "anyway")
+    raise UsageError(f"generator {args.generator}: {found}, and the forget records carry no perturbed_answers for "
+                     "the template generator; give a teacher model folder that writes better, or set "
+                     "writer_check_bar 0 to train on these anti-samples anyway")
 
 
 def bar(share: str, writer_check_bar: float) -> float:

@@ -66,8 +66,8 @@ class AntiSampleConfig(UnlearningConfig):
         generation_batch_size, generation_temperature, generation_top_p: how the generator samples.
         writer_check_bar (`float`, defaults to `0.5`), writer_check_facts (`int`, defaults to `8`): before round 0 a
             writing model (self or teacher) writes anti-samples for this many facts the model knows, and its shares
-            of usable wrong answers and rationales must reach the bar (of paraphrases, half of it); below it "auto"
-            falls back to "template" (with a warning) or the run is refused (see `writer_check.py`); 0: no check.
+            of usable wrong answers and rationales must reach the bar (of paraphrases, half of it); below it the
+            template generator takes over (with a warning) or the run is refused (see `writer_check.py`); 0: no check.
 
         > Loss
 
@@ -120,8 +120,8 @@ class AntiSampleConfig(UnlearningConfig):
     writer_check_bar: float = field(
         default=0.5,
         metadata={"help": "Least share of usable wrong answers and rationales (paraphrases: half of it) a writing "
-                  "model (self or teacher) must write before round 0; below it 'auto' falls back to 'template' with "
-                  "a warning, else the run is refused (0: no check)."},
+                  "model (self or teacher) must write before round 0; below it the template generator takes over "
+                  "with a warning, else the run is refused (0: no check)."},
     )
     writer_check_facts: int = field(
         default=8, metadata={"help": "Known facts (retain first) the writer check has the writer write for."}
