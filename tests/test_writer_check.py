@@ -30,6 +30,15 @@ def test_fragments_punctuation_and_sentences_are_not_answers(wrong):
     assert kept == [] and dropped[0][1] in ("empty", "not_an_answer")
 
 
+def test_a_fragment_of_another_facts_answer_is_not_an_answer():
+    other = {"id": "g", "question": "Which school did Bo Lund attend?", "answer": "Glenharrow",
+             "perturbed_answers": ["harp"]}
+    harpist = {**RECORD, "answer": "harpist"}  # "harp" is cut from "harpist", but the data gives it as an answer
+    samples = [sample("enharrow"), sample("Glenharrow"), sample("harp")]
+    kept, dropped = filter_anti_samples(samples, [harpist, other])
+    assert kept == samples[1:] and dropped == [(samples[0], "not_an_answer")]
+
+
 @pytest.mark.parametrize("wrong", ["baker", "harpist", "New Tesk", "jeweler of rare stones"])
 def test_whole_answers_are_kept(wrong):
     kept, _ = filter_anti_samples([sample(wrong)], [RECORD])

@@ -46,15 +46,16 @@ def filter_anti_samples(samples: list[AntiSample], records: list[dict]
 
     Dropped: an empty question or wrong answer; a wrong answer or rationale that names the true answer, or a wrong
     answer that contains it as a substring or equals it; a wrong answer that is not a whole answer (`is_whole_answer`:
-    a word fragment or a sentence); a rationale that is not one (`is_rationale`); a wrong answer that is one of the
-    record's evaluation
-    distractors (the multiple-choice probe must not offer what was trained); the record's held-out paraphrase as
-    question; a question that no longer names the record's subject; a repeat of a kept (question, answer text).
+    a sentence, or a word fragment of the question, the subject or any of the records' answers); a rationale that is
+    not one (`is_rationale`); a wrong answer that is one of the record's evaluation distractors (the multiple-choice
+    probe must not offer what was trained); the record's held-out paraphrase as question; a question that no longer
+    names the record's subject; a repeat of a kept (question, answer text).
     """
     by_id = {record["id"]: record for record in records}
+    answers = data_answers(records)
     kept, dropped, seen = [], [], set()
     for sample in samples:
-        reason = _drop_reason(sample, by_id[sample.source_id])
+        reason = _drop_reason(sample, by_id[sample.source_id], answers)
         key = (normalize(sample.question), normalize(sample.answer_text))
         if reason is None and key in seen:
             reason = "duplicate"
@@ -76,15 +77,17 @@ def leaks_answer(sample: AntiSample, answer: str) -> bool:
     )
 
 
-def is_whole_answer(wrong: str, answer: str, known_words: set[str] = frozenset()) -> bool:
+def is_whole_answer(wrong: str, answer: str, known_words: set[str] = frozenset(),
+                    known_answers: set[str] = frozenset()) -> bool:
     """Whether `wrong` can stand as an answer in place of `answer`, whatever model wrote it: it has a letter or digit,
-    it is no longer than `answer` allows (`MAX_ANSWER_WORDS`: a sentence is not a one-word answer's alternative), and,
-    when it is one word, it is not a piece cut from a longer word of `known_words` (normalised words of the question,
-    the subject and the true answer: "gineer" from "engineer", "orvath" from "Gorvath")."""
+    it is no longer than `answer` allows (`max_answer_words`: a sentence is not a one-word answer's alternative), and,
+    when it is one word, it is one of `known_answers` (normalised answers the data gives: "harp" beside "harpist") or
+    not a piece cut from a longer word of `known_words` (normalised words of the question, the subject and the
+    answers: "gineer" from "engineer", "orvath" from "Gorvath")."""
     words = normalize(wrong).split()
     if not words or len(words) > max_answer_words(answer):
         return False
-    if len(words) > 1:
+    if len(words) > 1 or words[0] in known_answers:
         return True
     return not any(words[0] != known and words[0] in known for known in known_words)
 
@@ -105,12 +108,19 @@ def fragment_sources(record: dict, question: str) -> set[str]:
     return {word for text in texts for word in normalize(text).split()}
 
 
-def _drop_reason(sample: AntiSample, record: dict) -> str | None:
+def data_answers(records: list[dict]) -> set[str]:
+    """The normalised answers the records give, true and perturbed (a wrong answer cut from one of their words is a
+    fragment, one of them is whole)."""
+    return {normalize(text) for record in records for text in [record["answer"], *record.get("perturbed_answers", [])]}
+
+
+def _drop_reason(sample: AntiSample, record: dict, answers: set[str] = frozenset()) -> str | None:
     if not normalize(sample.question) or not normalize(sample.wrong_answer):
         return "empty"
     if leaks_answer(sample, record["answer"]):
         return "leaks_answer"
-    if not is_whole_answer(sample.wrong_answer, record["answer"], fragment_sources(record, sample.question)):
+    words = fragment_sources(record, sample.question) | {word for text in answers for word in text.split()}
+    if not is_whole_answer(sample.wrong_answer, record["answer"], words, answers):
         return "not_an_answer"
     if sample.rationale and not is_rationale(sample.rationale, sample.wrong_answer):
         return "bad_rationale"

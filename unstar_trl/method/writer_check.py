@@ -4,9 +4,9 @@ a few facts the model answers, retain facts first (nothing is trained on them he
 - `paraphrase_share`: of the paraphrases asked for, those written that keep the subject and that the model still
   answers with the fact's answer;
 - `wrong_answer_share`: of the wrong answers asked for, those written that are whole answers (`is_whole_answer`: not
-  a word fragment such as "gineer", not empty or punctuation, not a sentence), not the true answer and, where the
-  records name their `relation`, not an answer the data gives only to other relations (a profession for an
-  instrument);
+  a fragment of a word of the question or of the data's answers such as "gineer", not empty or punctuation, not a
+  sentence), not the true answer and, where the records name their `relation`, not an answer the data gives only to
+  other relations (a profession for an instrument);
 - `rationale_share`: of the (question, wrong answer) pairs, those whose rationale argues for its wrong answer
   (`is_rationale`: names it and says more) and never names the true answer.
 
@@ -22,7 +22,7 @@ import random
 
 from ..io import UsageError
 from ..text import contains_answer, normalize
-from .anti_samples import fragment_sources, is_rationale, is_whole_answer, leaks_answer
+from .anti_samples import data_answers, fragment_sources, is_rationale, is_whole_answer, leaks_answer
 from .generators import GeneratorChoice, SelfTaughtGenerator, make_generator
 from .probe import probe
 
@@ -104,6 +104,8 @@ def measure_writer(generator: SelfTaughtGenerator, records: list[dict], answers_
     for the anti-samples `generator` writes for `records`; `answers_known(records)` says which questions the model
     answers with their answer, `kinds` which relations each answer of the data belongs to (`answer_kinds`)."""
     kinds = kinds or {}
+    answers = data_answers(records) | set(kinds)
+    words = {word for text in answers for word in text.split()}
 
     def other_kind(wrong: str, record: dict) -> bool:
         relations = kinds.get(normalize(wrong))
@@ -124,7 +126,8 @@ def measure_writer(generator: SelfTaughtGenerator, records: list[dict], answers_
         result["paraphrase_share"] = sum(answered) / (len(records) * generator.n_paraphrases)
     wrong = {(sample.source_id, sample.wrong_answer): sample for sample in samples}
     whole = [pair for pair, sample in wrong.items() if not leaks_answer(sample, by_id[pair[0]]["answer"])
-             and is_whole_answer(pair[1], by_id[pair[0]]["answer"], fragment_sources(by_id[pair[0]], sample.question))
+             and is_whole_answer(pair[1], by_id[pair[0]]["answer"],
+                                 fragment_sources(by_id[pair[0]], sample.question) | words, answers)
              and not other_kind(pair[1], by_id[pair[0]])]
     result["wrong_answer_share"] = min(1.0, len(whole) / (len(records) * generator.n_wrong_answers))
     if generator.with_rationale:
