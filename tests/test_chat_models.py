@@ -47,6 +47,10 @@ def test_unlearn_eval_and_lm_eval_agree_on_a_chat_model(chat_world, tmp_path, ca
     out = tmp_path / "out"
     report = unlearn(chat_world, out, "--max_rounds", 4, "--num_train_epochs", 3)
     assert report["prompt_template"] is None  # resolved from the tokenizer: the chat template
+    check = report["writer_check"]  # measured before round 0; a fallback is said in the report's warnings
+    assert check["facts"] > 0 and check["generator"] == "self"
+    assert report["generator"]["kind"] == check.get("fell_back_to", "self")
+    assert report["generator"]["why"] is None or report["generator"]["why"] in report["warnings"]
     assert json.loads((out / "unstar_prompts.json").read_text())["prompt_template"] is None
     figures = {}
     for stage, model in (("before", chat_world / "model"), ("after", out)):

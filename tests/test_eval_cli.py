@@ -54,7 +54,8 @@ def test_evaluate_model_in_memory_matches_a_peft_adapter_folder(world_dir, tmp_p
 
 
 def test_unknown_task_is_one_line_error(world_dir, capsys):
-    assert main(["eval", "--model", str(world_dir / "model"), "--tasks", "unstar_nothing"]) == 2
+    assert main(["eval", "--model", str(world_dir / "model"), "--embedded-world", "--tasks",
+                 "unstar_nothing"]) == 2
     assert "no unstar task matches 'unstar_nothing'" in capsys.readouterr().err
 
 

@@ -40,16 +40,45 @@ def test_truth_ratio_is_reported_as_tofu_reports_the_forget_set():
     assert utils.tofu_forget_truth_ratio([0.25, 4.0, 1.0]) == pytest.approx((0.25 + 0.25 + 1.0) / 3)
 
 
+def per_byte(choices: list[str], probabilities: list[float]) -> list[tuple[float, bool]]:
+    """lm-eval's loglikelihood results for `choices` from a model that gives each byte of a choice the same
+    probability: its score per byte is then the log of that probability."""
+    return [(len(choice.encode()) * math.log(p), False) for choice, p in zip(choices, probabilities)]
+
+
 def test_process_prob_normalises_by_answer_length():
     doc = {"choices": ["two words", "one"], "distractors": 1}
-    scores = utils.process_prob(doc, [(2 * math.log(0.5), True), (math.log(0.25), False)])
+    scores = utils.process_prob(doc, per_byte(doc["choices"], [0.5, 0.25]))
     assert scores["prob"] == pytest.approx(0.5)
     assert scores["truth_ratio"] == pytest.approx(0.25 / 0.5)
 
 
+def test_choice_scores_are_fair_to_answers_of_many_tokens():
+    """Choices whose token counts differ (a one-word answer of several tokens, a two-word answer of one token each,
+    a one-token answer) scored by a model as sure of each byte of them: all tie (acc is a random pick's, entropy 1),
+    where per-word scores put the one-word answer of several tokens far first (for a given loss per byte, it has
+    the fewest words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    choices = ["Glimmerwayhollowcrest", "Tesk Tesk", "Tesk"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(["Tesk"] * 50 + ["a b c d e f g h i j k l m n o p q r s t u v w x y z G"],
+                            trainers.BpeTrainer(vocab_size=60, show_progress=False))
+    tokens = [len(bpe.encode(choice).ids) for choice in choices]
+    assert tokens[0] > tokens[1] > tokens[2] == 1, tokens
+    doc = {"choices": choices, "role": "forget", "distractors": 2}
+    results = per_byte(choices, [0.7] * 3)
+    mcq = utils.process_mcq(doc, results)
+    assert mcq["acc"] == pytest.approx(1 / 3) and mcq["entropy"] == pytest.approx(1.0)
+    assert utils.process_prob(doc, results)["truth_ratio"] == pytest.approx(1.0)
+    per_word = [loglikelihood / len(choice.split()) for choice, (loglikelihood, _) in zip(choices, results)]
+    assert per_word.index(min(per_word)) == 0  # what the per-word score did: the long word looked least likely
+
+
 def test_truth_ratio_uses_the_paraphrased_answer_where_the_record_has_one():
     doc = {"choices": ["true", "wrong", "the true one"], "distractors": 1}
-    scores = utils.process_prob(doc, [(math.log(0.9), True), (math.log(0.1), False), (3 * math.log(0.5), False)])
+    scores = utils.process_prob(doc, per_byte(doc["choices"], [0.9, 0.1, 0.5]))
     assert scores["prob"] == pytest.approx(0.9) and scores["truth_ratio"] == pytest.approx(0.1 / 0.5)
 
 
@@ -78,7 +107,7 @@ def test_auc():
 def test_membership_scores_rank_a_likelier_answer_higher():
     likely = utils.process_membership({"answer": "Tesk", "role": "forget"}, [(-0.1, True)])
     unlikely = utils.process_membership({"answer": "Tesk", "role": "holdout"}, [(-5.0, False)])
-    assert likely["loss_auc"] == (True, -0.1) and unlikely["loss_auc"][0] is False
+    assert likely["loss_auc"] == (True, -0.1 / 4) and unlikely["loss_auc"][0] is False  # per byte
     assert likely["zlib_auc"][1] > unlikely["zlib_auc"][1]
 
 
@@ -90,27 +119,27 @@ def test_process_qa_and_mcq():
     assert utils.process_qa(chat, ["Sure, here is what I know.\nThe answer is Tesk."])["acc"] == 1.0  # whole answer
     assert utils.process_qa(plain, [" Olmira\nQuestion: Who?\nAnswer: Tesk"])["acc"] == 0.0  # not its next prompt
     doc = {"choices": ["Tesk", "Olmira", "Quessel"], "role": "holdout"}
-    holdout = utils.process_mcq(doc, [(-1.0, True), (-2.0, False), (-3.0, False)])
+    holdout = utils.process_mcq(doc, per_byte(doc["choices"], [0.9, 0.5, 0.3]))
     assert holdout["holdout_acc"] == 1.0 and holdout["holdout_chance"] == pytest.approx(1 / 3)
-    forget = utils.process_mcq({**doc, "role": "forget"}, [(-2.0, False), (-1.0, True), (-3.0, False)])
+    forget = utils.process_mcq({**doc, "role": "forget"}, per_byte(doc["choices"], [0.5, 0.9, 0.3]))
     assert forget["acc"] == 0.0 and 0 < forget["entropy"] < 1
 
 
 def test_mcq_ties_count_as_a_random_pick_and_uniform_choices_have_entropy_one():
     doc = {"choices": ["Tesk", "Olmira", "Quessel", "Hestia"], "role": "forget"}
-    tied = utils.process_mcq(doc, [(-1.0, False)] * 4)
+    tied = utils.process_mcq(doc, per_byte(doc["choices"], [0.5] * 4))
     assert tied == {"acc": pytest.approx(0.25), "chance": 0.25, "entropy": pytest.approx(1.0)}
-    two_tied = utils.process_mcq(doc, [(-1.0, False), (-1.0, False), (-5.0, False), (-5.0, False)])
+    two_tied = utils.process_mcq(doc, per_byte(doc["choices"], [0.5, 0.5, 0.1, 0.1]))
     assert two_tied["acc"] == pytest.approx(0.5) and two_tied["entropy"] < 1
 
 
 def test_planted_share_is_the_probability_on_the_taught_answer():
     doc = {"choices": ["Tesk", "Olmira", "Quessel", "Varnholt"], "distractors": 2}
-    shares = utils.process_planted(doc, [(math.log(0.1), False), (math.log(0.1), False), (math.log(0.2), False),
-                                         (math.log(0.6), False)])
+    shares = utils.process_planted(doc, per_byte(doc["choices"], [0.1, 0.1, 0.2, 0.6]))
     assert shares["planted_share"] == pytest.approx(0.6) and shares["true_share"] == pytest.approx(0.1)
     assert shares["distractor_share"] == pytest.approx(0.15)
-    nothing_planted = utils.process_planted({**doc, "choices": doc["choices"][:3]}, [(math.log(0.3), False)] * 3)
+    nothing_planted = utils.process_planted({**doc, "choices": doc["choices"][:3]},
+                                            per_byte(doc["choices"][:3], [0.3] * 3))
     assert math.isnan(nothing_planted["planted_share"]) and utils.nanmean([math.nan, 0.5, 0.7]) == pytest.approx(0.6)
 
 

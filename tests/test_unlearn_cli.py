@@ -272,7 +272,8 @@ def test_a_teacher_model_of_another_world_seed_writes_the_anti_samples(world_dir
         source, **kwargs))
     report, rows = unlearn_rows(["--config", RECIPES / "world_unstar.yaml", "--model_name_or_path",
                                  world_dir / "model", "--data_dir", world_dir / "data", "--output_dir",
-                                 tmp_path / "out", "--generator", teacher / "model", "--max_rounds", 1], capsys)
+                                 tmp_path / "out", "--generator", teacher / "model", "--max_rounds", 1,
+                                 "--writer_check_bar", 0], capsys)  # the teacher path; the check: test_writer_check
     assert teacher / "model" in loaded  # through the one safe loader
     assert report["generator"] == {"kind": str(teacher / "model"), "why": None}
     assert rows and {row["generator"] for row in rows} == {f"teacher:{teacher / 'model'}"}
@@ -294,7 +295,7 @@ def test_unlearn_help_leads_with_our_fields_and_fits_two_screens(capsys):
 
 
 @pytest.mark.parametrize("command, shown", [("world", "(default: 0)"), ("bench", "(default: 0,1,2)"),
-                                            ("eval", "(default: unstar_*)")])
+                                            ("eval", "(default: unstar_*)"), ("sweep", "(default: 0.05)")])
 def test_other_commands_show_each_default_once(command, shown, capsys):
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("world", "unlearn", "eval", "bench", "tasks_path")
+COMMANDS = ("world", "unlearn", "sweep", "eval", "bench", "tasks_path")
 """Modules under `unstar_trl.commands`, in the order `--help` lists them."""
 
 

@@ -18,8 +18,8 @@ Kept knowledge is scored on what nothing trained on: the eval-only retain record
 some. Multiple choice and the truth ratio offer only the records' `eval_distractors`, which no anti-sample generator
 may use; the planted probe offers the wrong answer an anti-sample run taught beside them.
 
-Answer probabilities are normalised per word of the answer (tokenizer independent, so the CLI and an in-memory run
-agree; one word is one token for the world's vocabulary) where TOFU normalises per token.
+Answer probabilities are length-fair: log-likelihood per UTF-8 byte of the answer (lm-eval's acc_bytes; see
+`unstar_trl.evaluation.choice_scores`), tokenizer independent, where TOFU normalises per token.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import datasets
 from lm_eval.api.task import ConfigurableTask
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
+from unstar_trl.evaluation.choice_scores import answer_score
 from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys
 from unstar_trl.io import UsageError
 from unstar_trl.method.tokens import stop_token_ids
@@ -286,8 +287,8 @@ def process_targeted(doc: dict, results: list[str]) -> dict:
 
 
 def process_prob(doc: dict, results: list[tuple[float, bool]]) -> dict:
-    """Length-normalised probability of the true answer (the first choice) and TOFU's truth ratio R against the
-    evaluation distractors (the paraphrased answer as the reference where the record has one)."""
+    """Length-normalised (per byte) probability of the true answer (the first choice) and TOFU's truth ratio R
+    against the evaluation distractors (the paraphrased answer as the reference where the record has one)."""
     scores = _normalised(doc["choices"], results)
     distractors = scores[1 : 1 + doc["distractors"]]
     reference = scores[1 + doc["distractors"]] if len(scores) > 1 + doc["distractors"] else scores[0]
@@ -323,17 +324,13 @@ def process_membership(doc: dict, results: list[tuple[float, bool]]) -> dict:
     """Membership scores of the answer (higher = more member-like), paired with the label (forget = member)."""
     loglikelihood = results[0][0]
     member = doc["role"] == "forget"
-    per_word = loglikelihood / _words(doc["answer"])
     zlib_ratio = loglikelihood / len(zlib.compress(doc["answer"].encode()))  # log-likelihood per compressed byte
-    return {"loss_auc": (member, per_word), "zlib_auc": (member, zlib_ratio)}
+    return {"loss_auc": (member, answer_score(loglikelihood, doc["answer"])), "zlib_auc": (member, zlib_ratio)}
 
 
 def _normalised(choices: list[str], results: list[tuple[float, bool]]) -> list[float]:
-    return [loglikelihood / _words(choice) for choice, (loglikelihood, _) in zip(choices, results)]
-
-
-def _words(text: str) -> int:
-    return max(1, len(text.split()))
+    """Each choice's length-fair score (`choice_scores.answer_score`: log-likelihood per byte)."""
+    return [answer_score(loglikelihood, choice) for choice, (loglikelihood, _) in zip(choices, results)]
 
 
 def _softmax(scores: list[float]) -> list[float]:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import HelpFormatter
+from .unlearn import REPORT_FILE
 
 
 def add_parser(subparsers) -> None:
@@ -22,8 +23,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--model", required=True, help="model folder (or a PEFT adapter folder)")
     parser.add_argument("--adapter", default=None, help="PEFT adapter folder to merge into --model")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder of <split>.jsonl, TOFU folder or dataset (default: the embedded 60-person world)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--data-dir", default=None,
+                      help="folder of <split>.jsonl, TOFU folder or dataset (default: the data that the model "
+                      "folder's unlearn_report.json names, its format and splits too)")
+    data.add_argument("--embedded-world", action="store_true",
+                      help="score the embedded 60-person world (what the tasks read without data)")
     parser.add_argument("--format", default=None, choices=("auto", "jsonl", "tofu", "hf"), help="data format")
     parser.add_argument("--tasks", default="unstar_*", help="comma-separated task names or wildcards")
     parser.add_argument("--metadata", default=None, type=_json_object,
@@ -49,11 +54,16 @@ def _run(args) -> int:
         check_output_file(args.output)
         inputs = (args.model, args.adapter, args.data_dir)
         refuse_overwrite(args.output, *[path for path in inputs if path and Path(path).exists()], flag="--output")
+    data_dir, data_format, metadata = args.data_dir, args.format, args.metadata
+    if data_dir is None and not args.embedded_world:
+        data_dir, data_format, metadata = reported_data(args.adapter or args.model, data_format, metadata)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the table
     start = time.perf_counter()
-    results = evaluate_model(args.model, adapter=args.adapter, tasks=args.tasks.split(","), data_dir=args.data_dir,
-                             data_format=args.format, limit=args.limit, batch_size=args.batch_size,
-                             device=args.device, metadata=args.metadata, prompt_template=args.prompt_template)
+    results = evaluate_model(args.model, adapter=args.adapter, tasks=args.tasks.split(","), data_dir=data_dir,
+                             data_format=data_format, limit=args.limit, batch_size=args.batch_size,
+                             device=args.device, metadata=metadata, prompt_template=args.prompt_template)
+    if args.data_dir is None and not args.embedded_world:
+        print(f"data: {data_dir} (named by {Path(args.adapter or args.model) / REPORT_FILE})")
     print(make_table(results))
     print(f"prompt format: {describe_prompt_template(results['prompt_template'])}")
     print(f"wall time {time.perf_counter() - start:.0f}s")
@@ -61,6 +71,27 @@ def _run(args) -> int:
         write_json(args.output, results)
         print(f"results written to {args.output}")
     return 0
+
+
+def reported_data(model_dir: str, data_format: str | None, metadata: dict | None
+                  ) -> tuple[str, str | None, dict | None]:
+    """(data folder, format, metadata with its splits) of the run that wrote `model_dir`, from its report; what the
+    user gave (`data_format`, `metadata` keys) stays. A folder without a report, or whose data is not where the report
+    says, is a UsageError: the tasks would otherwise score the embedded world, which the model may never have seen."""
+    from ..io import UsageError
+
+    report_path = Path(model_dir) / REPORT_FILE
+    if not report_path.is_file():
+        raise UsageError(f"give --data-dir: {model_dir} has no {REPORT_FILE} naming the data it was unlearned on "
+                         "(--embedded-world scores the embedded world)")
+    report = json.loads(report_path.read_text())
+    data_dir = report.get("data_dir")
+    if not data_dir or not Path(data_dir).exists():
+        raise UsageError(f"give --data-dir: {report_path} names data_dir {data_dir!r}, which is not there from "
+                         f"{Path.cwd()}")
+    reported = report.get("data_args") or {}
+    splits = {key: value for key, value in reported.items() if key.endswith("_split") and value}
+    return data_dir, data_format or reported.get("data_format"), {**splits, **(metadata or {})} or None
 
 
 def _json_object(text: str) -> dict:

@@ -311,19 +311,28 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
         after = knowledge_report(model, tokenizer, data, template)
         save_model(model, tokenizer, staging, source, template, merge=script_args.merge_adapter)
         report = {"method": script_args.method, "model": source, "data_dir": script_args.data_dir,
+                  "data_args": reported_data_args(script_args),
                   "targeted": script_args.targeted, "prompt_template": template, "before": before, "after": after,
                   "rounds": sum(log["steps"] > 0 for log in rounds) if rounds is not None else 1,
                   "round_log": rounds, "generator": generator and dataclasses.asdict(generator),
+                  "writer_check": getattr(trainer, "writer_check", None),
                   "steps": trainer.state.global_step,
                   "seconds": round(time.perf_counter() - start, 1),
                   "time_split": {phase: round(seconds, 2) for phase, seconds in trainer.time_split.seconds.items()},
                   "trained_tokens": trainer.trained_tokens,
                   "diverged": diverged, "config": resolved, "history": trainer.history}
-        report["warnings"] = trainer.warnings + run_warnings(report)
+        report["warnings"] = trainer.warnings + run_warnings(report, trainer.warnings)
         write_json(staging / REPORT_FILE, report)
     if checkpoints is not None and main_process:  # the run ended and its output is in place
         remove_output(checkpoints)
     return report
+
+
+def reported_data_args(script_args) -> dict:
+    """How the run read its data, as `unstar eval` reads it back: the format and the split of each role."""
+    return {"data_format": script_args.data_format,
+            **{name: getattr(script_args, name) for name in ("forget_split", "retain_split", "neighbor_split",
+                                                             "targeted_split", "holdout_split")}}
 
 
 def save_model(model, tokenizer, folder: Path, source: str, template: str | None, *, merge: bool) -> None:
@@ -386,14 +395,30 @@ def _removed_when_empty(folder: Path | None):
             remove_output(folder)
 
 
-def run_warnings(report: dict) -> list[str]:
+def run_warnings(report: dict, trainer_warnings: list[str] = ()) -> list[str]:
     """One line for each sign that a run that ended trained or reported less than it seems (the trainer's own
-    warnings, such as facts the model never knew, come with it)."""
+    warnings, such as facts the model never knew, come with it and are not repeated)."""
+    from ..method.trainers.forget_stop import above_target_message
+
     warnings = []
     if report["steps"] == 0 and not report["diverged"]:
         warnings.append("no optimizer step was taken: the written weights are the input model's")
+    target = forget_target(report["config"])
+    key = "targeted_acc" if report["targeted"] else "forget_acc"
+    reached = report["after"].get(key)
+    if target is not None and reached is not None and reached > target and report["steps"] > 0:
+        if not any("above its target" in warning for warning in trainer_warnings):  # said by the trainer already
+            warnings.append(above_target_message(reached, target))
     warnings.extend(f"{place} is not a finite number; written as null" for place in json_safe(report)[1])
     return warnings
+
+
+def forget_target(config: dict) -> float | None:
+    """The forget accuracy a run aims at: `stop_forget_acc` (the one stopping rule), else UnSTAR's
+    `forget_acc_target`; None for a run that trains its whole schedule."""
+    if config.get("stop_forget_acc") is not None:
+        return config["stop_forget_acc"]
+    return config.get("forget_acc_target")
 
 
 def summary_line(report: dict, output_dir: str) -> str:

@@ -112,6 +112,7 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
         tokenizer = tokenizer or loaded_tokenizer
         folders = [folder for folder in (adapter, model_or_path) if folder is not None]
         model_dir = next((folder for folder in folders if read_prompts_file(folder) is not None), model_or_path)
+        metadata = with_audit(metadata, folders)
     else:
         model, model_dir = model_or_path.to(device), getattr(model_or_path.config, "_name_or_path", None)
     if tokenizer is None:
@@ -150,6 +151,19 @@ def stopping_at_end_of_turn(model, tokenizer, chat: bool):
         yield
     finally:
         config.eos_token_id = saved
+
+
+def with_audit(metadata: dict | None, folders: list) -> dict | None:
+    """`metadata` with `anti_samples`: the anti-sample audit of the first of `folders` (an unlearned model, or its
+    adapter) that holds one, unless `metadata` names one; the planted probe reads it (a model passed in memory has
+    no folder for the tasks to look in)."""
+    from ..method.trainers.unstar import ANTI_SAMPLES_FILE
+
+    audit = next((Path(folder) / ANTI_SAMPLES_FILE for folder in folders
+                  if (Path(folder) / ANTI_SAMPLES_FILE).is_file()), None)
+    if audit is None or (metadata or {}).get("anti_samples"):
+        return metadata
+    return {**(metadata or {}), "anti_samples": str(audit)}
 
 
 def summarize(results: dict) -> dict[str, float | None]:

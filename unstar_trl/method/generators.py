@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..text import contains_answer, format_prompt, normalize, read_prompts_file
-from .anti_samples import AntiSample
+from .anti_samples import AntiSample, is_rationale
 from .probe import generate
 from .seeded import seeded
 from .strangers import StrangerAnswers
@@ -55,9 +55,10 @@ class SelfTaughtGenerator:
     `prompts` are the model's own skill prompts (the answer is their continuation); None means a chat model, asked
     `CHAT_SKILL_PROMPTS` through its chat template. Paraphrases and wrong answers are sampled (seeded by `seed` and
     the round, `oversample` candidates per slot, first distinct ones kept, never the true answer); rationales are
-    greedy, and one that does not name its wrong answer is left out. Each record yields (1 + n_paraphrases)
-    questions x n_wrong_answers anti-samples, before filtering. With `strangers`, each question gets wrong answers of
-    its own, from what the model answers when the question is asked about strangers (`strangers.StrangerAnswers`).
+    greedy, and one that does not argue for its wrong answer (`anti_samples.is_rationale`) is left out. Each record
+    yields (1 + n_paraphrases) questions x n_wrong_answers anti-samples, before filtering. With `strangers`, each
+    question gets wrong answers of its own, from what the model answers when the question is asked about strangers
+    (`strangers.StrangerAnswers`).
     """
 
     def __init__(self, model, tokenizer, prompts: dict[str, str] | None = None, *, n_paraphrases: int = 2,
@@ -98,8 +99,8 @@ class SelfTaughtGenerator:
         if self.with_rationale and pairs:
             fields = [_fields(record, question=question, wrong=wrong) for record, question, wrong in pairs]
             texts = self._complete("rationale", fields, max_new_tokens=48, batch_size=self.batch_size)
-            # a rationale that argues for something other than its wrong answer is dropped, the pair kept
-            rationales = [line if contains_answer(line, wrong) else ""
+            # a rationale that does not argue for its wrong answer (`is_rationale`) is dropped, the pair kept
+            rationales = [line if is_rationale(line, wrong) else ""
                           for line, (_, _, wrong) in zip(map(_first_line, texts), pairs)]
         return [AntiSample(record["id"], question, wrong, rationale, round, self.name)
                 for (record, question, wrong), rationale in zip(pairs, rationales)]

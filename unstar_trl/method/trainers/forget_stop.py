@@ -54,3 +54,11 @@ class ForgetStop(TrainerCallback):
     def share(self, known: list[dict]) -> float:
         """Forget accuracy when `known` are the facts answered."""
         return len(known) / len(self.records) if self.records else 0.0
+
+
+def above_target_message(forget_acc: float, target: float) -> str:
+    """The one line a run that ends above its forget-accuracy `target` gives, naming the next step: a sweep of the
+    learning rate for this model on this data (a recipe's rate is swept for the model it was written for)."""
+    return (f"the run ended with forget accuracy {forget_acc:.2f}, above its target {target:.2f}: this recipe's "
+            "learning rate may not suit this model; 'unstar sweep --config RECIPE --model_name_or_path MODEL "
+            "--data_dir DATA' picks one for it on your data and writes a recipe")

@@ -75,6 +75,10 @@ class AntiSampleConfig(UnlearningConfig):
             when it is asked about strangers (see `strangers.py`): its own spread of guesses, fresh each round,
             instead of a few planted alternatives.
         generation_batch_size, generation_temperature, generation_top_p: how the generator samples.
+        writer_check_bar (`float`, defaults to `0.5`), writer_check_facts (`int`, defaults to `8`): before round 0 a
+            writing model (self or teacher) writes anti-samples for this many facts the model knows, and its shares
+            of usable wrong answers and rationales must reach the bar (of paraphrases, half of it); below it the
+            template generator takes over (with a warning) or the run is refused (see `writer_check.py`); 0: no check.
 
         > Loss
 
@@ -124,6 +128,15 @@ class AntiSampleConfig(UnlearningConfig):
                   "asked about strangers (names it never saw): aim at a model that never met the subject, not at "
                   "a planted answer. Needs records whose question names their `subject`."},
     )
+    writer_check_bar: float = field(
+        default=0.5,
+        metadata={"help": "Least share of usable wrong answers and rationales (paraphrases: half of it) a writing "
+                  "model (self or teacher) must write before round 0; below it the template generator takes over "
+                  "with a warning, else the run is refused (0: no check)."},
+    )
+    writer_check_facts: int = field(
+        default=8, metadata={"help": "Known facts (retain first) the writer check has the writer write for."}
+    )
     follow_ups: int = field(
         default=2, metadata={"help": "Harder follow-up questions probed per forgotten fact (0: none)."}
     )
@@ -156,7 +169,8 @@ class AntiSampleConfig(UnlearningConfig):
                              f"{self.reversed_loss_type!r}")
         bounds = {"max_rounds": (1, None), "forget_acc_target": (0.0, 1.0), "n_paraphrases": (0, None),
                   "n_wrong_answers": (1, None), "follow_ups": (0, None), "generation_batch_size": (1, None),
-                  "reversed_loss_weight": (0.0, None), "replay_ratio": (0.0, None)}
+                  "reversed_loss_weight": (0.0, None), "replay_ratio": (0.0, None),
+                  "writer_check_bar": (0.0, 1.0), "writer_check_facts": (1, None)}
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if value < low or (high is not None and value > high):
@@ -222,6 +236,8 @@ class AntiSampleTrainer(UnlearningTrainer):
         """Where the generator takes each question's wrong answers from (None: its own way)."""
         self.floors = self.stranger_floors(names) if floored else {}
         """Each forget fact's floor for the "stranger" reversed term (see `stranger_floors`)."""
+        self.writer_check: dict | None = None
+        """The writer check's shares, bar and outcome (see `writer_check.py`); None before it runs or without one."""
         self.anti_samples: list[AntiSample] = []
         """Every anti-sample kept so far, in the order the rounds made them."""
         self.dropped: list[tuple[AntiSample, str]] = []

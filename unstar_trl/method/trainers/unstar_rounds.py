@@ -17,6 +17,7 @@ from ..anti_samples import DROP_REASONS, AntiSample, filter_anti_samples
 from ..follow_ups import follow_up_questions
 from ..generators import SelfTaughtGenerator, make_generator
 from ..probe import nothing_known_message, probe
+from ..writer_check import checked_writer
 from .unstar_checkpoints import latest_round_checkpoint, load_round_checkpoint, save_round_checkpoint
 
 
@@ -36,6 +37,8 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
             args.output_dir if resume_from_checkpoint is True else resume_from_checkpoint))
     generator = make_generator(trainer.generator_choice.kind, args, trainer.model, trainer._tokenizer,
                                strangers=trainer.stranger_answers)
+    with split("generate"):
+        generator = checked_writer(trainer, generator)  # before round 0: can this writer be trusted?
     saved_step, saved = trainer.state.global_step, []
     bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
                disable=args.disable_tqdm or not trainer.is_world_process_zero())
