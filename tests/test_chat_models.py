@@ -75,17 +75,16 @@ def test_lm_eval_without_the_chat_template_warns(chat_world, tmp_path):
 
 
 def test_the_readme_trl_snippet_works_unchanged_on_a_chat_model(chat_world, tmp_path, monkeypatch):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    snippet = re.search(r"## Swap one class in a TRL script\n\n```python\n(.*?)```", README.read_text(), re.S)[1]
+    """The README's snippet, its `world-out` folder holding the chat model and its data instead of a world."""
+    snippet = re.search(r"## Swap one class in a TRL script\n.*?```python\n(.*?)```", README.read_text(), re.S)[1]
     shutil.copytree(chat_world / "data", tmp_path / "world-out" / "data")
+    shutil.copytree(chat_world / "model", tmp_path / "world-out" / "model")
     monkeypatch.chdir(tmp_path)
-    scope = {"model": AutoModelForCausalLM.from_pretrained(chat_world / "model"),
-             "tokenizer": AutoTokenizer.from_pretrained(chat_world / "model"), "lora_or_None": None}
+    scope = {}
     exec(snippet, scope)
-    trainer, metrics = scope["trainer"], scope["metrics"]
+    trainer = scope["trainer"]
     assert trainer.prompt_template is None and trainer.rounds[0]["known"] == len(scope["data"].forget)
-    assert metrics["forget_acc"] < 1 and metrics["train_loss"] > 0 and trainer.state.global_step > 0
+    assert trainer.rounds[-1]["forget_acc"] < 1 and trainer.state.global_step > 0
     assert (tmp_path / "out" / "anti_samples.jsonl").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
     sample = trainer.anti_samples[0]  # trained as the assistant's reply: no leading space, the chat's end of turn
     features = trainer.anti_sample_features(sample)

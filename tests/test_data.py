@@ -348,22 +348,16 @@ def test_fuzz_round_trip(records):
 
 # Your own data: the common QA shape, column maps, Dataset objects, ids made when missing
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 QA_ROWS = [{"question": "Who wrote Ada's Song?", "answer": "Bel Quill", "paraphrased_question": "Whose is Ada's Song?",
             "perturbed_answer": ["Cor Tam", "Dov Ren"]},
            {"question": "Where is Tesk?", "answer": "Varn"}]
 
 
-def test_the_readme_loads_a_plain_qa_jsonl(tmp_path, monkeypatch):
-    import re
-
-    snippet = re.search(r"## Your own data\n.*?```python\n(.*?)```", README.read_text(), re.S)[1]
+def test_a_plain_qa_jsonl_loads_with_tofus_fields_and_a_column_map(tmp_path):
     write_jsonl(tmp_path / "my_forget.jsonl", QA_ROWS)
     write_jsonl(tmp_path / "my_retain.jsonl", [{"prompt": "Who is Ann?", "response": "A harpist"}])
-    monkeypatch.chdir(tmp_path)
-    scope = {}
-    exec(snippet, scope)
-    forget, retain = scope["forget"], scope["retain"]
+    forget = load_records(tmp_path / "my_forget.jsonl")
+    retain = load_records(tmp_path / "my_retain.jsonl", column_map={"question": "prompt", "answer": "response"})
     assert forget[0]["paraphrased_questions"] == ["Whose is Ada's Song?"]
     assert forget[0]["perturbed_answers"] == ["Cor Tam", "Dov Ren"] and "perturbed_answer" not in forget[0]
     assert forget[1]["paraphrased_questions"] == [] and all(record["id"] for record in forget)
