@@ -21,30 +21,13 @@ copy. Before the divergence guard stopped copying the weights at every step: uns
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import tempfile
-from pathlib import Path
+
+from processes import in_own_process, peak_rss_mb, rss_mb  # beside this script
 
 SHAPE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
              num_key_value_heads=12, max_position_embeddings=128, tie_word_embeddings=False)
 """A GPT-2-small-sized Llama: 113M parameters besides the embeddings of the facts' small vocabulary."""
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM, which starts again at exec)."""
-    return _status_mb("VmHWM")
-
-
-def rss_mb() -> float:
-    """This process's resident memory now."""
-    return _status_mb("VmRSS")
-
-
-def _status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise OSError(f"no {key} in /proc/self/status (Linux only)")
 
 
 def setting(batch_size: int):
@@ -112,16 +95,6 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
     peak = peak_rss_mb()
     return {"method": method, "parameters": parameters, "steps": steps_taken, "peak_mb": peak,
             "growth_mb": peak - before, "retain": with_retain}
-
-
-def in_own_process(function, *args):
-    """`function(*args)` in a fresh (spawned) process."""
-    pool = multiprocessing.get_context("spawn").Pool(1)
-    try:
-        return pool.apply(function, args)
-    finally:
-        pool.close()
-        pool.join()
 
 
 def main() -> None:

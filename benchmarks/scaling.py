@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 from pathlib import Path
 
 import datasets
 
+from processes import in_own_process, peak_rss_mb  # beside this script
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.evaluation.bench_measures import probed
 from unstar_trl.evaluation.bench_runner import BenchSettings, run_method
@@ -60,25 +60,6 @@ def measure_run(method: str, world: Path, forget_ids: list[str], settings: Bench
             "seconds_per_fact": run["seconds"] / per_fact, "forget_acc": _mean(after),
             "neighbor_acc": _mean(neighbor), "diverged": run["diverged"],
             "peak_rss_mb": peak_rss_mb()}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM, which starts again at exec (getrusage's maxrss also counts the
-    parent's peak before it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)  # kB
-    raise OSError("no VmHWM in /proc/self/status (Linux only)")
-
-
-def in_own_process(function, *args):
-    """`function(*args)` in a fresh process (spawned, so no memory carried over from this one)."""
-    pool = multiprocessing.get_context("spawn").Pool(1)
-    try:
-        return pool.apply(function, args)
-    finally:
-        pool.close()
-        pool.join()
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -357,8 +357,11 @@ def parse_script(script: Path, args: list[str], where: str) -> None:
 
 @cache
 def load_script(script: Path):
+    """The script as a module, its folder on sys.path as when Python runs it (for the modules beside it)."""
     import importlib.util
 
+    if str(script.parent) not in sys.path:
+        sys.path.append(str(script.parent))
     spec = importlib.util.spec_from_file_location(f"docs_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

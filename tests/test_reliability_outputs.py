@@ -17,25 +17,10 @@ from pathlib import Path
 import pytest
 from test_reliability import ENV, RECIPES, _without_timing, assert_one_line_error, cli, leftovers
 from test_reliability import data, model  # noqa: F401 (fixtures: copies of the world)
+from test_reliability_inputs import _bench_into, _unlearn_into, _world_into
 from test_reliability_inputs import nothing_loads  # noqa: F401 (fixture: loading a model fails loudly)
 
 from unstar_trl.io import OUTPUT_MARKER, check_output_folder, fingerprint, mark_output, remove_output
-
-UNLEARN = ["unlearn", "--method", "grad_ascent", "--max_steps", 1]
-
-
-def _unlearn_into(world_dir, out):
-    return [*UNLEARN, "--model_name_or_path", world_dir / "model", "--data_dir", world_dir / "data",
-            "--output_dir", out]
-
-
-def _world_into(world_dir, out):
-    return ["world", "--output-dir", out, "--people", 10, "--epochs", 1]
-
-
-def _bench_into(world_dir, out):
-    return ["bench", "--world", world_dir, "--methods", "grad_ascent", "--quick", "--output-dir", out]
-
 
 COMMANDS = {"unlearn": _unlearn_into, "world": _world_into, "bench": _bench_into}
 

@@ -326,7 +326,7 @@ class AntiSampleTrainer(UnlearningTrainer):
         if self.args.restart_optimizer_each_round:
             return super().create_scheduler(num_training_steps, optimizer)
         created = self.lr_scheduler is None
-        scheduler = super().create_scheduler(max(self.run_max_steps, num_training_steps), optimizer)
+        super().create_scheduler(max(self.run_max_steps, num_training_steps), optimizer)
         self._created_lr_scheduler = False
         if created and self.resume_optimizer_from is not None:
             self._load_optimizer_and_scheduler(str(self.resume_optimizer_from))
