@@ -143,9 +143,9 @@ TOFU_REAL_AUTHORS, TOFU_WORLD_FACTS = 100, 117
 def write_tofu_folder(folder: Path, seed: int = TEST_SEED) -> None:
     """TOFU's files in TOFU's format and row counts (../shared/data/README.md), from an embedded world of 200 people:
     each "author" is a person asked 20 questions (their facts under the trained question templates), the answer is
-    the object; paraphrased question: the held-out template; paraphrased answer: the relation's rationale sentence,
-    and the five perturbed answers that sentence with other objects (the first three are the fact's evaluation
-    distractors). real_authors and world_facts ask about people outside full.jsonl."""
+    the object; paraphrased question: the held-out template; paraphrased answer: the object again, and the five
+    perturbed answers other objects of the relation (the first three are the fact's evaluation distractors), answers
+    of the same kind as the truth, as TOFU's are. real_authors and world_facts ask about people outside full.jsonl."""
     from unstar_trl.io import write_jsonl
     from unstar_trl.testbed.embedded_world import RELATIONS_BY_NAME, build_world
 
@@ -153,10 +153,9 @@ def write_tofu_folder(folder: Path, seed: int = TEST_SEED) -> None:
 
     def perturbed(fact, question: str) -> dict:
         relation = RELATIONS_BY_NAME[fact.relation]
-        sentence = lambda answer: relation.rationale.format(s=fact.subject, o=answer)  # noqa: E731
         distractors, others = world.wrong_answers(fact)
-        return {"question": question, "answer": fact.object, "paraphrased_answer": sentence(fact.object),
-                "perturbed_answer": [sentence(wrong) for wrong in (distractors + others)[:5]],
+        return {"question": question, "answer": fact.object, "paraphrased_answer": fact.object,
+                "perturbed_answer": (distractors + others)[:5],
                 "paraphrased_question": relation.heldout_template.format(s=fact.subject)}
 
     authors = [[perturbed(fact, template.format(s=person)) for fact in world.facts_of(person)

@@ -244,7 +244,7 @@ def test_nothing_known_is_a_warning_that_shows_the_prompt(model_and_tokenizer, d
     assert output.global_step == 0 and output.metrics["forget_acc"] == 0
     (warning,) = trainer.warnings
     assert warning.startswith(f"0/{len(data.forget)} forget facts are known under the prompt format "
-                              "'Answer: {question}'") and f"Answer: {data.forget[0]['question']}" in warning
+                              "'Tell me, {question}'") and f"Tell me, {data.forget[0]['question']}" in warning
 
 
 @pytest.mark.parametrize("field, value, message", [
