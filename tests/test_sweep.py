@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from unstar_trl.cli import main
-from unstar_trl.evaluation.sweep import StoppingRule, choose, swept_recipe
+from unstar_trl.commands.unlearn import kept_knowledge_warnings
+from unstar_trl.evaluation.sweep import StoppingRule, choose, keeps_less_warning, swept_recipe
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -86,3 +87,22 @@ def test_eval_without_data_or_a_report_is_refused(chat_world, capsys):
     assert main(["eval", "--model", str(chat_world / "model"), "--tasks", "unstar_forget_qa"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "give --data-dir" in err and "unlearn_report.json" in err
+
+
+def test_a_chosen_rate_that_keeps_nothing_is_warned_about():
+    """The foreign chat model's sweep: every rate that forgets keeps nothing, the one that keeps forgets nothing."""
+    runs = [{"learning_rate": 1e-4, "forget_acc": 1.0, "kept": 1.0, "steps": 60, "diverged": None},
+            {"learning_rate": 1e-3, "forget_acc": 0.0, "kept": 0.0, "steps": 22, "diverged": None}]
+    found = {"chosen": choose(runs, StoppingRule())["learning_rate"], "runs": runs}
+    assert found["chosen"] == 1e-3 and "keeps 0.00" in keeps_less_warning(found) and "0.0001 kept 1.00" in (
+        keeps_less_warning(found))
+    runs[1]["kept"] = 0.95
+    assert keeps_less_warning(found) is None
+
+
+def test_a_report_whose_kept_splits_collapse_is_warned_about():
+    before = {"forget_acc": 1.0, "retain_acc": 1.0, "neighbor_acc": 0.8, "sibling_acc": None}
+    (line,) = kept_knowledge_warnings(before, {"forget_acc": 0.0, "retain_acc": 0.0, "neighbor_acc": 0.75,
+                                               "sibling_acc": None})
+    assert line.startswith("retain accuracy fell from 1.00 to 0.00")
+    assert kept_knowledge_warnings(before, {"forget_acc": 0.0, "retain_acc": 0.9, "neighbor_acc": 0.73}) == []

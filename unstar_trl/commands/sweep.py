@@ -3,6 +3,7 @@ write the recipe with it (`unstar unlearn --config` takes it as it is)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from . import HelpFormatter
@@ -40,7 +41,7 @@ def add_parser(subparsers) -> None:
 def _run(args) -> int:
     import datasets
 
-    from ..evaluation.sweep import StoppingRule, recipe_values, run_recipe, swept_recipe, sweep
+    from ..evaluation.sweep import StoppingRule, keeps_less_warning, recipe_values, run_recipe, swept_recipe, sweep
     from ..io import UsageError, check_output_file, write_text_atomic
     from ..recipes import find_recipe, read_recipe
     from .unlearn import DEFAULT_METHOD, UnlearnArguments, _config_class, _load_data
@@ -70,6 +71,9 @@ def _run(args) -> int:
     write_text_atomic(output, swept_recipe(path.read_text(), recipe_values(found, rule, model_dir, data_dir)))
     print(f"chose learning_rate {found['chosen']:g}; wrote {output} (unstar unlearn --config {output} "
           "--output_dir OUT)")
+    warning = keeps_less_warning(found)
+    if warning:
+        print(f"unstar: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -409,8 +409,26 @@ def run_warnings(report: dict, trainer_warnings: list[str] = ()) -> list[str]:
     if target is not None and reached is not None and reached > target and report["steps"] > 0:
         if not any("above its target" in warning for warning in trainer_warnings):  # said by the trainer already
             warnings.append(above_target_message(reached, target))
+    warnings.extend(kept_knowledge_warnings(report["before"], report["after"]))
     warnings.extend(f"{place} is not a finite number; written as null" for place in json_safe(report)[1])
     return warnings
+
+
+KEPT_SPLITS = ("retain_acc", "neighbor_acc", "sibling_acc")
+"""The report's splits of knowledge a run must keep."""
+KEPT_SHARE = 0.9
+"""A kept split that falls below this share of its accuracy before the run is warned about."""
+
+
+def kept_knowledge_warnings(before: dict, after: dict) -> list[str]:
+    """One line for each kept split that fell below KEPT_SHARE of what the model knew before: a collapse, not
+    unlearning, that the forget accuracy alone would hide."""
+    return [f"{split.removesuffix('_acc')} accuracy fell from {before[split]:.2f} to {after[split]:.2f} (below "
+            f"{KEPT_SHARE:g}x): the run damaged what it should keep; try a lower learning rate ('unstar sweep'), a "
+            "retain term (retain_weight, retain_loss_type kl), and check that the data's answers are written as the "
+            "model says them"
+            for split in KEPT_SPLITS
+            if before.get(split) and after.get(split) is not None and after[split] < KEPT_SHARE * before[split]]
 
 
 def forget_target(config: dict) -> float | None:

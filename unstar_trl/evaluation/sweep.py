@@ -53,6 +53,19 @@ def choose(runs: list[dict], rule: StoppingRule) -> dict:
     return max(reached, key=lambda run: run["kept"]) if reached else min(runs, key=lambda run: run["forget_acc"])
 
 
+def keeps_less_warning(found: dict) -> str | None:
+    """A line when the chosen rate keeps less than 0.9x the held-out knowledge another rate kept: on this model and
+    data no rate of the grid both forgets and keeps (None otherwise)."""
+    chosen = next(run for run in found["runs"] if run["learning_rate"] == found["chosen"])
+    best = max(found["runs"], key=lambda run: run["kept"])
+    if chosen["kept"] >= 0.9 * best["kept"]:
+        return None
+    return (f"the chosen learning rate {chosen['learning_rate']:g} keeps {chosen['kept']:.2f} of the held-out "
+            f"knowledge where {best['learning_rate']:g} kept {best['kept']:.2f} (forget {best['forget_acc']:.2f}): no "
+            "rate of the grid both forgets and keeps; try a retain term, another grid (--grid), and check that the "
+            "data's answers are written as the model says them")
+
+
 def run_line(run: dict) -> str:
     return (f"lr {run['learning_rate']:.0e}: forget {run['forget_acc']:.2f}, kept {run['kept']:.2f}, {run['steps']} "
             f"steps{' (diverged)' if run['diverged'] else ''}")

@@ -121,7 +121,7 @@ def above_target_message(last: dict, args, steps: int) -> str:
     return (f"UnSTAR ended after round {last['round']} with forget_acc {last['forget_acc']:.2f} ({last['known']} of "
             f"{last['facts']} facts still answered), above forget_acc_target {args.forget_acc_target}: give it more "
             f"rounds (max_rounds {args.max_rounds}){budget}, or a learning rate swept for this model and data (this "
-            f"run's is {args.learning_rate}; see benchmarks/sweep.py)")
+            f"run's is {args.learning_rate}; 'unstar sweep' picks one)")
 
 
 class NoAntiSamplesError(ValueError):
