@@ -20,6 +20,13 @@ TEST_SEED = int(os.environ.get("UNSTAR_TEST_SEED", "0"))
 must hold on any)."""
 
 
+def cache_root(tmp_path_factory) -> Path:
+    """pytest's per-user temporary folder (`pytest-of-<user>`, above every run's `pytest-<n>` and, under xdist, every
+    worker's `popen-gw<k>`): the built models cached there serve every later run, keyed by what they depend on."""
+    base = tmp_path_factory.getbasetemp()
+    return next((folder for folder in base.parents if folder.name.startswith("pytest-of-")), base.parent)
+
+
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory) -> Path:
     """A world of 20 people with its trained knowledge model and retain model: DIR/data/<split>.jsonl, DIR/model,
@@ -34,8 +41,7 @@ def world_dir(tmp_path_factory) -> Path:
     sources = [package / name for name in ("testbed/embedded_world.py", "testbed/knowledge_model.py",
                                            "testbed/world_folder.py", "method/probe.py", "text.py", "data.py")]
     digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources)).hexdigest()[:12]
-    root = tmp_path_factory.getbasetemp().parent  # shared by xdist workers (and by runs, keyed by the sources)
-    path = root / f"world-{TEST_SEED}-{TEST_PEOPLE}-{digest}"
+    path = cache_root(tmp_path_factory) / f"world-{TEST_SEED}-{TEST_PEOPLE}-{digest}"
     with FileLock(str(path) + ".lock"):
         if not (path / "world.json").exists():
             build_world_dir(path, seed=TEST_SEED, people=TEST_PEOPLE, progress=False)
@@ -51,7 +57,7 @@ def chat_world(tmp_path_factory) -> Path:
     import hashlib
 
     digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    path = tmp_path_factory.getbasetemp().parent / f"chat-world-{digest}"
+    path = cache_root(tmp_path_factory) / f"chat-world-{digest}"
     with FileLock(str(path) + ".lock"):
         if not (path / "model" / "model.safetensors").exists():
             build_chat_world(path)
