@@ -263,3 +263,50 @@ def test_a_baseline_killed_after_a_checkpoint_resumes_to_the_end_of_an_uninterru
         assert _without_timing(reports[1][key]) == _without_timing(reports[0][key]), key
     assert (resumed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
     assert not (tmp_path / "resumed.checkpoints").exists() and not leftovers(tmp_path, "resumed")
+
+
+# ---- a full disk at a round checkpoint -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("failing_round", [1, 2])
+def test_a_round_checkpoint_that_cannot_be_written_stops_the_run_saying_what_a_rerun_resumes(
+        world_dir, tmp_path, capsys, monkeypatch, failing_round):
+    """A full disk while writing round k's checkpoint (save_strategy epoch): the run stops in one line that names the
+    checkpoint kept (round k-1) or says none is; no partial checkpoint is left; the rerun the line advises works (a
+    resume from round k-1, or a refused resume with nothing to resume and a run from the start)."""
+    import errno
+
+    from unstar_trl.method.trainers import unstar_checkpoints
+
+    write = unstar_checkpoints._write_round_checkpoint
+
+    def full_disk(trainer, path):
+        if len(trainer.rounds) >= failing_round:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(trainer, path)
+
+    recipe = ["unlearn", "--config", RECIPES / "world_unstar.yaml", "--model_name_or_path", world_dir / "model",
+              "--data_dir", world_dir / "data", "--save_strategy", "epoch", "--num_train_epochs", 1,
+              "--learning_rate", "2e-4", "--max_rounds", 3, "--output_dir", tmp_path / "out"]
+    with monkeypatch.context() as patched:
+        patched.setattr(unstar_checkpoints, "_write_round_checkpoint", full_disk)
+        code, err = cli(recipe, capsys)
+    checkpoints = tmp_path / "out.checkpoints"
+    kept = sorted(path.name for path in checkpoints.glob("round-*"))
+    assert not (tmp_path / "out").exists() and not list(checkpoints.glob(".round-*"))  # no partial checkpoint
+    assert "No space left on device" in err
+    if failing_round == 1:
+        assert_one_line_error(code, err, "no earlier round checkpoint is kept: free space, then run again from the "
+                                         "start")
+        assert kept == []
+        code, err = cli([*recipe, "--resume_from_checkpoint", "true"], capsys)
+        assert_one_line_error(code, err, f"{checkpoints} holds no checkpoint, only anti_samples.jsonl")
+        rerun = recipe
+    else:
+        assert_one_line_error(code, err, "round-1 is the latest checkpoint kept: free space, then rerun with "
+                                         "--resume_from_checkpoint true")
+        assert kept == ["round-1"]
+        rerun = [*recipe, "--resume_from_checkpoint", "true"]
+    code, err = cli(rerun, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "unlearn_report.json").read_text())
+    assert report["rounds"] >= failing_round and not checkpoints.exists()

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import sys
 import tempfile
@@ -382,6 +383,11 @@ def _check_resume(config, inputs: list[str]) -> None:
     folder = checkpoints if resume is True else Path(resume) if resume else None
     if folder is not None and not (folder.is_dir() and any(path.name != OUTPUT_MARKER for path in folder.iterdir())):
         raise UsageError(f"--resume_from_checkpoint {config.resume_from_checkpoint}: no checkpoint in {folder}")
+    if resume is True and not any(re.fullmatch(r"(checkpoint|round)-\d+", path.name) and path.is_dir()
+                                  for path in folder.iterdir()):
+        left = ", ".join(sorted(path.name for path in folder.iterdir() if path.name != OUTPUT_MARKER))
+        raise UsageError(f"--resume_from_checkpoint true: {folder} holds no checkpoint, only {left} (what a run "
+                         "stopped before its first checkpoint left); run again without --resume_from_checkpoint")
 
 
 @contextlib.contextmanager

@@ -23,11 +23,35 @@ STATE_FILE = "unstar_state.json"
 RNG_FILE = "rng_state.pth"
 
 
+class RoundCheckpointError(OSError):
+    """A round checkpoint that could not be written (a full disk, a folder gone read-only): the run stops, and the
+    message says which earlier checkpoint, if any, a rerun can resume from."""
+
+    def __init__(self, path: Path, error: OSError):
+        try:
+            kept = latest_round_checkpoint(path.parent)
+            then = (f"{kept.name} is the latest checkpoint kept: free space, then rerun with "
+                    "--resume_from_checkpoint true")
+        except ValueError:
+            then = "no earlier round checkpoint is kept: free space, then run again from the start"
+        super().__init__(f"UnSTAR's round checkpoint {path} could not be written ({error.strerror or error}); the run "
+                         f"stops, and {then}")
+
+
 def save_round_checkpoint(trainer) -> Path:
-    """Write output_dir/round-<rounds fitted> of an `AntiSampleTrainer`, atomically (rank 0 only)."""
+    """Write output_dir/round-<rounds fitted> of an `AntiSampleTrainer`, atomically (rank 0 only); a write that
+    fails leaves no partial checkpoint and raises `RoundCheckpointError`."""
     path = Path(trainer.args.output_dir) / ROUND_CHECKPOINT.format(len(trainer.rounds))
     if not trainer.is_world_process_zero():
         return path
+    try:
+        _write_round_checkpoint(trainer, path)
+    except OSError as error:
+        raise RoundCheckpointError(path, error) from error
+    return path
+
+
+def _write_round_checkpoint(trainer, path: Path) -> None:
     with atomic_directory(path, "unstar round") as staging:
         trainer.save_model(str(staging))
         trainer._save_optimizer_and_scheduler(str(staging))
@@ -38,7 +62,6 @@ def save_round_checkpoint(trainer) -> Path:
         trainer.state.save_to_json(str(staging / TRAINER_STATE_NAME))
         torch.save({"collator": trainer.data_collator.rng.getstate(), "torch": torch.get_rng_state()},
                    staging / RNG_FILE)
-    return path
 
 
 def load_round_checkpoint(trainer, path: str | Path) -> None:

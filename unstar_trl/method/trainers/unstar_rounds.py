@@ -40,52 +40,52 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
     with split("generate"):
         generator = checked_writer(trainer, generator)  # before round 0: can this writer be trusted?
     saved_step, saved = trainer.state.global_step, []
-    bar = tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
-               disable=args.disable_tqdm or not trainer.is_world_process_zero())
-    for round_index in range(len(trainer.rounds), args.max_rounds + 1):
-        started, tokens = split.mark(), trainer.trained_tokens
-        with generation_model(trainer, generator) as model:
-            known, asked = still_known(trainer, model, generator)
-        facts_known = len({record["id"] for record in known})
-        log = {"round": round_index, "facts": len(trainer.forget_records), "known": facts_known,
-               "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
-               "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "fitted": 0, "steps": 0}
-        bar.set_postfix(forget_acc=f"{log['forget_acc']:.2f}")
-        if round_index == 0 and facts_known == 0:
-            record = trainer.forget_records[0]
-            trainer.warn(nothing_known_message(len(trainer.forget_records), trainer.prompt_template,
-                                               format_prompt(trainer._tokenizer, record["question"],
-                                                             trainer.prompt_template)))
-        out_of_budget = 0 < args.max_steps <= trainer.state.global_step
-        stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None
-        if log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds or out_of_budget or stopped:
-            log_round(trainer, log, started, tokens)  # the final probe: nothing left, no round or step left, or stopped
-            break
-        with generation_model(trainer, generator) as model:
-            with split("generate"):
-                made = generator.generate(known, round_index)
-            with split("filter"):
-                kept, dropped = filter_anti_samples(made, known)
-                kept, changed = keep_same_answer(trainer, model, kept, known)
-        dropped += [(sample, "changed_answer") for sample in changed]
-        log.update(made=len(made), kept=len(kept),
-                   dropped={reason: sum(r == reason for _, r in dropped) for reason in (*DROP_REASONS,
-                                                                                       "changed_answer")})
-        trainer.anti_samples.extend(kept)
-        trainer.dropped.extend(dropped)
-        if not kept:
+    with tqdm(total=args.max_rounds, initial=len(trainer.rounds), desc="UnSTAR rounds", unit="round",
+              disable=args.disable_tqdm or not trainer.is_world_process_zero()) as bar:  # closed before any error
+        for round_index in range(len(trainer.rounds), args.max_rounds + 1):
+            started, tokens = split.mark(), trainer.trained_tokens
+            with generation_model(trainer, generator) as model:
+                known, asked = still_known(trainer, model, generator)
+            facts_known = len({record["id"] for record in known})
+            log = {"round": round_index, "facts": len(trainer.forget_records), "known": facts_known,
+                   "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
+                   "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "fitted": 0, "steps": 0}
+            bar.set_postfix(forget_acc=f"{log['forget_acc']:.2f}")
+            if round_index == 0 and facts_known == 0:
+                record = trainer.forget_records[0]
+                trainer.warn(nothing_known_message(len(trainer.forget_records), trainer.prompt_template,
+                                                   format_prompt(trainer._tokenizer, record["question"],
+                                                                 trainer.prompt_template)))
+            out_of_budget = 0 < args.max_steps <= trainer.state.global_step
+            stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None
+            if (log["forget_acc"] <= args.forget_acc_target or round_index == args.max_rounds or out_of_budget
+                    or stopped):  # the final probe: nothing left, no round or step left, or stopped
+                log_round(trainer, log, started, tokens)
+                break
+            with generation_model(trainer, generator) as model:
+                with split("generate"):
+                    made = generator.generate(known, round_index)
+                with split("filter"):
+                    kept, dropped = filter_anti_samples(made, known)
+                    kept, changed = keep_same_answer(trainer, model, kept, known)
+            dropped += [(sample, "changed_answer") for sample in changed]
+            log.update(made=len(made), kept=len(kept),
+                       dropped={reason: sum(r == reason for _, r in dropped) for reason in (*DROP_REASONS,
+                                                                                           "changed_answer")})
+            trainer.anti_samples.extend(kept)
+            trainer.dropped.extend(dropped)
+            if not kept:
+                trainer.save_audit()
+                raise NoAntiSamplesError(round_index, facts_known, log["made"], log["dropped"])
+            steps_before = trainer.state.global_step
+            trainer.fit(round_index)
+            log.update(fitted=len(trainer.train_dataset), steps=trainer.state.global_step - steps_before)
+            log_round(trainer, log, started, tokens)
             trainer.save_audit()
-            raise NoAntiSamplesError(round_index, facts_known, log["made"], log["dropped"])
-        steps_before = trainer.state.global_step
-        trainer.fit(round_index)
-        log.update(fitted=len(trainer.train_dataset), steps=trainer.state.global_step - steps_before)
-        log_round(trainer, log, started, tokens)
-        trainer.save_audit()
-        if round_checkpoint_due(trainer, saved_step):
-            saved_step, saved = trainer.state.global_step, [*saved, save_round_checkpoint(trainer)]
-            remove_round_checkpoints(trainer, saved[:-1])
-        bar.update()
-    bar.close()
+            if round_checkpoint_due(trainer, saved_step):
+                saved_step, saved = trainer.state.global_step, [*saved, save_round_checkpoint(trainer)]
+                remove_round_checkpoints(trainer, saved[:-1])
+            bar.update()
     trainer.save_audit()
     remove_round_checkpoints(trainer, saved)
     stopped = trainer.forget_stop is not None and trainer.forget_stop.stopped_at is not None  # its own target
