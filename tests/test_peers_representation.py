@@ -120,6 +120,33 @@ def test_rmu_trains_only_the_mlps_up_to_the_steered_layer_and_keeps_retain_activ
     torch.testing.assert_close(trainer.frozen_activations(batch), expected.hidden_states[1])
 
 
+def test_rmu_all_trains_every_weight_against_a_frozen_copy_of_all(world_dir, data, tmp_path):
+    trainer = rmu(world_dir, data, tmp_path, max_steps=2, learning_rate=1e-3, trainable_params="all")
+    assert set(trainer.frozen) == {name for name, _ in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.history[0]["retain_mse"] == pytest.approx(0.0, abs=1e-9)
+    assert trainer.history[1]["retain_mse"] > 0
+
+
+def test_rmu_under_peft_trains_the_adapter_inside_the_mlps(world_dir, data, tmp_path):
+    from peft import LoraConfig
+
+    model, tokenizer = load_model(world_dir / "model")
+    args = RMUConfig(output_dir=str(tmp_path), disable_tqdm=True, max_steps=2, learning_rate=1e-3)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    trainer = RMUTrainer(model=model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
+                         processing_class=tokenizer, peft_config=lora)
+    trained = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trained and all(".layers.0.mlp.down_proj.lora_" in name for name in trained)
+    assert set(trainer.frozen) == trained  # the reference: the adapter's starting weights, not a model
+    trainer.train()
+    assert trainer.history[0]["retain_mse"] == pytest.approx(0.0, abs=1e-9)
+    no_mlp = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    with pytest.raises(UsageError, match="none of them trains"):
+        RMUTrainer(model=load_model(world_dir / "model")[0], args=args, train_dataset=data.forget,
+                   retain_dataset=data.retain, processing_class=tokenizer, peft_config=no_mlp)
+
+
 # ---- UNDIAL ---------------------------------------------------------------------------------------------------------
 
 REF = torch.tensor([
