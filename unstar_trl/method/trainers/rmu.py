@@ -21,8 +21,8 @@ from .losses import entropy_share, nll
 
 @dataclass
 class RMUConfig(UnlearningConfig):
-    r"""Configuration of [`RMUTrainer`]: loss = gamma * MSE(h_l(forget), c u) + alpha * MSE(h_l(retain), h_l^ref(retain)),
-    h_l the output of decoder layer `steer_layer`, u a fixed random unit vector, c `steering_coeff`.
+    r"""Configuration of [`RMUTrainer`]: loss = gamma * MSE(h_l(forget), c u) + alpha * MSE(h_l(retain),
+    h_l^ref(retain)), h_l the output of decoder layer `steer_layer`, u a fixed random unit vector, c `steering_coeff`.
 
     Parameters:
         steer_layer (`int` or `None`, defaults to `None`): index of the decoder layer whose output is steered (0 is
