@@ -15,7 +15,9 @@ Measured (115M parameters, 3 steps of batch 8, 2 shared CPU cores), peak MB and 
 sequences: SFT 2401, SFT+retain 2503; unstar 2663 (1.06x), grad_ascent 2388 (0.99x), grad_diff 2653 (1.06x),
 simnpo 2679 (1.07x), idk 2812 (1.12x), grad_ascent_kl 3063 (1.22x) and npo 3096 (1.24x), both with their reference
 copy. Before the divergence guard stopped copying the weights at every step: unstar 3373 (1.34x), grad_diff 3427
-(1.37x).
+(1.37x). Later (`--methods rmu,undial,npo`, same shapes; SFT 2414, SFT+retain 2490): rmu 1425 (0.57x: it trains and
+copies only the MLPs of layers 3-5, so AdamW holds state for those alone), undial 3082 (1.24x, with its reference
+copy, as npo 3093, 1.24x).
 """
 
 from __future__ import annotations

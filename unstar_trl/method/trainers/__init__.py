@@ -8,7 +8,9 @@ from .grad_ascent_kl import GradAscentKLConfig, GradAscentKLTrainer
 from .grad_diff import GradDiffConfig, GradDiffTrainer
 from .idk import IdkConfig, IdkTrainer
 from .npo import NPOConfig, NPOTrainer
+from .rmu import RMUConfig, RMUTrainer
 from .simnpo import SimNPOConfig, SimNPOTrainer
+from .undial import UndialConfig, UndialTrainer
 from .unstar import AntiSampleConfig, AntiSampleTrainer
 
 METHODS = {
@@ -19,11 +21,14 @@ METHODS = {
     "npo": (NPOTrainer, NPOConfig),
     "simnpo": (SimNPOTrainer, SimNPOConfig),
     "idk": (IdkTrainer, IdkConfig),
+    "rmu": (RMUTrainer, RMUConfig),
+    "undial": (UndialTrainer, UndialConfig),
 }
 """Method name -> (trainer class, config class); the `method:` key of a recipe picks one."""
 
 __all__ = [
     "METHODS", "AntiSampleConfig", "AntiSampleTrainer", "DivergenceError", "UnlearningConfig", "UnlearningTrainer",
     "GradAscentKLConfig", "GradAscentKLTrainer", "GradDiffConfig", "GradDiffTrainer", "GradientAscentConfig",
-    "GradientAscentTrainer", "IdkConfig", "IdkTrainer", "NPOConfig", "NPOTrainer", "SimNPOConfig", "SimNPOTrainer",
+    "GradientAscentTrainer", "IdkConfig", "IdkTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer",
+    "SimNPOConfig", "SimNPOTrainer", "UndialConfig", "UndialTrainer",
 ]

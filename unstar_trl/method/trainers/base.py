@@ -137,8 +137,10 @@ class UnlearningConfig(SFTConfig):
             raise ValueError(f"eval_strategy '{IntervalStrategy(self.eval_strategy).value}': unlearning trainers "
                              "evaluate no loss during training (leave it 'no'); measure the model with the unstar_* "
                              "tasks")
-        if self.retain_loss_type not in ("nll", "kl"):
-            raise ValueError(f"retain_loss_type must be 'nll' or 'kl', got {self.retain_loss_type!r}")
+        choices = next(item for item in dataclasses.fields(self) if item.name == "retain_loss_type").metadata["choices"]
+        if self.retain_loss_type not in choices:
+            raise ValueError(f"retain_loss_type must be one of {', '.join(map(repr, choices))}, got "
+                             f"{self.retain_loss_type!r}")
         if self.stop_forget_acc is not None and not 0 <= self.stop_forget_acc <= 1:
             raise ValueError(f"stop_forget_acc must be between 0 and 1, got {self.stop_forget_acc}")
         if self.forget_probe_every < 1:
