@@ -130,7 +130,8 @@ def test_alternatives_are_never_the_truth_nor_an_evaluation_distractor(world_dir
     again = written_alternatives(data.forget, 5, generator, model, tokenizer, seed=0, least=5)
     assert found == again  # seeded
     for record in data.forget:
-        written = [normalize(answer) for answer in found[record["id"]]]
+        assert {sample.question for sample in found[record["id"]]} == {record["question"]}
+        written = [normalize(sample.wrong_answer) for sample in found[record["id"]]]
         assert len(written) == len(set(written)) == 5
         assert normalize(record["answer"]) not in written
         assert not set(written) & {normalize(distractor) for distractor in record["eval_distractors"]}
@@ -167,6 +168,10 @@ def test_a_short_run_trains_and_writes(method, world_dir, tmp_path, capsys):
     assert [entry["step"] for entry in report["history"]] == [1, 2, 3]
     assert all({"forget_loss", "forget_nll", "retain_loss"} <= set(entry) for entry in report["history"])
     assert report["time_split"]["generate"] > 0  # the alternatives / options were written by the model
+    audit = [json.loads(line) for line in (out / "anti_samples.jsonl").read_text().splitlines()] \
+        if method == "altpo" else []  # the planted probe reads what AltPO preferred over the truth
+    assert (method == "altpo") == bool(audit) == (out / "anti_samples.jsonl").is_file()
+    assert all(sample["rationale"] == "" and sample["wrong_answer"] for sample in audit)
     trained = load_model(out)[0].state_dict()
     before = load_model(world_dir / "model")[0].state_dict()
     assert any(not torch.equal(trained[name], before[name]) for name in before)

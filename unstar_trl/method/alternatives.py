@@ -11,13 +11,13 @@ from typing import Callable
 
 from ..io import UsageError
 from ..text import normalize
-from .anti_samples import filter_anti_samples
+from .anti_samples import AntiSample, filter_anti_samples
 from .generators import SelfTaughtGenerator, TemplateGenerator, choose_generator, load_skill_prompts, teacher_generator
 
 
 def written_alternatives(records: list[dict], count: int, generator: str, model, tokenizer, *, seed: int,
-                         least: int = 1, warn: Callable[[str], None] = print) -> dict[str, list[str]]:
-    """{record id: up to `count` distinct wrong answers} for `records`, written by `generator` ("auto", "self",
+                         least: int = 1, warn: Callable[[str], None] = print) -> dict[str, list[AntiSample]]:
+    """{record id: up to `count` anti-samples with distinct wrong answers, on the record's own question} for `records`, written by `generator` ("auto", "self",
     "template" or a teacher model folder, as `AntiSampleConfig.generator`) from `model` (a model folder's, whose
     skill prompts it reads); a record with fewer than `least` is a UsageError that names it. Why "auto" became
     "template", if it did, goes through `warn`."""
@@ -31,7 +31,7 @@ def written_alternatives(records: list[dict], count: int, generator: str, model,
         writers.insert(0, SelfTaughtGenerator(model, tokenizer, prompts, **knobs))
     elif choice.kind != "template":
         writers.insert(0, teacher_generator(choice.kind, **knobs))
-    found: dict[str, list[str]] = {record["id"]: [] for record in records}
+    found: dict[str, list[AntiSample]] = {record["id"]: [] for record in records}
     for writer in writers:
         short = [record for record in records if len(found[record["id"]]) < count]
         if not short:
@@ -39,8 +39,8 @@ def written_alternatives(records: list[dict], count: int, generator: str, model,
         kept, _ = filter_anti_samples(writer.generate(short), records)
         for sample in kept:
             have = found[sample.source_id]
-            if len(have) < count and normalize(sample.wrong_answer) not in map(normalize, have):
-                have.append(sample.wrong_answer)
+            if len(have) < count and normalize(sample.wrong_answer) not in {normalize(s.wrong_answer) for s in have}:
+                have.append(sample)
     lacking = next((record["id"] for record in records if len(found[record["id"]]) < least), None)
     if lacking is not None:
         raise UsageError(f"forget record {lacking}: {len(found[lacking])} usable wrong answers where {least} are "

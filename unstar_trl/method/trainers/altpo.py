@@ -15,10 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..alternatives import written_alternatives
+from ..anti_samples import write_anti_samples
 from .base import UnlearningConfig, UnlearningTrainer
 from .collators import CompanionCollator
 from .losses import mean_nll, preference_loss, sequence_log_probs
-from ..alternatives import written_alternatives
+from .unstar import ANTI_SAMPLES_FILE
 
 
 @dataclass
@@ -64,9 +66,23 @@ class AltPOTrainer(UnlearningTrainer):
     needs_reference = True
 
     def prepare_forget(self, model, tokenizer):
-        self.alternatives = written_alternatives(self.forget_records, self.args.n_alternatives, self.args.generator,
-                                                 model, tokenizer, seed=self.args.seed, warn=self.warn)
+        self.anti_samples = [sample for samples in written_alternatives(
+            self.forget_records, self.args.n_alternatives, self.args.generator, model, tokenizer, seed=self.args.seed,
+            warn=self.warn).values() for sample in samples]
+        """The alternatives, as anti-samples (question, wrong answer, writer): what the run prefers over the truth."""
+
+    @property
+    def alternatives(self) -> dict[str, list[str]]:
         """{forget fact id: its alternative answers}."""
+        found: dict[str, list[str]] = {}
+        for sample in self.anti_samples:
+            found.setdefault(sample.source_id, []).append(sample.wrong_answer)
+        return found
+
+    def save_audit(self, output_dir: str | Path | None = None) -> None:
+        """Write the alternatives (atomically) as UnSTAR's anti-sample audit, anti_samples.jsonl in `output_dir`
+        (default: args'), which the planted probe reads: the answer a preference run planted."""
+        write_anti_samples(Path(output_dir or self.args.output_dir) / ANTI_SAMPLES_FILE, self.anti_samples)
 
     def forget_pairs(self, record):
         return [{**self.answer_pair(record), "alternate": self.answer_pair(record, alternative)}

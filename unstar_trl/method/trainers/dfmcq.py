@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
+from ..alternatives import written_alternatives
 from .base import UnlearningConfig, UnlearningTrainer
 from .collators import CompanionCollator
 from .losses import flattening_loss, mean_nll, sequence_log_probs
-from ..alternatives import written_alternatives
 
 
 @dataclass
@@ -71,8 +71,9 @@ class DFMCQTrainer(UnlearningTrainer):
 
     def prepare_forget(self, model, tokenizer):
         wrong = self.args.n_options - 1
-        self.wrong_options = written_alternatives(self.forget_records, wrong, self.args.generator, model, tokenizer,
-                                                  seed=self.args.seed, least=wrong, warn=self.warn)
+        written = written_alternatives(self.forget_records, wrong, self.args.generator, model, tokenizer,
+                                       seed=self.args.seed, least=wrong, warn=self.warn)
+        self.wrong_options = {fact: [sample.wrong_answer for sample in samples] for fact, samples in written.items()}
         """{forget fact id: its wrong options}."""
 
     def forget_pairs(self, record):
