@@ -17,10 +17,10 @@ from .generators import SelfTaughtGenerator, TemplateGenerator, choose_generator
 
 def written_alternatives(records: list[dict], count: int, generator: str, model, tokenizer, *, seed: int,
                          least: int = 1, warn: Callable[[str], None] = print) -> dict[str, list[AntiSample]]:
-    """{record id: up to `count` anti-samples with distinct wrong answers, on the record's own question} for `records`, written by `generator` ("auto", "self",
-    "template" or a teacher model folder, as `AntiSampleConfig.generator`) from `model` (a model folder's, whose
-    skill prompts it reads); a record with fewer than `least` is a UsageError that names it. Why "auto" became
-    "template", if it did, goes through `warn`."""
+    """{record id: up to `count` anti-samples on the record's own question, with distinct wrong answers} for
+    `records`, written by `generator` ("auto", "self", "template" or a teacher model folder, as
+    `AntiSampleConfig.generator`) from `model` (a model folder's, whose skill prompts it reads); a record with fewer
+    than `least` is a UsageError that names it. Why "auto" became "template", if it did, goes through `warn`."""
     choice = choose_generator(generator, model.config._name_or_path, tokenizer)
     if choice.why:
         warn(choice.why)
