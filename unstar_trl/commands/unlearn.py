@@ -306,7 +306,7 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
             shutil.rmtree(config.output_dir, ignore_errors=True)
         rounds = getattr(trainer, "rounds", None)  # UnSTAR: its per-round log and every anti-sample it fitted
         generator = getattr(trainer, "generator_choice", None)  # UnSTAR: who wrote them ("auto" resolved)
-        if rounds is not None:
+        if hasattr(trainer, "save_audit"):  # UnSTAR's anti-samples, AltPO's alternatives
             trainer.save_audit(staging)
         model = trainer.model.eval()
         after = knowledge_report(model, tokenizer, data, template)

@@ -1,7 +1,9 @@
 """Unlearning methods on TRL's SFTTrainer, one file each: `METHODS` maps a method name to its (trainer class,
 config class)."""
 
+from .altpo import AltPOConfig, AltPOTrainer
 from .base import UnlearningConfig, UnlearningTrainer
+from .dfmcq import DFMCQConfig, DFMCQTrainer
 from .divergence import DivergenceError
 from .grad_ascent import GradientAscentConfig, GradientAscentTrainer
 from .grad_ascent_kl import GradAscentKLConfig, GradAscentKLTrainer
@@ -21,14 +23,17 @@ METHODS = {
     "npo": (NPOTrainer, NPOConfig),
     "simnpo": (SimNPOTrainer, SimNPOConfig),
     "idk": (IdkTrainer, IdkConfig),
+    "altpo": (AltPOTrainer, AltPOConfig),
+    "dfmcq": (DFMCQTrainer, DFMCQConfig),
     "rmu": (RMUTrainer, RMUConfig),
     "undial": (UndialTrainer, UndialConfig),
 }
 """Method name -> (trainer class, config class); the `method:` key of a recipe picks one."""
 
 __all__ = [
-    "METHODS", "AntiSampleConfig", "AntiSampleTrainer", "DivergenceError", "UnlearningConfig", "UnlearningTrainer",
-    "GradAscentKLConfig", "GradAscentKLTrainer", "GradDiffConfig", "GradDiffTrainer", "GradientAscentConfig",
-    "GradientAscentTrainer", "IdkConfig", "IdkTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer",
-    "SimNPOConfig", "SimNPOTrainer", "UndialConfig", "UndialTrainer",
+    "METHODS", "AltPOConfig", "AltPOTrainer", "AntiSampleConfig", "AntiSampleTrainer", "DFMCQConfig", "DFMCQTrainer",
+    "DivergenceError", "UnlearningConfig", "UnlearningTrainer", "GradAscentKLConfig", "GradAscentKLTrainer",
+    "GradDiffConfig", "GradDiffTrainer", "GradientAscentConfig", "GradientAscentTrainer", "IdkConfig", "IdkTrainer",
+    "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer", "SimNPOConfig", "SimNPOTrainer", "UndialConfig",
+    "UndialTrainer",
 ]

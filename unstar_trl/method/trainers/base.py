@@ -268,6 +268,8 @@ class UnlearningTrainer(SFTTrainer):
     """Whether `forget_loss` uses the frozen reference (the KL retain loss asks for it on its own)."""
     output_dir_entries = (f"{PREFIX_CHECKPOINT_DIR}-*", "README.md")
     """What a run writes into `args.output_dir` (glob patterns): the Trainer's checkpoints, TRL's model card."""
+    collator_class = ForgetRetainCollator
+    """Pads the forget batches (and whatever their pairs carry) and draws the retain pairs."""
     loss_is_scaled_for_ga = False
 
     def __init__(self, model, args: UnlearningConfig | None = None, train_dataset=None, retain_dataset=None,
@@ -296,6 +298,12 @@ class UnlearningTrainer(SFTTrainer):
         uses_retain = args.retain_weight > 0
         self._facts = {"forget_facts": records_digest(self.forget_records),
                        "retain_facts": records_digest(retain_dataset if uses_retain else [])}
+        self.warnings: list[str] = []
+        """What the run warned about (also logged), for its report."""
+        self.time_split = TimeSplit()
+        """Where the run's time went: seconds per phase (probe, generate, filter, fit, other)."""
+        with self.time_split("generate"):
+            self.prepare_forget(model, processing_class)
         forget = Dataset.from_list([self.tokenize(pair) for record in self.forget_records
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
@@ -304,10 +312,8 @@ class UnlearningTrainer(SFTTrainer):
             check_reference_adapter(model, args.ref_adapter_name)
         reference = reference_copy(model, source) if needs_reference and not (
             peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: an adapter's view
-        self.collator = ForgetRetainCollator(processing_class.pad_token_id, retain, args.seed)
+        self.collator = self.collator_class(processing_class.pad_token_id, retain, args.seed)
         """Pads the forget batches and draws their retain pairs (see `training_step`)."""
-        self.time_split = TimeSplit()
-        """Where the run's time went: seconds per phase (probe, generate, filter, fit, other)."""
         self.forget_stop = None if args.stop_forget_acc is None else ForgetStop(
             self.forget_records, processing_class, self.prompt_template, args.stop_forget_acc, args.forget_probe_every,
             self.time_split)
@@ -318,8 +324,6 @@ class UnlearningTrainer(SFTTrainer):
         self.ref_model = None if reference is None else prepare_reference(self, reference)
         self._step_terms: dict[str, list[torch.Tensor]] = {}
         self._step_tokens = torch.zeros(())
-        self.warnings: list[str] = []
-        """What the run warned about (also logged), for its report."""
 
     def warn(self, message: str) -> None:
         """Log a warning about the run and keep it in `warnings`."""
@@ -369,6 +373,10 @@ class UnlearningTrainer(SFTTrainer):
         """The record's question and `answer` (default: its own) as a prompt/completion row (`text.format_pair`)."""
         answer = record["answer"] if answer is None else answer
         return format_pair(record["question"], answer, self.prompt_template)
+
+    def prepare_forget(self, model, tokenizer) -> None:
+        """Called once, before `forget_pairs`, with the model as given (before the Trainer wraps it): where a method
+        writes what its pairs need from the model (AltPO's alternatives, DF-MCQ's options); timed as "generate"."""
 
     def forget_pairs(self, record: dict) -> list[dict]:
         """The training pairs of one forget record (default: its question and true answer)."""

@@ -42,6 +42,22 @@ class ForgetRetainCollator:
         return [self.rng.choice(self.retain) for _ in range(count)]
 
 
+class CompanionCollator(ForgetRetainCollator):
+    """Also pads the tokenized pairs each forget pair carries beside its own, under any other key (AltPO's
+    "alternate", one pair; DF-MCQ's "options", a list of as many pairs for every forget pair), into
+    `batch["forget"][key]`, in order: with k pairs each, row i * k + j is forget pair i's j-th."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = super().__call__(features)
+        for key in set(features[0]) - {"input_ids", "labels"}:
+            carried = [feature[key] if isinstance(feature[key], list) else [feature[key]] for feature in features]
+            if len({len(pairs) for pairs in carried}) != 1:
+                raise ValueError(f"forget pairs carry {key} pairs in different numbers: "
+                                 f"{sorted({len(pairs) for pairs in carried})}")
+            batch["forget"][key] = pad_pairs([pair for pairs in carried for pair in pairs], self.pad_token_id)
+        return batch
+
+
 class AntiSampleCollator(ForgetRetainCollator):
     """Also pads each anti-sample's true-answer pair into the forget batch under `"true"` (for the reversed term). Half
     of the retain pairs are drawn from `siblings` and `near` when there are any: in targeted mode the siblings, which

@@ -44,6 +44,22 @@ def npo_loss(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, beta: float) ->
     return -(2.0 / beta) * F.logsigmoid(-beta * (log_prob - ref_log_prob)).mean()
 
 
+def preference_loss(win_log_prob: torch.Tensor, win_ref_log_prob: torch.Tensor, lose_log_prob: torch.Tensor,
+                    lose_ref_log_prob: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO, scaled as NPO: -(2 / beta) E[log sigmoid(beta ((log pi(w|x) - log pi_ref(w|x)) - (log pi(l|x) -
+    log pi_ref(l|x))))] on sequence log-probabilities of a preferred answer w and a dispreferred one l."""
+    margin = (win_log_prob - win_ref_log_prob) - (lose_log_prob - lose_ref_log_prob)
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
+def flattening_loss(option_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(uniform || p), averaged over rows, where p is the distribution over each row's K options that the model's
+    sequence log-probabilities of the options (batch, K) give (softmax over the row): 0 when every option is as
+    likely as the others, growing without bound as one option's share goes to 0."""
+    log_p = torch.log_softmax(option_log_probs.float(), dim=-1)
+    return (-math.log(option_log_probs.shape[-1]) - log_p.mean(-1)).mean()
+
+
 def ascent_to_floor(log_prob: torch.Tensor, count: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
     """Gradient ascent that stops at a floor: the mean over sequences of how far each sequence's mean token
     log-probability is above its `floor` (0 once at or below it)."""
