@@ -253,3 +253,13 @@ def test_the_probes_run_per_question_under_the_lm_eval_cli(world_dir, guesses_au
                 assert (math.isnan(value) and math.isnan(want)) or value == pytest.approx(want), (task, metric)
     assert results["results"]["unstar_extraction_strength"]["strength,none"] >= 0.8  # the knowledge model knows
     assert results["higher_is_better"]["unstar_spillover"]["taught_wrong"] is False
+
+
+def test_a_plain_lm_eval_run_without_a_model_folder_is_refused_in_one_line(world_dir):
+    from test_tasks import utils
+
+    from unstar_trl.io import UsageError
+
+    for view in ("logit_lens", "extraction", "spillover"):
+        with pytest.raises(UsageError, match="pretrained=DIR; got 'org/name'"):
+            utils.load(view, data_dir=str(world_dir / "data"), pretrained="org/name")

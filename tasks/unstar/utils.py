@@ -385,9 +385,10 @@ def process_logit_lens(doc: dict, results: list[tuple[float, bool]]) -> dict:
 
 
 def process_extraction(doc: dict, results: list[tuple[float, bool]]) -> dict:
-    """Extraction strength (computed on the model in `load`) and whether lm-eval's greedy reading of the whole answer
-    after the question matches it token for token, end of turn included (`greedy_whole`)."""
-    return {"strength": doc["extraction_strength"], "greedy_whole": float(results[0][1])}
+    """Extraction strength, computed on the model's tokens in `load` (lm-eval's request, the answer's likelihood, only
+    carries the document: lm-eval tokenizes the prompt and the answer together, which may merge tokens across
+    them, so its `is_greedy` is not the greedy reading of the answer's own tokens)."""
+    return {"strength": doc["extraction_strength"]}
 
 
 def process_spillover(doc: dict, results: list[tuple[float, bool]]) -> dict:
