@@ -220,10 +220,8 @@ def _inner_docs(view: str, data: UnlearningData, metadata: dict, doc, choice_doc
     template = prompt_template(metadata)
     if view == "logit_lens":
         docs = [choice_doc(record, "forget") for record in data.forget]
-        for item in docs:
-            lens = logit_lens(model, tokenizer, item["question"], item["choices"], template)
-            item.update(lens_acc=lens["acc"], lens_layer=lens["layer"] or 0)
-        return docs
+        return [item | {"lens_acc": logit_lens(model, tokenizer, item["question"], item["choices"], template)}
+                for item in docs]
     if view == "extraction":
         strengths = extraction_strength(model, tokenizer, data.forget, template)
         return [doc(record, "forget") | {"extraction_strength": strengths[record["id"]]} for record in data.forget]

@@ -62,9 +62,9 @@ def layer_scores(model, tokenizer, question: str, choices: list[str], prompt_tem
     return scores
 
 
-def logit_lens(model, tokenizer, question: str, choices: list[str], prompt_template: str | None) -> dict:
-    """{"acc": the truth (choices[0]) ranked first at any intermediate layer (max over layers; NaN for a model of one
-    block), "layer": the first intermediate layer (1-based block index) where it ranks first alone, or None}."""
+def logit_lens(model, tokenizer, question: str, choices: list[str], prompt_template: str | None) -> float:
+    """Whether the truth (choices[0]) ranks first at any intermediate layer: the max over layers of `first_share`
+    (NaN for a model of one block, which has none)."""
     was_training = model.training
     model.eval()
     try:
@@ -72,5 +72,4 @@ def logit_lens(model, tokenizer, question: str, choices: list[str], prompt_templ
                                                                     prompt_template)]
     finally:
         model.train(was_training)
-    return {"acc": max(per_layer, default=math.nan),
-            "layer": next((index + 1 for index, share in enumerate(per_layer) if share == 1.0), None)}
+    return max(per_layer, default=math.nan)
