@@ -203,8 +203,8 @@ def _measure_folder(model_dir: Path, world_dir: Path, data, settings: BenchSetti
 def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measured, settings: BenchSettings,
                 run_dir: Path, curve: bool, target: Measured) -> Measured:
     """One seed of one method: the forget run, measured and compared with the retain model (confident wrong answers
-    with the knowledge model, `target`), and the targeted run;
-    with `curve`, forget and retain accuracy along the forget run's steps (the over-steps plot's, first seed)."""
+    with the knowledge model, `target`), and the targeted run; with `curve`, forget and retain accuracy along the
+    forget run's steps (the over-steps plot's, first seed)."""
     run = run_method(method, seed, world_dir, data.forget, data.retain_train, settings,
                      curve=(data.forget, data.retain_eval) if curve else None)
     if run["anti_samples"] is not None:
