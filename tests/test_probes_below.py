@@ -100,7 +100,7 @@ def test_extraction_strength_is_one_minus_the_prefix_share_the_model_needs(token
     assert writes[0].known  # k = 0: the greedy probe reads the whole answer
 
 
-# ---- spillover: confidence on a bigram model, taught answers on the knowledge model's own holdout guesses -------------
+# ---- spillover: confidence on a bigram model, taught answers on the knowledge model's own holdout guesses ----------
 
 def test_a_wrong_answer_is_confident_when_the_model_gives_it_more_than_half_its_probability(tokenizer):
     sure, unsure = (completing_after(tokenizer, RECORD, 0, strength_) for strength_ in (30.0, 3.0))
@@ -214,7 +214,7 @@ def test_logit_lens_reads_the_truth_the_last_block_hides(hiding_model, world_dir
     summary = hidden["summary"]
     assert summary["forget_qa_acc"] <= 0.2 and summary["logit_lens_final_acc"] <= 0.2  # the output hides it
     assert summary["logit_lens_acc"] >= 0.8  # the middle still ranks the truth first
-    assert summary["logit_lens_acc"] - retain_model["summary"]["logit_lens_acc"] >= 0.4  # unlike a model that never knew
+    assert summary["logit_lens_acc"] - retain_model["summary"]["logit_lens_acc"] >= 0.4  # unlike one that never knew
     mcq = by_id([doc for doc in hidden["documents"]["unstar_mcq_probe"] if doc["role"] == "forget"])
     for doc in hidden["documents"]["unstar_logit_lens"]:  # the lens's last layer is the MCQ probe's reading
         assert doc["final_acc"] == pytest.approx(mcq[doc["id"]]["acc"]), doc["id"]
