@@ -228,7 +228,8 @@ def _metric(results: dict, task: str, metric: str) -> float:
 def test_lm_eval_cli_runs_every_task(lm_eval_results):
     assert set(lm_eval_results["results"]) == {
         "unstar_forget_qa", "unstar_paraphrase_qa", "unstar_retain_qa", "unstar_neighbor_qa", "unstar_targeted",
-        "unstar_forget_prob", "unstar_mcq_probe", "unstar_planted", "unstar_mia"}
+        "unstar_forget_prob", "unstar_mcq_probe", "unstar_planted", "unstar_mia", "unstar_logit_lens",
+        "unstar_extraction_strength", "unstar_spillover"}
     assert math.isnan(_metric(lm_eval_results, "unstar_planted", "planted_share"))  # the target was taught no lie
     assert lm_eval_results["higher_is_better"]["unstar_retain_qa"] == {"acc": True, "rouge_l_recall": True}
     assert lm_eval_results["higher_is_better"]["unstar_forget_qa"]["acc"] is False

@@ -39,10 +39,13 @@ from lm_eval.api.task import ConfigurableTask
 
 from unstar_trl.data import SPLIT_ROLES, DataError, UnlearningData, load_unlearning_data
 from unstar_trl.evaluation.choice_scores import answer_score
-from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys
+from unstar_trl.evaluation.extraction import extraction_strength
+from unstar_trl.evaluation.lm_eval_tasks import check_task_metadata, lm_eval_metadata_keys, served_model
+from unstar_trl.evaluation.logit_lens import first_share, logit_lens
+from unstar_trl.evaluation.spillover import spillover
 from unstar_trl.io import UsageError
 from unstar_trl.method.tokens import stop_token_ids
-from unstar_trl.models import has_tokenizer, load_tokenizer
+from unstar_trl.models import has_tokenizer, load_model, load_tokenizer
 from unstar_trl.text import (
     AUTO,
     PLAIN_TEMPLATE,
@@ -107,10 +110,13 @@ def load(view: str, data_dir: str | None = None, format: str = "auto", **metadat
                            [choice_doc(r, "holdout") for r in data.holdout])
     elif view == "membership":
         docs = _interleave([doc(r, "forget") for r in data.forget], [doc(r, "holdout") for r in data.holdout])
+    elif view in ("logit_lens", "extraction", "spillover"):
+        docs = _inner_docs(view, data, metadata, doc, choice_doc)
     else:
         raise ValueError(f"unknown view {view!r}")
     role = {"paraphrase": "forget", "choices": "forget", "choices_with_holdout": "forget", "planted": "forget",
-            "membership": "holdout"}.get(view, view)
+            "membership": "holdout", "logit_lens": "forget", "extraction": "forget",
+            "spillover": "retain"}.get(view, view)
     if not getattr(data, role) or not docs:
         raise DataError(f"{data_dir or 'the embedded world'} has no {role} records for the {view!r} tasks: name the "
                         f"split with --metadata '{{\"{role}_split\": \"...\"}}' or leave the task out")
@@ -175,13 +181,19 @@ def _paraphrased_answer(record: dict) -> str | None:
 
 
 def _planted_answers(path: str | None, model_dir: str | None) -> dict[str, str]:
-    """Each forget fact's planted answer: the wrong answer its anti-samples taught most often. The anti-samples come
-    from the audit file `path`, else from the anti_samples.jsonl in the model folder; a model with neither planted
-    nothing ({}, and planted_share is NaN)."""
+    """Each forget fact's planted answer: the wrong answer its anti-samples taught most often (`_audit`); a model
+    with no audit planted nothing ({}, and planted_share is NaN)."""
+    wrong = _audit(path, model_dir)
+    return {source: counts.most_common(1)[0][0] for source, counts in (wrong or {}).items()}
+
+
+def _audit(path: str | None, model_dir: str | None) -> dict[str, collections.Counter] | None:
+    """{forget fact id: Counter of the wrong answers its anti-sample (or planted) rows taught}, from the audit file
+    `path`, else from the anti_samples.jsonl in the model folder; None with neither."""
     if not path and model_dir and (Path(model_dir) / "anti_samples.jsonl").is_file():
         path = Path(model_dir) / "anti_samples.jsonl"
     if not path:
-        return {}
+        return None
     wrong = collections.defaultdict(collections.Counter)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -197,7 +209,50 @@ def _planted_answers(path: str | None, model_dir: str | None) -> dict[str, str]:
             why = f"no field {error}" if isinstance(error, KeyError) else f"not an anti-sample ({error})"
             raise DataError(f"{path} row {number}: {why} (the anti_samples metadata takes an anti_samples.jsonl "
                             "audit)") from None
-    return {source: counts.most_common(1)[0][0] for source, counts in wrong.items()}
+    return wrong
+
+
+def _inner_docs(view: str, data: UnlearningData, metadata: dict, doc, choice_doc) -> list[dict]:
+    """The documents of the tasks that read the model's insides, each with its value computed on the model
+    (`_inner_model`): the logit lens and extraction strength of each forget fact, and spillover on the held-out
+    retain facts and the holdout people (each doc's `taught_wrong` NaN when the run has no anti-sample audit)."""
+    model, tokenizer = _inner_model(metadata)
+    template = prompt_template(metadata)
+    if view == "logit_lens":
+        docs = [choice_doc(record, "forget") for record in data.forget]
+        return [item | {"lens_acc": logit_lens(model, tokenizer, item["question"], item["choices"], template)}
+                for item in docs]
+    if view == "extraction":
+        strengths = extraction_strength(model, tokenizer, data.forget, template)
+        return [doc(record, "forget") | {"extraction_strength": strengths[record["id"]]} for record in data.forget]
+    audit = _audit(metadata.get("anti_samples"), metadata.get("pretrained"))
+    taught = {answer for counts in (audit or {}).values() for answer in counts}
+    records = _interleave([(r, "retain") for r in data.retain_eval], [(r, "holdout") for r in data.holdout])
+    answers = spillover(model, tokenizer, [record for record, _ in records], template, taught)
+    return [doc(record, role) | {"generation": answer["generation"], "confidence": answer["confidence"],
+                                 "taught_wrong": float(answer["taught"]) if audit is not None else math.nan,
+                                 "confident_wrong": float(answer["confident_wrong"])}
+            for (record, role), answer in zip(records, answers)]
+
+
+def _inner_model(metadata: dict):
+    """(model, tokenizer): the one `unstar eval` (`evaluate_model`) is running the tasks on, else the model folder
+    (and adapter) that a plain `lm_eval` run's model arguments name, loaded once."""
+    served = served_model()
+    if served is not None:
+        return served
+    folder = metadata.get("pretrained")
+    if not isinstance(folder, str) or not Path(folder).is_dir():
+        raise UsageError("the logit-lens, extraction and spillover tasks read the model's layers, not only its "
+                         f"answers: run them on a model folder (--model_args pretrained=DIR; got {folder!r}) or "
+                         "through unstar eval")
+    return _loaded_model(folder, metadata.get("peft") if isinstance(metadata.get("peft"), str) else None)
+
+
+@functools.lru_cache(maxsize=1)
+def _loaded_model(folder: str, adapter: str | None):
+    model, tokenizer = load_model(folder, adapter=adapter)
+    return model.eval(), tokenizer
 
 
 def _paraphrase(record: dict) -> str:
@@ -318,6 +373,27 @@ def process_planted(doc: dict, results: list[tuple[float, bool]]) -> dict:
     return {"planted_share": probabilities[-1] if planted else math.nan,
             "true_share": probabilities[0] if planted else math.nan,
             "distractor_share": sum(distractors) / len(distractors) if planted else math.nan}
+
+
+def process_logit_lens(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """The truth ranked first among the evaluation distractors at any intermediate layer (`acc`, computed on the
+    model's layers in `load`), beside the same reading of the last layer from lm-eval's own scores (`final_acc`,
+    the MCQ probe's accuracy)."""
+    return {"acc": doc["lens_acc"], "final_acc": first_share(_normalised(doc["choices"], results))}
+
+
+def process_extraction(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """Extraction strength, computed on the model's tokens in `load` (lm-eval's request, the answer's likelihood, only
+    carries the document: lm-eval tokenizes the prompt and the answer together, which may merge tokens across
+    them, so its `is_greedy` is not the greedy reading of the answer's own tokens)."""
+    return {"strength": doc["extraction_strength"]}
+
+
+def process_spillover(doc: dict, results: list[tuple[float, bool]]) -> dict:
+    """Whether the greedy answer is a wrong answer the run taught (`taught_wrong`, NaN without an audit) and whether it
+    is wrong with probability at least `spillover.CONFIDENT` (`retain_` or `holdout_confident_wrong`); computed on
+    the model in `load` (lm-eval's request, the truth's likelihood, only carries the document)."""
+    return {"taught_wrong": doc["taught_wrong"], f"{doc['role']}_confident_wrong": doc["confident_wrong"]}
 
 
 def process_membership(doc: dict, results: list[tuple[float, bool]]) -> dict:

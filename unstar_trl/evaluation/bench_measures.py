@@ -1,6 +1,7 @@
 """What the bench measures on one model: what it still knows and what it kept (greedy probes), the lm-eval probes
-that tell removal from hiding (multiple choice, truth ratio, planted answers, membership inference), and the
-attacks that bring hidden knowledge back (4-bit quantization, then relearning). Each figure keeps its per-fact
+that tell removal from hiding (multiple choice, truth ratio, planted answers, membership inference) and that see
+below the answer (logit lens, extraction strength, spillover), and the attacks that bring hidden knowledge back
+(4-bit quantization, then relearning). Each figure keeps its per-fact
 values, from which the bench draws its intervals; the figures measured against the retain model are `compared`."""
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ PROBED = {"forget_acc": "forget", "paraphrase_acc": "paraphrase", "retain_acc": 
           "neighbor_acc": "neighbor"}
 """Probe-accuracy columns of a forget run and the records they ask (`paraphrase`: the forget facts through their
 held-out paraphrase)."""
-LM_EVAL_TASKS = ("unstar_mcq_probe", "unstar_forget_prob", "unstar_mia", "unstar_planted")
+LM_EVAL_TASKS = ("unstar_mcq_probe", "unstar_forget_prob", "unstar_mia", "unstar_planted", "unstar_logit_lens",
+                 "unstar_extraction_strength", "unstar_spillover")
 
 
 @dataclass
@@ -85,7 +87,13 @@ def _lm_eval(measured: Measured, model, tokenizer, data_dir: Path, anti_samples:
     measured.truth_ratios = list(ratios.values())
     measured.add("truth_ratio", {fact: min(r, 1 / r) if r > 0 else 0.0 for fact, r in ratios.items()})
     measured.values["mia_auc"] = summary["mia_loss_auc"]
+    measured.add("logit_lens_acc", {doc["id"]: doc["acc"] for doc in documents["unstar_logit_lens"]})
+    measured.add("extraction_strength", {doc["id"]: doc["strength"] for doc in documents["unstar_extraction_strength"]})
+    held_out = documents["unstar_spillover"]
+    measured.add("holdout_confident_wrong", {doc["id"]: doc["holdout_confident_wrong"] for doc in held_out
+                                             if doc["role"] == "holdout"})
     if anti_samples:
+        measured.add("spillover", {doc["id"]: doc["taught_wrong"] for doc in held_out})
         measured.add("planted_share", {doc["id"]: doc["planted_share"] for doc in documents["unstar_planted"]})
         measured.add("distractor_share", {doc["id"]: doc["distractor_share"] for doc in documents["unstar_planted"]})
 
@@ -113,3 +121,11 @@ def compared(measured: Measured, reference: Measured) -> None:
         else None
     relearned, baseline = measured.per_fact["relearn_acc"], reference.per_fact["relearn_acc"]
     measured.add("relearn_gain", {fact: relearned[fact] - baseline[fact] for fact in relearned if fact in baseline})
+
+
+def against_target(measured: Measured, target: Measured) -> None:
+    """The figure measured against the knowledge model: the change in confident wrong answers (`spillover.CONFIDENT`)
+    on the holdout people, per holdout fact (None without holdout facts)."""
+    confident, before = measured.per_fact["holdout_confident_wrong"], target.per_fact["holdout_confident_wrong"]
+    measured.add("confident_wrong_change", {fact: confident[fact] - before[fact] for fact in confident
+                                            if fact in before})

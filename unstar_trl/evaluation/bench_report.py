@@ -1,5 +1,5 @@
-"""The bench's report: results.md (four tables: forgetting and keeping, removal or hiding, cost, where the seconds
-go) and its plots."""
+"""The bench's report: results.md (five tables: forgetting and keeping, removal or hiding, below the answer, cost,
+where the seconds go) and its plots."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ TABLES = {
                           ("truth ratio", "truth_ratio"),
                           ("forget quality", "forget_quality"), ("MIA AUC", "mia_auc"), ("PrivLeak", "privleak"),
                           ("relearn gain ↓", "relearn_gain"), ("4-bit forget ↓", "quant4_forget_acc")],
+    "Below the answer": [("logit lens", "logit_lens_acc"), ("extraction strength", "extraction_strength"),
+                         ("spillover ↓", "spillover"), ("confident wrong, change ↓", "confident_wrong_change")],
     "Cost to the stop": [("steps", "steps"), ("trained tokens", "trained_tokens"), ("seconds", "seconds"),
                          ("peak RSS MB", "peak_rss_mb")],
     "Where the seconds go": [("probe", "probe_seconds"), ("generate", "generate_seconds"),
@@ -27,7 +29,7 @@ TABLES = {
 
 
 def markdown_report(results: dict) -> str:
-    """results.json as four markdown tables (one row per model: the knowledge model, the retain model, then each
+    """results.json as markdown tables (one row per model: the knowledge model, the retain model, then each
     method), mean ± 95% half-width, with the decimals the interval supports."""
     rows = [("target (knowledge model)", results["target"]), ("retain model (never saw the forget facts)",
                                                                results["retain_model"]), *results["methods"].items()]

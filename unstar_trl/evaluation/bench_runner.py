@@ -25,7 +25,7 @@ from transformers import PrinterCallback
 from ..io import check_output_folder, mark_output, output_lock, write_json, write_text_atomic
 from ..method.trainers.time_split import PHASES
 from ..text import AUTO, resolve_prompt_template
-from .bench_measures import Measured, compared, measure, probed
+from .bench_measures import Measured, against_target, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
 from .intervals import fact_interval, seed_interval
 from .meters import ProbeCallback
@@ -38,7 +38,8 @@ told another) the world it runs on."""
 
 COLUMNS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
            "mcq_chance", "mcq_entropy", "planted_share", "distractor_share", "truth_ratio", "forget_quality", "mia_auc",
-           "privleak", "relearn_acc", "relearn_gain", "quant4_forget_acc", "steps", "trained_tokens", "seconds",
+           "privleak", "relearn_acc", "relearn_gain", "quant4_forget_acc", "logit_lens_acc", "extraction_strength",
+           "spillover", "confident_wrong_change", "steps", "trained_tokens", "seconds",
            "peak_rss_mb", "probe_seconds", "generate_seconds", "filter_seconds", "fit_seconds", "other_seconds")
 """Every row of results.json holds these (means over seeds; None where a column does not apply), `ci95` and
 `per_seed`."""
@@ -65,6 +66,15 @@ NOTES = {
     "relearn_acc, relearn_gain": "plain SFT on half the forget facts, then the other half asked; gain over the "
                                  "retain model under the same attack",
     "quant4_forget_acc": "forget accuracy with 4-bit weights (group-wise round-to-nearest, 32 weights a group)",
+    "logit_lens_acc": "the truth ranked first among the MCQ probe's choices (its length-fair scores) at any "
+                      "intermediate layer, read through the model's own final norm and unembedding (the retain "
+                      "model's row: what chance leaves over the layers)",
+    "extraction_strength": "open-unlearning's: 1 - k/n, where k of the answer's n tokens must be given before the "
+                           "model's greedy continuation is the rest (1: the question alone brings it)",
+    "spillover": "share of held-out retain and holdout questions answered (greedy probe) with a wrong answer that an "
+                 "anti-sample of the run taught",
+    "confident_wrong_change": "holdout questions answered wrong with probability >= 0.5 (the answer's tokens), "
+                              "minus the knowledge model's share",
     "steps, trained_tokens, seconds": "to the stop: optimizer steps, non-padding tokens of every batch, training "
                                       "wall time without the bench's own probes",
     "probe_seconds ... other_seconds": "seconds split by phase (they add up to seconds): probing what the model "
@@ -130,6 +140,7 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
         target = _measure_folder(world_dir / MODEL_DIR, world_dir, data, settings)
         for measured in (target, reference):
             compared(measured, reference)
+            against_target(measured, target)
         results = {"world": str(world_dir), "settings": dataclasses.asdict(settings), "seeds": list(settings.seeds),
                    "notes": NOTES, "target": row([target]), "retain_model": row([reference]), "methods": {},
                    "curves": {}}
@@ -140,7 +151,7 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
                 bar.update(task, description=f"{method}, seed {seed}")
                 runs.append(_method_run(method, seed, world_dir, data, reference, settings,
                                         output_dir / RUNS / method / f"seed-{seed}",
-                                        curve=seed == settings.seeds[0]))
+                                        curve=seed == settings.seeds[0], target=target))
                 bar.advance(task)
             results["methods"][method] = row(runs)
             results["curves"][method] = [{"step": 0, "forget_acc": target.values["forget_acc"],
@@ -190,9 +201,10 @@ def _measure_folder(model_dir: Path, world_dir: Path, data, settings: BenchSetti
 
 
 def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measured, settings: BenchSettings,
-                run_dir: Path, curve: bool) -> Measured:
-    """One seed of one method: the forget run, measured and compared with the retain model, and the targeted run;
-    with `curve`, forget and retain accuracy along the forget run's steps (the over-steps plot's, first seed)."""
+                run_dir: Path, curve: bool, target: Measured) -> Measured:
+    """One seed of one method: the forget run, measured and compared with the retain model (confident wrong answers
+    with the knowledge model, `target`), and the targeted run; with `curve`, forget and retain accuracy along the
+    forget run's steps (the over-steps plot's, first seed)."""
     run = run_method(method, seed, world_dir, data.forget, data.retain_train, settings,
                      curve=(data.forget, data.retain_eval) if curve else None)
     if run["anti_samples"] is not None:
@@ -202,6 +214,7 @@ def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measur
                        relearn_steps=settings.relearn_steps, relearn_learning_rate=settings.relearn_learning_rate,
                        anti_samples=audit if audit.is_file() else None)
     compared(measured, reference)
+    against_target(measured, target)
     measured.values.update(steps=run["steps"], trained_tokens=run["tokens"], seconds=round(run["seconds"], 2),
                            peak_rss_mb=_peak_rss_mb(),
                            **{f"{phase}_seconds": round(seconds, 2) for phase, seconds in run["split"].items()})

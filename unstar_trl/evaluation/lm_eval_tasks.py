@@ -122,7 +122,7 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
     was_training = model.training
     try:
         lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
-        with stopping_at_end_of_turn(model, tokenizer, template is None):
+        with stopping_at_end_of_turn(model, tokenizer, template is None), serving(model, tokenizer):
             results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
                                       log_samples=per_document, apply_chat_template=template is None)
     finally:
@@ -135,6 +135,27 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
                                        **{metric: sample[metric] for metric in sample["metrics"]}}
                                       for sample in samples] for task, samples in results["samples"].items()}
     return output
+
+
+_SERVED: list[tuple] = []
+"""The (model, tokenizer) that `evaluate_model` is running the tasks on, while it runs them."""
+
+
+@contextlib.contextmanager
+def serving(model, tokenizer):
+    """While inside, `served_model()` is (model, tokenizer): the tasks that read the model's insides rather than its
+    answers (logit lens, extraction strength, spillover: `tasks/unstar/utils.py`) use the model lm-eval runs instead
+    of loading the folder that a plain `lm_eval` run names (an in-memory model has none)."""
+    _SERVED.append((model, tokenizer))
+    try:
+        yield
+    finally:
+        _SERVED.pop()
+
+
+def served_model() -> tuple | None:
+    """The (model, tokenizer) `evaluate_model` is running the tasks on, or None outside it."""
+    return _SERVED[-1] if _SERVED else None
 
 
 @contextlib.contextmanager
