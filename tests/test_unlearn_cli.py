@@ -33,7 +33,8 @@ def test_end_to_end_with_a_recipe(world_dir, tmp_path):
     assert report["diverged"] is None and report["seconds"] > 0 and report["trained_tokens"] > 0
     split = report["time_split"]  # the training run's seconds by phase, within the command's (which loads and scores)
     assert set(split) == set(PHASES) and split["fit"] > 0 and sum(split.values()) <= report["seconds"]
-    for key in ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc"):
+    for key in ("forget_acc", "paraphrase_acc", "retain_heldout_acc", "retain_trained_acc", "neighbor_acc",
+                "targeted_acc", "sibling_heldout_acc", "sibling_trained_acc"):
         assert 0.0 <= report["before"][key] <= 1.0 and 0.0 <= report["after"][key] <= 1.0
     assert report["after"]["forget_acc"] < report["before"]["forget_acc"]
     assert [entry["step"] for entry in report["history"]] == [1, 2, 3, 4, 5, 6]
