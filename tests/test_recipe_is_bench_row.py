@@ -36,14 +36,17 @@ def test_every_world_recipe_holds_the_stopping_rule_and_batch_size(recipe):
         assert "num_train_epochs" not in values
 
 
-def test_a_recipe_run_alone_gives_its_bench_row(world_dir, tmp_path, capsys):
+@pytest.mark.parametrize("row", ["grad_ascent", "unstar_plus"])
+def test_a_recipe_run_alone_gives_its_bench_row(world_dir, tmp_path, capsys, row):
+    """The forget run of a bench row and `unstar unlearn --config world_<row>` with nothing else: the same steps and
+    forget accuracy (UnSTAR-plus: over rounds, with the recipe's max_rounds, which the bench keeps)."""
     out = tmp_path / "alone"
-    assert main(["unlearn", "--config", "world_grad_ascent", "--model_name_or_path", str(world_dir / "model"),
+    assert main(["unlearn", "--config", f"world_{row}", "--model_name_or_path", str(world_dir / "model"),
                  "--data_dir", str(world_dir / "data"), "--output_dir", str(out)]) == 0, capsys.readouterr().err
     report = json.loads((out / "unlearn_report.json").read_text())
     data = load_unlearning_data(world_dir / "data")
-    settings = BenchSettings(seeds=(read_recipe("world_grad_ascent")["seed"],))
-    bench = run_method("grad_ascent", settings.seeds[0], world_dir, data.forget, data.retain_train, settings)
+    settings = BenchSettings(seeds=(read_recipe(f"world_{row}")["seed"],))
+    bench = run_method(row, settings.seeds[0], world_dir, data.forget, data.retain_train, settings)
     forget_acc = probe_accuracy(bench["model"], bench["tokenizer"], data.forget, bench["template"])
     assert report["before"]["forget_acc"] >= 0.9  # there was something to forget
     assert 0 < report["steps"] < STOPPING_RULE.step_budget  # stopped by the rule, not by the budget

@@ -29,8 +29,8 @@ from .bench_measures import Measured, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
 from .intervals import fact_interval, seed_interval
 from .knowledge import held_out
-from .sweep import BATCH_SIZE, STOPPING_RULE
 from .meters import ProbeCallback
+from .sweep import BATCH_SIZE, STOPPING_RULE
 
 RESULTS, REPORT = "results.json", "results.md"
 PLOTS = ("forget_retain_over_steps.png", "methods.png", "forget_vs_kept.png")
