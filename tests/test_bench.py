@@ -12,8 +12,8 @@ from unstar_trl.evaluation.bench_runner import COLUMNS, SPLIT
 from unstar_trl.io import OUTPUT_MARKER, check_output_folder, fingerprint
 
 METHODS = ("grad_ascent", "unstar")
-SHARES = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
-          "mcq_chance", "mcq_entropy", "truth_ratio", "forget_quality", "mia_auc", "relearn_acc",
+SHARES = ("forget_acc", "paraphrase_acc", "retain_heldout_acc", "neighbor_acc", "targeted_acc", "sibling_heldout_acc",
+          "mcq_acc", "mcq_chance", "mcq_entropy", "truth_ratio", "forget_quality", "mia_auc", "relearn_acc",
           "quant4_forget_acc")
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -234,7 +234,8 @@ def test_a_baseline_resumes_its_own_checkpoint(world_dir, tmp_path, capsys):
 
     recipe = yaml.safe_load((RECIPES / "world_grad_diff.yaml").read_text())
     own = _checkpoint(world_dir, tmp_path / "kept", GradDiffTrainer, GradDiffConfig, seed=0,
-                      learning_rate=recipe["learning_rate"])  # the run it resumes: the recipe's rate
+                      **{key: recipe[key] for key in ("learning_rate", "stop_forget_acc", "forget_probe_every")})
+    # (the run it resumes: the recipe's rate and stopping rule)
     out = tmp_path / "out"
     code, err = cli(["unlearn", "--config", RECIPES / "world_grad_diff.yaml", "--model_name_or_path",
                      world_dir / "model", "--data_dir", world_dir / "data", "--output_dir", out, "--max_steps", 2,

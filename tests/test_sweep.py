@@ -101,8 +101,19 @@ def test_a_chosen_rate_that_keeps_nothing_is_warned_about():
 
 
 def test_a_report_whose_kept_splits_collapse_is_warned_about():
-    before = {"forget_acc": 1.0, "retain_acc": 1.0, "neighbor_acc": 0.8, "sibling_acc": None}
-    (line,) = kept_knowledge_warnings(before, {"forget_acc": 0.0, "retain_acc": 0.0, "neighbor_acc": 0.75,
-                                               "sibling_acc": None})
-    assert line.startswith("retain accuracy fell from 1.00 to 0.00")
-    assert kept_knowledge_warnings(before, {"forget_acc": 0.0, "retain_acc": 0.9, "neighbor_acc": 0.73}) == []
+    before = {"forget_acc": 1.0, "retain_heldout_acc": 1.0, "retain_trained_acc": 1.0, "neighbor_acc": 0.8,
+              "sibling_heldout_acc": None}
+    (line,) = kept_knowledge_warnings(before, {"forget_acc": 0.0, "retain_heldout_acc": 0.0, "retain_trained_acc": 0.0,
+                                               "neighbor_acc": 0.75, "sibling_heldout_acc": None})
+    assert line.startswith("held-out retain accuracy fell from 1.00 to 0.00")  # one line: the held-out facts
+    assert kept_knowledge_warnings(before, {"forget_acc": 0.0, "retain_heldout_acc": 0.9, "retain_trained_acc": 0.0,
+                                            "neighbor_acc": 0.73}) == []  # the trained ones are not read beside them
+
+
+def test_data_without_held_out_facts_is_warned_about_on_the_trained_ones():
+    before = {"retain_heldout_acc": None, "retain_trained_acc": 1.0, "neighbor_acc": None,
+              "sibling_heldout_acc": None, "sibling_trained_acc": 0.9}
+    after = {"retain_heldout_acc": None, "retain_trained_acc": 0.2, "neighbor_acc": None,
+             "sibling_heldout_acc": None, "sibling_trained_acc": 0.3}
+    lines = kept_knowledge_warnings(before, after)
+    assert [line.split(" accuracy")[0] for line in lines] == ["trained retain", "trained sibling"]

@@ -29,14 +29,17 @@ def test_end_to_end_with_a_recipe(world_dir, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "unlearn_report.json").read_text())
-    assert report["method"] == "grad_ascent" and report["rounds"] == 1 and report["steps"] == 6
+    steps = report["steps"]  # the recipe's stopping rule may end the run before --max_steps
+    assert report["method"] == "grad_ascent" and report["rounds"] == 1 and 1 <= steps <= 6
+    assert steps == 6 or (steps % 2 == 0 and report["after"]["forget_acc"] <= 0.05)
     assert report["diverged"] is None and report["seconds"] > 0 and report["trained_tokens"] > 0
     split = report["time_split"]  # the training run's seconds by phase, within the command's (which loads and scores)
     assert set(split) == set(PHASES) and split["fit"] > 0 and sum(split.values()) <= report["seconds"]
-    for key in ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc"):
+    for key in ("forget_acc", "paraphrase_acc", "retain_heldout_acc", "retain_trained_acc", "neighbor_acc",
+                "targeted_acc", "sibling_heldout_acc", "sibling_trained_acc"):
         assert 0.0 <= report["before"][key] <= 1.0 and 0.0 <= report["after"][key] <= 1.0
     assert report["after"]["forget_acc"] < report["before"]["forget_acc"]
-    assert [entry["step"] for entry in report["history"]] == [1, 2, 3, 4, 5, 6]
+    assert [entry["step"] for entry in report["history"]] == list(range(1, steps + 1))
     assert all("forget_nll" in entry for entry in report["history"])
     assert {"model.safetensors", "config.json", "tokenizer.json", "unstar_prompts.json"} <= {
         path.name for path in out.iterdir()}

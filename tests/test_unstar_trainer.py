@@ -53,7 +53,7 @@ def test_template_generator_forgets_and_keeps_retain(model_and_tokenizer, data, 
     assert before["forget_acc"] >= 0.9
     assert after["forget_acc"] <= 0.05
     assert after["paraphrase_acc"] <= 0.10
-    assert after["retain_acc"] >= 0.9 * before["retain_acc"]
+    assert after["retain_trained_acc"] >= 0.9 * before["retain_trained_acc"]  # (trained on all of data.retain)
     assert trainer.rounds[0]["known"] == len(data.forget) and trainer.rounds[-1]["known"] == 0
     assert trainer.state.global_step > 0 and {"anti_sample_nll", "retain_loss"} <= set(trainer.history[0])
 
@@ -167,7 +167,7 @@ def test_targeted_mode_removes_the_association_and_keeps_its_siblings(model_and_
                       per_device_train_batch_size=8, learning_rate=5e-4)
     after = knowledge_report(trainer.model, tokenizer, data, "Question: {question}\nAnswer:")
     assert after["targeted_acc"] <= 0.05
-    assert after["sibling_acc"] >= 0.9 * before["sibling_acc"]
+    assert after["sibling_heldout_acc"] >= 0.9 * before["sibling_heldout_acc"]  # never trained on
     assert after["forget_acc"] >= 0.9 * before["forget_acc"]  # only the targeted associations go
 
 

@@ -18,11 +18,12 @@ from scipy import stats
 from ..data import UnlearningData
 from ..method.probe import probe
 from .attacks import quantized_4bit, relearn
+from .knowledge import held_out
 
-PROBED = {"forget_acc": "forget", "paraphrase_acc": "paraphrase", "retain_acc": "retain_eval",
+PROBED = {"forget_acc": "forget", "paraphrase_acc": "paraphrase", "retain_heldout_acc": "retain_heldout",
           "neighbor_acc": "neighbor"}
 """Probe-accuracy columns of a forget run and the records they ask (`paraphrase`: the forget facts through their
-held-out paraphrase)."""
+held-out paraphrase; `retain_heldout`: the retain facts no run trains on, as in `unstar unlearn`'s report)."""
 LM_EVAL_TASKS = ("unstar_mcq_probe", "unstar_forget_prob", "unstar_mia", "unstar_planted", "unstar_logit_lens",
                  "unstar_extraction_strength", "unstar_spillover")
 
@@ -58,7 +59,7 @@ def measure(model, tokenizer, data: UnlearningData, prompt_template: str | None,
             relearn_steps: int, relearn_learning_rate: float, anti_samples: Path | None = None) -> Measured:
     """Every figure of one model on `data` (relearning last: it trains the model in place)."""
     measured = Measured()
-    records = {"forget": data.forget, "retain_eval": data.retain_eval, "neighbor": data.neighbor,
+    records = {"forget": data.forget, "retain_heldout": held_out(data.retain), "neighbor": data.neighbor,
                "paraphrase": [r for r in data.forget if r.get("paraphrased_questions")]}
     for column, split in PROBED.items():
         measured.add(column, probed(model, tokenizer, records[split], prompt_template,

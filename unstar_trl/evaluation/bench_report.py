@@ -12,8 +12,8 @@ from .intervals import shown
 
 TABLES = {
     "Forgetting and keeping": [("forget ↓", "forget_acc"), ("paraphrase ↓", "paraphrase_acc"),
-                               ("retain ↑", "retain_acc"), ("neighbor ↑", "neighbor_acc"),
-                               ("targeted ↓", "targeted_acc"), ("sibling ↑", "sibling_acc")],
+                               ("held-out retain ↑", "retain_heldout_acc"), ("neighbor ↑", "neighbor_acc"),
+                               ("targeted ↓", "targeted_acc"), ("held-out sibling ↑", "sibling_heldout_acc")],
     "Removal or hiding": [("MCQ (chance)", "mcq_acc"), ("MCQ entropy", "mcq_entropy"),
                           ("planted share", "planted_share"), ("a distractor's share", "distractor_share"),
                           ("truth ratio", "truth_ratio"),
@@ -75,7 +75,7 @@ def plot_over_steps(curves: dict[str, list[dict]], path: Path) -> None:
     for index, (method, points) in enumerate(curves.items()):
         marker, line = STYLES[index % len(STYLES)]
         offset = (index - len(curves) / 2) * 0.004  # lines that coincide stay visible side by side
-        for axis, key in zip(axes, ("forget_acc", "retain_acc")):
+        for axis, key in zip(axes, ("forget_acc", "retain_heldout_acc")):
             axis.plot([p["step"] for p in points], [p[key] + offset for p in points], marker=marker, linestyle=line,
                       markersize=4, alpha=0.85, label=method)
     for axis, title in zip(axes, ("forget accuracy (lower is better)", "held-out retain accuracy (higher is better)")):
@@ -93,7 +93,7 @@ def plot_methods(results: dict, path: Path) -> None:
     import numpy as np
 
     rows = {"target": results["target"], "retain model": results["retain_model"], **results["methods"]}
-    keys = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "sibling_acc", "relearn_acc")
+    keys = ("forget_acc", "paraphrase_acc", "retain_heldout_acc", "neighbor_acc", "sibling_heldout_acc", "relearn_acc")
     figure, axis = _pyplot().subplots(figsize=(max(8, 1.9 * len(rows) + 2), 4.6), layout="constrained")
     width, places = 0.8 / len(keys), np.arange(len(rows))
     for index, key in enumerate(keys):
@@ -116,10 +116,10 @@ def plot_forget_vs_kept(results: dict, path: Path) -> None:
     method and seed, the retain model (the goal) as a star."""
     figure, axes = _pyplot().subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     reference = results["retain_model"]
-    near = "neighbor_acc" if reference.get("neighbor_acc") is not None else "sibling_acc"  # TOFU has no neighbours
+    near = "neighbor_acc" if reference.get("neighbor_acc") is not None else "sibling_heldout_acc"  # TOFU: none
     panels = [("forget_quality", near, "forget quality (KS p-value, higher: like the retain model)",
-               f"held-out {near.removesuffix('_acc').replace('neighbor', 'neighbour')} accuracy"),
-              ("forget_acc", "retain_acc", "forget accuracy (lower is better)", "held-out retain accuracy")]
+               f"held-out {near.split('_')[0].replace('neighbor', 'neighbour')} accuracy"),
+              ("forget_acc", "retain_heldout_acc", "forget accuracy (lower is better)", "held-out retain accuracy")]
     for axis, (x, y, x_label, y_label) in zip(axes, panels):
         floor = 1e-30 if x == "forget_quality" else -math.inf  # a p-value that underflowed to 0, on a log axis
         for index, (method, entry) in enumerate(results["methods"].items()):

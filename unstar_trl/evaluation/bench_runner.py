@@ -28,7 +28,9 @@ from ..text import AUTO, resolve_prompt_template
 from .bench_measures import Measured, against_target, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
 from .intervals import fact_interval, seed_interval
+from .knowledge import held_out
 from .meters import ProbeCallback
+from .sweep import BATCH_SIZE, STOPPING_RULE
 
 RESULTS, REPORT = "results.json", "results.md"
 PLOTS = ("forget_retain_over_steps.png", "methods.png", "forget_vs_kept.png")
@@ -36,11 +38,12 @@ RUNS, DEFAULT_WORLD = "runs", "world"
 """What a bench writes in its output folder: the results, the report, the plots, the anti-sample audits and (unless
 told another) the world it runs on."""
 
-COLUMNS = ("forget_acc", "paraphrase_acc", "retain_acc", "neighbor_acc", "targeted_acc", "sibling_acc", "mcq_acc",
-           "mcq_chance", "mcq_entropy", "planted_share", "distractor_share", "truth_ratio", "forget_quality", "mia_auc",
-           "privleak", "relearn_acc", "relearn_gain", "quant4_forget_acc", "logit_lens_acc", "extraction_strength",
-           "spillover", "confident_wrong_change", "steps", "trained_tokens", "seconds",
-           "peak_rss_mb", "probe_seconds", "generate_seconds", "filter_seconds", "fit_seconds", "other_seconds")
+COLUMNS = ("forget_acc", "paraphrase_acc", "retain_heldout_acc", "neighbor_acc", "targeted_acc",
+           "sibling_heldout_acc", "mcq_acc", "mcq_chance", "mcq_entropy", "planted_share", "distractor_share",
+           "truth_ratio", "forget_quality", "mia_auc", "privleak", "relearn_acc", "relearn_gain", "quant4_forget_acc",
+           "logit_lens_acc", "extraction_strength", "spillover", "confident_wrong_change", "steps", "trained_tokens",
+           "seconds", "peak_rss_mb", "probe_seconds", "generate_seconds", "filter_seconds", "fit_seconds",
+           "other_seconds")
 """Every row of results.json holds these (means over seeds; None where a column does not apply), `ci95` and
 `per_seed`."""
 SPLIT = tuple(f"{phase}_seconds" for phase in PHASES)
@@ -49,10 +52,10 @@ SPLIT = tuple(f"{phase}_seconds" for phase in PHASES)
 NOTES = {
     "forget_acc, paraphrase_acc": "greedy probe after the forget run: the forget questions, and the same facts "
                                   "through their held-out paraphrase (never trained on)",
-    "retain_acc, neighbor_acc": "kept knowledge on facts no run trains on: eval-only retain facts, and held-out "
-                                "facts that share an object with a forget fact",
-    "targeted_acc, sibling_acc": "a second run removes one association per targeted fact; siblings are scored on "
-                                 "the half that no run trains on",
+    "retain_heldout_acc, neighbor_acc": "kept knowledge on facts no run trains on: eval-only retain facts, and "
+                                        "held-out facts that share an object with a forget fact",
+    "targeted_acc, sibling_heldout_acc": "a second run removes one association per targeted fact; siblings are "
+                                         "scored on the half that no run trains on",
     "mcq_acc, mcq_chance, mcq_entropy": "the true answer against evaluation distractors no generator may use "
                                         "(ties count as a random pick); entropy of the choices over ln k, 1 = cannot "
                                         "tell",
@@ -88,20 +91,21 @@ NOTES = {
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """How every method is run. None keeps the method's recipe value."""
+    """How every method is run. None keeps the method's recipe value; the defaults are every shipped world recipe's
+    (`sweep.STOPPING_RULE`, `sweep.BATCH_SIZE`), so that a recipe run alone is its bench row."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     """Unlearning seeds: each method runs once per seed."""
-    target: float = 0.05
+    target: float = STOPPING_RULE.target
     """Every run stops at the first probe of its forget questions that reads at most this accuracy..."""
-    probe_every: int = 2
+    probe_every: int = STOPPING_RULE.probe_every
     """...probed every this many optimizer steps (also the points of the over-steps plot)..."""
-    step_budget: int = 60
+    step_budget: int = STOPPING_RULE.step_budget
     """...or after this many optimizer steps (for UnSTAR: all rounds together)."""
-    batch_size: int = 8
+    batch_size: int = BATCH_SIZE
     """Forget (and retain) examples per batch, for every method."""
     max_rounds: int | None = None
-    """UnSTAR rounds."""
+    """UnSTAR rounds (None: the recipe's)."""
     relearn_steps: int = 10
     relearn_learning_rate: float = 1e-4
     """Low enough that the knowledge model keeps the facts it is not taught (1e-3 overwrites them here)."""
@@ -155,7 +159,8 @@ def run_bench(world_dir: str | Path, methods: list[str], output_dir: str | Path,
                 bar.advance(task)
             results["methods"][method] = row(runs)
             results["curves"][method] = [{"step": 0, "forget_acc": target.values["forget_acc"],
-                                          "retain_acc": target.values["retain_acc"]}, *runs[0].curve]
+                                          "retain_heldout_acc": target.values["retain_heldout_acc"]},
+                                         *runs[0].curve]
         write_json(output_dir / RESULTS, results)
         write_text_atomic(output_dir / REPORT, markdown_report(results))
         over_steps, methods_plot, forget_vs_kept = (output_dir / name for name in PLOTS)
@@ -194,7 +199,7 @@ def _measure_folder(model_dir: Path, world_dir: Path, data, settings: BenchSetti
                        relearn_steps=settings.relearn_steps, relearn_learning_rate=settings.relearn_learning_rate)
     model, tokenizer = load_model(model_dir)  # relearning trained the first copy
     measured.add("targeted_acc", probed(model, tokenizer, data.targeted, template))
-    measured.add("sibling_acc", probed(model, tokenizer, data.siblings_eval, template))
+    measured.add("sibling_heldout_acc", probed(model, tokenizer, held_out(data.siblings), template))
     measured.values.update(steps=0, trained_tokens=0, seconds=0.0, peak_rss_mb=_peak_rss_mb(),
                            **dict.fromkeys(SPLIT, 0.0))
     return measured
@@ -206,7 +211,7 @@ def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measur
     with the knowledge model, `target`), and the targeted run; with `curve`, forget and retain accuracy along the
     forget run's steps (the over-steps plot's, first seed)."""
     run = run_method(method, seed, world_dir, data.forget, data.retain_train, settings,
-                     curve=(data.forget, data.retain_eval) if curve else None)
+                     curve=(data.forget, held_out(data.retain)) if curve else None)
     if run["anti_samples"] is not None:
         run["anti_samples"](run_dir)
     audit = run_dir / "anti_samples.jsonl"
@@ -224,8 +229,8 @@ def _method_run(method: str, seed: int, world_dir: Path, data, reference: Measur
         targeted = run_method(method, seed, world_dir, data.targeted, data.targeted_retain, settings, targeted=True)
         measured.add("targeted_acc", probed(targeted["model"], targeted["tokenizer"], data.targeted,
                                             targeted["template"]))
-        measured.add("sibling_acc", probed(targeted["model"], targeted["tokenizer"], data.siblings_eval,
-                                           targeted["template"]))
+        measured.add("sibling_heldout_acc", probed(targeted["model"], targeted["tokenizer"],
+                                                   held_out(data.siblings), targeted["template"]))
         measured.notes["targeted_diverged"] = targeted["diverged"]
     return measured
 

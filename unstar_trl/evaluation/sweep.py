@@ -36,6 +36,13 @@ class StoppingRule:
     """...or after this many optimizer steps (for UnSTAR: all rounds together)."""
 
 
+STOPPING_RULE = StoppingRule()
+"""The one stopping rule of the bench (`BenchSettings`' defaults), of benchmarks/sweep.py and of every shipped world
+recipe (`stop_forget_acc`, `forget_probe_every`, `max_steps`: tests/test_unlearn_cli.py holds them to it)."""
+BATCH_SIZE = 8
+"""Forget (and retain) examples per batch for every method: the bench's and every shipped world recipe's."""
+
+
 def sweep(run: Callable[[float], dict], rule: StoppingRule, grid: tuple[float, ...] = GRID,
           say: Callable[[str], None] = print) -> dict:
     """{"chosen": learning rate, "runs": [{"learning_rate", "forget_acc", "kept", "steps", "diverged"}, ...]}, where
