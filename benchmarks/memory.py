@@ -14,10 +14,11 @@ reference log-probs of the forget rows before training and holds no copy.
     python benchmarks/memory.py [--steps 3] [--batch-size 8] [--methods unstar,grad_diff,...]
 
 Measured (115M parameters, 3 steps of batch 8, 2 shared CPU cores), peak MB and its ratio to SFTTrainer on the same
-sequences: SFT 2401, SFT+retain 2503; unstar 2663 (1.06x), grad_ascent 2388 (0.99x), grad_diff 2653 (1.06x),
-simnpo 2679 (1.07x), idk 2812 (1.12x), grad_ascent_kl 3063 (1.22x) and npo 3096 (1.24x), both with their reference
-copy. Before the divergence guard stopped copying the weights at every step: unstar 3373 (1.34x), grad_diff 3427
-(1.37x).
+sequences: SFT 2424, SFT+retain 2463, SFT on IdK's refusal rows + retain 3056; npo 2656 (1.08x; 3058, 1.23x, while
+it held a reference copy), grad_diff 2610 (1.06x), idk 2881 (0.94x; 1.13x against SFT on the answers' rows),
+grad_ascent_kl 3096 (1.26x, its reference copy for the KL term: see docs/costs.md). Earlier: unstar 2663 (1.06x),
+grad_ascent 2388 (0.99x), simnpo 2679 (1.07x); before the divergence guard stopped copying the weights at every
+step: unstar 3373 (1.34x), grad_diff 3427 (1.37x).
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
                 trainer.train()
         steps_taken = trainer.state.global_step
     peak = peak_rss_mb()
-    baseline = "sft+idk" if method == "idk" else "sft+retain" if with_retain else "sft"
+    baseline = method if method.startswith("sft") else "sft+idk" if method == "idk" else (
+        "sft+retain" if with_retain else "sft")
     return {"method": method, "parameters": parameters, "steps": steps_taken, "peak_mb": peak,
             "growth_mb": peak - before, "baseline": baseline}
 
