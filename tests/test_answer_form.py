@@ -79,18 +79,24 @@ def talker(tmp_path_factory):
     return scratch / "model", forget, retain
 
 
+def config(tmp_path, **overrides):
+    """The talker's UnSTAR settings: template anti-samples, a learning rate that forgets it in a few rounds."""
+    from unstar_trl.method.trainers import AntiSampleConfig
+
+    settings = dict(generator="template", learning_rate=3e-3, num_train_epochs=2, max_rounds=3, follow_ups=0, seed=0)
+    return AntiSampleConfig(output_dir=str(tmp_path), use_cpu=True, disable_tqdm=True, **{**settings, **overrides})
+
+
 def unlearn(talker, tmp_path, **overrides):
     """An UnSTAR run (template anti-samples) on the talker: (trainer, retain accuracy before, after)."""
     from unstar_trl.method.probe import probe_accuracy
-    from unstar_trl.method.trainers import AntiSampleConfig, AntiSampleTrainer
+    from unstar_trl.method.trainers import AntiSampleTrainer
     from unstar_trl.models import load_model
 
     folder, forget, retain = talker
     model, tokenizer = load_model(folder)
-    settings = dict(generator="template", learning_rate=3e-3, num_train_epochs=2, max_rounds=3, follow_ups=0, seed=0)
-    args = AntiSampleConfig(output_dir=str(tmp_path), use_cpu=True, disable_tqdm=True, **{**settings, **overrides})
-    trainer = AntiSampleTrainer(model=model, args=args, train_dataset=forget, retain_dataset=retain,
-                                processing_class=tokenizer)
+    trainer = AntiSampleTrainer(model=model, args=config(tmp_path, **overrides), train_dataset=forget,
+                                retain_dataset=retain, processing_class=tokenizer)
     before = probe_accuracy(trainer.model, tokenizer, retain, None)
     trainer.train()
     return trainer, before, probe_accuracy(trainer.model, tokenizer, retain, None)
@@ -105,6 +111,18 @@ def test_anti_samples_in_the_models_own_words_keep_what_it_knows(talker, tmp_pat
                                         for s in trainer.anti_samples)
     assert trainer.rounds[-1]["forget_acc"] < trainer.rounds[0]["forget_acc"]
     assert before == 1.0 and after >= 0.9 * before
+    assert trainer.retain_answers == [PREAMBLE.format(record["answer"]) for record in talker[2]]  # retain said so too
+    # a resumed run goes on in the same words (it cannot read them again from a model already trained)
+    from unstar_trl.method.trainers import AntiSampleTrainer
+    from unstar_trl.method.trainers.unstar_checkpoints import load_round_checkpoint, save_round_checkpoint
+    from unstar_trl.models import load_model
+
+    checkpoint = save_round_checkpoint(trainer)
+    model, tokenizer = load_model(talker[0])
+    resumed = AntiSampleTrainer(model=model, args=config(tmp_path), train_dataset=talker[1],
+                                retain_dataset=talker[2], processing_class=tokenizer)
+    load_round_checkpoint(resumed, checkpoint)
+    assert resumed.answer_form == form and resumed.collator.retain == trainer.collator.retain
 
 
 def test_anti_samples_in_the_records_form_say_so(talker, tmp_path):
