@@ -87,7 +87,7 @@ class UnlearningConfig(SFTConfig):
     )
     retain_loss_type: str = field(
         default="nll",
-        metadata={"help": "Retain loss: 'nll' of the retain answers, or 'kl' to the frozen reference.",
+        metadata={"help": "'nll' of the retain answers, or 'kl' to the frozen reference.",
                   "choices": ["nll", "kl"]},
     )
     ref_adapter_name: str | None = field(

@@ -148,11 +148,7 @@ class AntiSampleConfig(UnlearningConfig):
     )
     answer_form: str = field(
         default="auto",
-        metadata={"help": "How anti-samples are said: 'auto': in the model's own words when, before round 0, its "
-                  "whole answers to forget facts it knows are not the records' answers as written (its answer with "
-                  "the wrong answer in place of the true one, e.g. 'Sure, here is what I know.\nThe answer is "
-                  "WRONG.'; one warning line), else as the records write answers; 'records': always as the records "
-                  "write answers (a warning line when the model says them otherwise). See answer_form.py.",
+        metadata={"help": "'auto': said as the model says answers; 'records': as written",
                   "choices": ["auto", "records"]},
     )
     restart_optimizer_each_round: bool = field(
