@@ -6,18 +6,22 @@ process's resident memory once the model is built (what training itself adds).
 AntiSampleTrainer is measured on its fit alone (template anti-samples of the forget facts, one round's
 `Trainer.train()`), the baselines on their whole `train()`. A trainer with a retain term draws a retain batch as large
 as the forget batch: it is compared with SFTTrainer on the same sequences per step (the forget and retain pairs, a
-batch twice as large, "sft+retain"). NPO and GradAscentKL hold a frozen reference copy of the model (as TRL's DPO
-does): their figures include it.
+batch twice as large, "sft+retain"); IdK, which trains the forget questions onto refusal sentences (longer than the
+answers), with SFTTrainer on those very refusal rows and the retain rows ("sft+idk"). GradAscentKL holds a frozen
+reference copy of the model (as TRL's DPO does), for its KL retain term: its figure includes it. NPO computes its
+reference log-probs of the forget rows before training and holds no copy.
 
     python benchmarks/memory.py [--steps 3] [--batch-size 8] [--methods unstar,grad_diff,...]
 
 Measured (115M parameters, 3 steps of batch 8, 2 shared CPU cores), peak MB and its ratio to SFTTrainer on the same
-sequences: SFT 2401, SFT+retain 2503; unstar 2663 (1.06x), grad_ascent 2388 (0.99x), grad_diff 2653 (1.06x),
-simnpo 2679 (1.07x), idk 2812 (1.12x), grad_ascent_kl 3063 (1.22x) and npo 3096 (1.24x), both with their reference
-copy. Before the divergence guard stopped copying the weights at every step: unstar 3373 (1.34x), grad_diff 3427
-(1.37x). Later (`--methods rmu,undial,npo`, same shapes; SFT 2414, SFT+retain 2490): rmu 1425 (0.57x: it trains and
-copies only the MLPs of layers 3-5, so AdamW holds state for those alone), undial 3082 (1.24x, with its reference
-copy, as npo 3093, 1.24x).
+sequences: SFT 2424, SFT+retain 2463, SFT on IdK's refusal rows + retain 3056; npo 2656 (1.08x; 3058, 1.23x, while
+it held a reference copy), grad_diff 2610 (1.06x), idk 2881 (0.94x; 1.13x against SFT on the answers' rows),
+grad_ascent_kl 3096 (1.26x, its reference copy for the KL term: see docs/costs.md). Earlier: unstar 2663 (1.06x),
+grad_ascent 2388 (0.99x), simnpo 2679 (1.07x); before the divergence guard stopped copying the weights at every
+step: unstar 3373 (1.34x), grad_diff 3427 (1.37x). RMU and UNDIAL
+(`--methods rmu,undial,npo`, same shapes; SFT 2414, SFT+retain 2490, npo still with its copy): rmu 1425 (0.57x: it
+trains and copies only the MLPs of layers 3-5, so AdamW holds state for those alone), undial 3082 (1.24x, with its
+reference copy for the distillation target on every forget token).
 """
 
 from __future__ import annotations
@@ -61,21 +65,25 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
 
     from unstar_trl.method.generators import TemplateGenerator
     from unstar_trl.method.trainers import METHODS
+    from unstar_trl.method.trainers.idk import drawn_refusals
     from unstar_trl.text import PLAIN_TEMPLATE, format_pair
 
     torch.set_num_threads(1)
     forget, retain, tokenizer, model = setting(batch_size)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     common = dict(max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-5, report_to="none",
-                  save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=128)
+                  save_strategy="no", logging_steps=1, disable_tqdm=True, max_length=128, seed=0)
     with tempfile.TemporaryDirectory() as scratch:
         before = rss_mb()
         if method.startswith("sft"):
-            with_retain = method == "sft+retain"
-            records = forget + retain[: len(forget)] if with_retain else forget
-            pairs = [format_pair(r["question"], r["answer"], PLAIN_TEMPLATE) for r in records]
+            with_retain = method != "sft"
+            forget_rows = [(r["question"], r["answer"]) for r in forget]
+            if method == "sft+idk":  # the refusal rows IdkTrainer trains on (one per question)
+                forget_rows = [(r["question"], drawn_refusals(r, common["seed"], 1)[0]) for r in forget]
+            retain_rows = [(r["question"], r["answer"]) for r in retain[: len(forget)]] if with_retain else []
+            pairs = [format_pair(question, answer, PLAIN_TEMPLATE) for question, answer in forget_rows + retain_rows]
             config = SFTConfig(output_dir=scratch, gradient_checkpointing=False, bf16=False,
-                               **{**common, "per_device_train_batch_size": len(records)})
+                               **{**common, "per_device_train_batch_size": len(pairs)})
             trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(pairs),
                                  processing_class=tokenizer)
             trainer.train()
@@ -95,8 +103,10 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
                 trainer.train()
         steps_taken = trainer.state.global_step
     peak = peak_rss_mb()
+    baseline = method if method.startswith("sft") else "sft+idk" if method == "idk" else (
+        "sft+retain" if with_retain else "sft")
     return {"method": method, "parameters": parameters, "steps": steps_taken, "peak_mb": peak,
-            "growth_mb": peak - before, "retain": with_retain}
+            "growth_mb": peak - before, "baseline": baseline}
 
 
 def main() -> None:
@@ -107,15 +117,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="forget examples per step")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to compare")
     args = parser.parse_args()
-    plain = {retain: in_own_process(measure, name, args.steps, args.batch_size)
-             for retain, name in ((False, "sft"), (True, "sft+retain"))}
-    print(f"random Llama, {plain[False]['parameters'] / 1e6:.0f}M parameters, fp32 on the CPU; {args.steps} steps of "
+    methods = args.methods.split(",")
+    plain = {name: in_own_process(measure, name, args.steps, args.batch_size)
+             for name in ("sft", "sft+retain", *(["sft+idk"] if "idk" in methods else []))}
+    print(f"random Llama, {plain['sft']['parameters'] / 1e6:.0f}M parameters, fp32 on the CPU; {args.steps} steps of "
           f"batch {args.batch_size}; each run in its own process; x SFT: against SFTTrainer on the same sequences")
     print(f"{'trainer':<16} {'peak MB':>9} {'x SFT':>6} {'growth MB':>10} {'x SFT':>6}")
     rows = [*plain.values(), *(in_own_process(measure, method, args.steps, args.batch_size)
-                               for method in args.methods.split(","))]
+                               for method in methods)]
     for row in rows:
-        same = plain[row["retain"]]
+        same = plain[row["baseline"]]
         print(f"{row['method']:<16} {row['peak_mb']:9.0f} {row['peak_mb'] / same['peak_mb']:6.2f} "
               f"{row['growth_mb']:10.0f} {row['growth_mb'] / same['growth_mb']:6.2f}", flush=True)
 

@@ -386,4 +386,4 @@ def test_write_anti_samples_is_auditable(tmp_path):
     write_anti_samples(tmp_path / "anti.jsonl", samples)
     rows = [json.loads(line) for line in (tmp_path / "anti.jsonl").read_text().splitlines()]
     assert [AntiSample(**row) for row in rows] == samples
-    assert set(rows[0]) == {"source_id", "question", "wrong_answer", "rationale", "round", "generator"}
+    assert set(rows[0]) == {"source_id", "question", "wrong_answer", "rationale", "round", "generator", "spoken"}

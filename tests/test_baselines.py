@@ -9,8 +9,10 @@ import torch
 
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.method.probe import accuracy, probe
-from unstar_trl.method.trainers import METHODS, DivergenceError, GradDiffTrainer, GradientAscentTrainer, NPOTrainer
-from unstar_trl.method.trainers.losses import nll
+from unstar_trl.method.trainers import (METHODS, DivergenceError, GradAscentKLTrainer, GradDiffTrainer,
+                                       GradientAscentTrainer, NPOTrainer)
+from unstar_trl.method.trainers.collators import REFERENCE_COLUMN
+from unstar_trl.method.trainers.losses import nll, sequence_log_probs
 from unstar_trl.models import load_model
 
 
@@ -75,7 +77,7 @@ def test_gradient_accumulation_gives_the_same_gradient(world_dir, data, tmp_path
 
 
 def test_reference_stays_frozen(world_dir, data, tmp_path):
-    trainer = make(NPOTrainer, world_dir, data, tmp_path, learning_rate=3e-3, max_steps=3)
+    trainer = make(GradAscentKLTrainer, world_dir, data, tmp_path, learning_rate=3e-3, max_steps=3)
     reference = trainer.ref_model
     assert reference is not None and reference is not trainer.model and not reference.training
     start = {name: parameter.detach().clone() for name, parameter in reference.named_parameters()}
@@ -91,6 +93,28 @@ def test_reference_stays_frozen(world_dir, data, tmp_path):
     inputs = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
     assert torch.allclose(trainer.reference_logits(inputs), trainer.logits(original, inputs))
     assert not torch.allclose(trainer.reference_logits(inputs), trainer.logits(trainer.model, inputs))
+
+
+def test_npo_computes_its_reference_once_before_training_and_holds_none(world_dir, data, tmp_path):
+    """NPO's reference is needed only on the fixed forget rows: their sequence log-probs are computed once, before
+    training, equal to what the reference gives on the fly, and no reference model is held."""
+    trainer = make(NPOTrainer, world_dir, data, tmp_path / "npo", learning_rate=3e-3, max_steps=3, retain_weight=0)
+    assert trainer.ref_model is None
+    batch = trainer.data_collator([trainer.train_dataset[index] for index in (0, 3, 5)])["forget"]  # padded rows
+    assert batch["attention_mask"].sum(-1).unique().numel() > 1  # of different lengths
+    reference = load_model(world_dir / "model")[0].eval()
+    on_the_fly, _ = sequence_log_probs(trainer.logits(reference, batch), batch["labels"])
+    torch.testing.assert_close(batch[REFERENCE_COLUMN], on_the_fly, rtol=1e-5, atol=1e-4)
+    # the loss equals that of NPO with a held reference (a KL retain term keeps one), which computes it on the fly
+    held = make(NPOTrainer, world_dir, data, tmp_path / "held", retain_loss_type="kl")
+    assert held.ref_model is not None
+    logits = held.logits(held.model, batch)
+    fly = {key: value for key, value in batch.items() if key != REFERENCE_COLUMN}
+    torch.testing.assert_close(held.forget_loss(held.model, batch, logits), held.forget_loss(held.model, fly, logits))
+    start = list(trainer.train_dataset[REFERENCE_COLUMN])
+    trainer.train()
+    assert trainer.ref_model is None and list(trainer.train_dataset[REFERENCE_COLUMN]) == start
+    assert not torch.allclose(trainer.logits(trainer.model, fly), trainer.logits(reference, fly))  # the model moved
 
 
 def test_divergence_guard_stops_before_updating_the_weights_that_went_bad(world_dir, data, tmp_path):

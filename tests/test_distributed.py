@@ -74,11 +74,11 @@ os.write(1, f"rank {{trainer.accelerator.process_index}} reference frozen\\n".en
 
 
 @pytest.mark.parametrize("trainer, config, extra", [
-    ("NPOTrainer", "NPOConfig", ""),
+    ("NPOTrainer", "NPOConfig", ", retain_loss_type='kl'"),  # alone NPO holds no reference (test_baselines)
     ("GradDiffTrainer", "GradDiffConfig", ", retain_loss_type='kl'"),
 ])
 def test_the_frozen_reference_under_two_cpu_processes(world_dir, tmp_path, trainer, config, extra):
-    """Full fine-tuning with a reference (NPO; GradDiff with a KL retain term) under DDP: the reference is placed
+    """Full fine-tuning with a reference (a KL retain term: NPO's, GradDiff's) under DDP: the reference is placed
     once per process, unwrapped (never trained) and unchanged by the run, while the model trains."""
     script = tmp_path / "reference_run.py"
     script.write_text(REFERENCE_RUN.format(trainer=trainer, config=config, extra=extra))

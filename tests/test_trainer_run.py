@@ -17,6 +17,8 @@ from unstar_trl.data import load_unlearning_data
 from unstar_trl.io import UsageError
 from unstar_trl.method.trainers import AntiSampleConfig, AntiSampleTrainer, GradientAscentConfig, GradientAscentTrainer
 from unstar_trl.method.trainers import NPOConfig, NPOTrainer
+from unstar_trl.method.trainers.collators import REFERENCE_COLUMN
+from unstar_trl.method.trainers.losses import sequence_log_probs
 from unstar_trl.method.trainers import unstar_rounds
 from unstar_trl.models import load_model
 
@@ -227,6 +229,9 @@ def test_a_peft_model_with_its_own_adapter_needs_a_reference_adapter(world_dir, 
     args.ref_adapter_name = "reference"
     trainer = NPOTrainer(model=model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
                          processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])["forget"]
+    on_the_fly, _ = sequence_log_probs(trainer.reference_logits(batch), batch["labels"])
+    torch.testing.assert_close(batch[REFERENCE_COLUMN], on_the_fly)  # computed before training, through the adapter
     trainer.train()
     assert torch.allclose(trainer.reference_logits(inputs), start, atol=1e-5)  # the adapter as it came, frozen
     with torch.no_grad():

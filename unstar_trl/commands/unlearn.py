@@ -317,6 +317,7 @@ def _unlearn(script_args, config, model_args, data, model, tokenizer, resolved: 
                   "rounds": sum(log["steps"] > 0 for log in rounds) if rounds is not None else 1,
                   "round_log": rounds, "generator": generator and dataclasses.asdict(generator),
                   "writer_check": getattr(trainer, "writer_check", None),
+                  "answer_form": getattr(trainer, "answer_form", None),
                   "steps": trainer.state.global_step,
                   "seconds": round(time.perf_counter() - start, 1),
                   "time_split": {phase: round(seconds, 2) for phase, seconds in trainer.time_split.seconds.items()},

@@ -30,10 +30,16 @@ class AntiSample:
     rationale: str
     round: int
     generator: str
+    spoken: str = ""
+    """The wrong answer in the model's own words (`answer_form.in_own_words`): its whole answer to `question` with the
+    wrong answer in place of the true one; "": the wrong answer as the records write answers."""
 
     @property
     def answer_text(self) -> str:
-        """The wrong answer, then the rationale: greedy probing reads the wrong answer first."""
+        """The wrong answer (in the model's own words, where it has them), then the rationale: greedy probing reads the
+        wrong answer first."""
+        if self.spoken:
+            return f"{self.spoken} {self.rationale}" if self.rationale else self.spoken
         return f"{self.wrong_answer}. {self.rationale}" if self.rationale else self.wrong_answer
 
     def to_json(self) -> dict:

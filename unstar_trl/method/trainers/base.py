@@ -29,12 +29,13 @@ from ...data import as_records
 from ...io import UsageError, write_json
 from ...models import load_model, load_tokenizer
 from ...text import AUTO, check_prompt_template, format_pair, resolve_prompt_template
+from ..answer_form import form_message, measure_answer_form
 from ..tokens import tokenize_pair
 from .collators import ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
 from .losses import entropy_share, kl_to_reference, nll
-from .reference import prepare_reference, reference_copy
+from .reference import REFERENCE_COLUMN, precomputed_reference, prepare_reference, reference_copy, whole_model_here
 from .time_split import TimeSplit
 
 logger = logging.get_logger(__name__)
@@ -86,7 +87,7 @@ class UnlearningConfig(SFTConfig):
     )
     retain_loss_type: str = field(
         default="nll",
-        metadata={"help": "Retain loss: 'nll' of the retain answers, or 'kl' to the frozen reference.",
+        metadata={"help": "'nll' of the retain answers, or 'kl' to the frozen reference.",
                   "choices": ["nll", "kl"]},
     )
     ref_adapter_name: str | None = field(
@@ -266,6 +267,13 @@ class UnlearningTrainer(SFTTrainer):
     config_class = UnlearningConfig
     needs_reference = False
     """Whether `forget_loss` uses the frozen reference (the KL retain loss asks for it on its own)."""
+    reference_on_forget_rows = False
+    """Whether `forget_loss` needs the reference only as `REFERENCE_COLUMN`, the sequence log-probs of the forget rows
+    (NPO): fixed rows, so they are computed once before training (`precomputed_reference`) and, where each process
+    holds the whole model, no reference is held."""
+    fits_records_answers = True
+    """Whether the method trains on the records' answers as written (its forget or retain term): `train` then warns in
+    one line when the model says its answers in a form of its own (`answer_form.py`)."""
     output_dir_entries = (f"{PREFIX_CHECKPOINT_DIR}-*", "README.md")
     """What a run writes into `args.output_dir` (glob patterns): the Trainer's checkpoints, TRL's model card."""
     collator_class = ForgetRetainCollator
@@ -307,9 +315,10 @@ class UnlearningTrainer(SFTTrainer):
         forget = Dataset.from_list([self.tokenize(pair) for record in self.forget_records
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
-        needs_reference = self.needs_reference or (uses_retain and args.retain_loss_type == "kl")
-        if needs_reference and isinstance(model, PeftModel):
+        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and isinstance(model, PeftModel):
             check_reference_adapter(model, args.ref_adapter_name)
+        precompute = self.reference_on_forget_rows and whole_model_here(args, model)
+        needs_reference = (self.needs_reference and not precompute) or (uses_retain and args.retain_loss_type == "kl")
         reference = reference_copy(model, source) if needs_reference and not (
             peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: an adapter's view
         self.collator = self.collator_class(processing_class.pad_token_id, retain, args.seed)
@@ -322,8 +331,14 @@ class UnlearningTrainer(SFTTrainer):
                          data_collator=self.collator, peft_config=peft_config, callbacks=[*(callbacks or []), *own],
                          **kwargs)
         self.ref_model = None if reference is None else prepare_reference(self, reference)
+        if precompute:  # the model before training is the reference: its figures on the fixed rows, once
+            self.train_dataset = self.train_dataset.add_column(
+                REFERENCE_COLUMN, precomputed_reference(self, self.train_dataset, args.per_device_train_batch_size))
         self._step_terms: dict[str, list[torch.Tensor]] = {}
         self._step_tokens = torch.zeros(())
+        self.answer_form: dict | None = None
+        """How the model says its answers (`answer_form.measure_answer_form`) and what is fitted; None before it is
+        read."""
 
     def warn(self, message: str) -> None:
         """Log a warning about the run and keep it in `warnings`."""
@@ -344,8 +359,23 @@ class UnlearningTrainer(SFTTrainer):
             check_run_identity(checkpoint, json.loads((Path(checkpoint) / RUN_FILE).read_text()), self.run_identity())
             self.restore_retain_draws(Path(checkpoint))
             resume_from_checkpoint = str(checkpoint)
+        if self.fits_records_answers and self.answer_form is None and whole_model_here(self.args, self.model):
+            self.check_answer_form()
         with self.time_split("fit"):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def check_answer_form(self) -> None:
+        """Read how the model says its answers to the forget facts it knows, before training, into `answer_form`, and
+        warn in one line when it is not how the records write them: this method fits the records' answers."""
+        with self.time_split("probe"):
+            form = measure_answer_form(self, self.model, self.forget_records)
+        self.answer_form = {**(form or {}), "fitted": "records"}
+        if form and form["own_form"]:
+            self.warn(form_message(form, f"{self._name} trains on the records' answers as written (forget answers, "
+                                         "retain answers), a text the model never says: expect it to unlearn the "
+                                         "form, retain facts with it; give records whose answers are written as the "
+                                         "model says them, or use unstar, which fits its anti-samples in the model's "
+                                         "own words"))
 
     def restore_retain_draws(self, checkpoint: Path) -> None:
         """Go on drawing retain pairs where the run that saved `checkpoint` was (the Trainer restores the rest)."""

@@ -7,6 +7,10 @@ import random
 import torch
 from trl.trainer.utils import pad
 
+REFERENCE_COLUMN = "ref_log_prob"
+"""A forget row's (and the forget batch's) reference sequence log-prob, where the method computed it before training
+(`reference.precomputed_reference`)."""
+
 
 def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Tokenized pairs ({"input_ids", "labels"}) right-padded into input_ids, attention_mask and labels (-100 on
@@ -28,7 +32,10 @@ class ForgetRetainCollator:
         self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
 
     def __call__(self, features: list[dict]) -> dict:
-        return {"forget": pad_pairs(features, self.pad_token_id)}
+        forget = pad_pairs(features, self.pad_token_id)
+        if REFERENCE_COLUMN in features[0]:  # NPO's reference figures, computed before training
+            forget[REFERENCE_COLUMN] = torch.tensor([feature[REFERENCE_COLUMN] for feature in features])
+        return {"forget": forget}
 
     def add_retain(self, batch: dict) -> dict:
         """`batch` with as many retain pairs as it has forget pairs under "retain" (as it is without retain

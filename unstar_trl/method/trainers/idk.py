@@ -16,6 +16,11 @@ def refusals() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def drawn_refusals(record: dict, seed: int, count: int) -> list[str]:
+    """The `count` refusals a forget record is trained on: drawn from `refusals()`, seeded by `seed` and its id."""
+    return random.Random(f"{seed}:{record['id']}").sample(refusals(), count)
+
+
 @dataclass
 class IdkConfig(UnlearningConfig):
     r"""Configuration of [`IdkTrainer`]: loss = gamma * NLL(question -> refusal) + alpha * retain loss."""
@@ -30,8 +35,8 @@ class IdkTrainer(UnlearningTrainer):
     config_class = IdkConfig
 
     def forget_pairs(self, record):
-        rng = random.Random(f"{self.args.seed}:{record['id']}")
-        return [self.answer_pair(record, answer) for answer in rng.sample(refusals(), self.args.refusals_per_question)]
+        return [self.answer_pair(record, answer)
+                for answer in drawn_refusals(record, self.args.seed, self.args.refusals_per_question)]
 
     def forget_loss(self, model, inputs, logits):
         return self.log_metric("idk_nll", nll(logits, inputs["labels"]))

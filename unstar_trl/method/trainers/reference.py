@@ -1,16 +1,27 @@
 """The frozen reference of the methods that need one (a KL retain term, NPO, UnSTAR's NPO term): the model's
 weights before training, prepared for the run's distributed setup as TRL's DPOTrainer prepares its reference. With
-PEFT there is none: the reference is the model with its adapter disabled."""
+PEFT there is none: the reference is the model with its adapter disabled.
+
+NPO needs the reference only on its forget rows, which are fixed: where each process holds the whole model
+(`whole_model_here`), their reference sequence log-probs are computed once, before training, by the model itself
+(which, before its first update, is the reference) and no copy is held (`precomputed_reference`). A KL retain term
+needs the reference's whole next-token distribution on retain rows drawn at random, and UnSTAR's NPO term its
+log-probs on questions written during the rounds: both keep the reference (see docs/costs.md)."""
 
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
+import torch
+from peft import PeftModel
 from transformers.integrations import is_deepspeed_zero3_enabled
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ...models import load_model
+from .collators import REFERENCE_COLUMN, pad_pairs
+from .losses import sequence_log_probs
 
 
 def reference_copy(model, source: str | None):
@@ -41,3 +52,37 @@ def prepare_reference(trainer, reference):
     if trainer.is_fsdp_enabled:
         return prepare_fsdp(reference, trainer.accelerator)
     return trainer.accelerator.prepare_model(reference, evaluation_mode=True)
+
+
+def whole_model_here(args, model) -> bool:
+    """Whether this process holds the whole model, unsharded and loaded (no DeepSpeed, no FSDP, no meta tensors), so
+    that the model itself can give the reference's figures before training."""
+    sharded = bool(args.deepspeed or args.fsdp) or is_deepspeed_zero3_enabled() or any(
+        os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() in ("1", "true") for name in ("FSDP", "DEEPSPEED"))
+    return not sharded and not any(parameter.is_meta for parameter in model.parameters())
+
+
+@torch.no_grad()
+def precomputed_reference(trainer, rows, batch_size: int) -> list[float]:
+    """The reference's sequence log-prob of each tokenized row of `rows` ({"input_ids", "labels"}), as `forget_loss`
+    would compute it on the fly, from the trainer's model before its first update (in eval mode, under the run's
+    autocast): with PEFT through `reference_logits` (the adapter disabled, or `ref_adapter_name`), else the model
+    itself, which is the reference until it is trained."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    peft = isinstance(trainer.accelerator.unwrap_model(model), PeftModel)
+    device = getattr(model, "device", trainer.args.device)
+    values = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = pad_pairs([{"input_ids": row["input_ids"], "labels": row["labels"]}
+                               for row in rows.select(range(start, min(start + batch_size, len(rows))))],
+                              trainer.processing_class.pad_token_id)
+            batch = {key: value.to(device) for key, value in batch.items()}
+            with trainer.accelerator.autocast():
+                logits = trainer.reference_logits(batch) if peft else trainer.logits(model, batch)
+            values += sequence_log_probs(logits, batch["labels"])[0].tolist()
+    finally:
+        model.train(was_training)
+    return values

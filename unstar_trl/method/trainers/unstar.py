@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,11 @@ class AntiSampleConfig(UnlearningConfig):
             when it is asked about strangers (see `strangers.py`): its own spread of guesses, fresh each round,
             instead of a few planted alternatives.
         generation_batch_size, generation_temperature, generation_top_p: how the generator samples.
+        answer_form (`str`, defaults to `"auto"`): before round 0 the model's own whole answers to forget facts it knows
+            are read; when most are not the records' answers as written (a preamble line, "The answer is X."), each
+            anti-sample is fitted in its own words: its whole answer with the wrong answer in place of the true one,
+            the rationale after it (one warning line says so). "records": the records' form anyway (with a warning
+            line). See `answer_form.py`.
         writer_check_bar (`float`, defaults to `0.5`), writer_check_facts (`int`, defaults to `8`): before round 0 a
             writing model (self or teacher) writes anti-samples for this many facts the model knows, and its shares
             of usable wrong answers and rationales must reach the bar (of paraphrases, half of it); below it the
@@ -140,6 +146,11 @@ class AntiSampleConfig(UnlearningConfig):
     follow_ups: int = field(
         default=2, metadata={"help": "Harder follow-up questions probed per forgotten fact (0: none)."}
     )
+    answer_form: str = field(
+        default="auto",
+        metadata={"help": "'auto': said as the model says answers; 'records': as written",
+                  "choices": ["auto", "records"]},
+    )
     restart_optimizer_each_round: bool = field(
         default=False,
         metadata={"help": "A fresh optimizer and learning-rate schedule (warmup and decay) for each round; default: "
@@ -181,6 +192,8 @@ class AntiSampleConfig(UnlearningConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.generation_top_p > 1:
             raise ValueError(f"generation_top_p must be at most 1, got {self.generation_top_p}")
+        if self.answer_form not in ("auto", "records"):
+            raise ValueError(f"answer_form must be 'auto' or 'records', got {self.answer_form!r}")
         if self.refit not in ("all", "round", "replay"):
             raise ValueError(f"refit must be 'all', 'round' or 'replay', got {self.refit!r}")
         needs_length = self.lr_scheduler_type not in LENGTHLESS_SCHEDULES or 0 < self.warmup_steps < 1
@@ -202,6 +215,7 @@ class AntiSampleTrainer(UnlearningTrainer):
 
     _name = "UnSTAR"
     config_class = AntiSampleConfig
+    fits_records_answers = False  # the rounds read the model's form and fit anti-samples in it (answer_form)
     output_dir_entries = (*UnlearningTrainer.output_dir_entries, ROUND_CHECKPOINT.format("*"), ANTI_SAMPLES_FILE,
                           DROPPED_FILE, ROUNDS_FILE)
 
@@ -220,6 +234,8 @@ class AntiSampleTrainer(UnlearningTrainer):
         siblings = [self.tokenize(self.answer_pair(record)) for record in retain_records
                     if record["id"] in sibling_ids]
         self.retain_records = retain_records
+        self.retain_answers: list[str] | None = None
+        """The retain records' answers as the model says them, where it has a form of its own (`say_retain_answers`)."""
         self.collator = AntiSampleCollator(self.data_collator.pad_token_id, self.data_collator.retain, args.seed,
                                            siblings)
         """The batches' collator (also when something wraps `data_collator`): `fit` hands it the round's neighbours."""
@@ -241,7 +257,8 @@ class AntiSampleTrainer(UnlearningTrainer):
         self.anti_samples: list[AntiSample] = []
         """Every anti-sample kept so far, in the order the rounds made them."""
         self.dropped: list[tuple[AntiSample, str]] = []
-        """Every anti-sample the filters dropped, with its reason (`anti_samples.DROP_REASONS` or changed_answer)."""
+        """Every anti-sample the filters dropped, with its reason (`anti_samples.DROP_REASONS`, or
+        `unstar_rounds.ROUND_DROP_REASONS`)."""
         self.rounds: list[dict] = []
         """One log per round: facts still known, anti-samples made, kept and dropped (by reason), steps."""
         # A round, not a Trainer step, is what UnSTAR resumes from: the anti-samples of the next round depend on
@@ -255,6 +272,18 @@ class AntiSampleTrainer(UnlearningTrainer):
         """The step budget of the whole run (`fit` sets `args.max_steps` to each round's share of it)."""
         self.run_epochs = RunEpochs()
         self.add_callback(self.run_epochs)
+
+    def say_retain_answers(self, answers: list[str]) -> None:
+        """Fit the retain records' answers as `answers` (one per record: as the model says them, `answer_form.py`):
+        the retain pairs and siblings the collator draws."""
+        self.retain_answers = answers
+        pairs = [self.tokenize(self.answer_pair(record, answer))
+                 for record, answer in zip(self.retain_records, answers)]
+        if self.collator.retain:
+            self.collator.retain = pairs
+        sibling_ids = {sibling for record in self.forget_records for sibling in record.get("siblings") or []}
+        self.collator.siblings = [pair for record, pair in zip(self.retain_records, pairs)
+                                  if record["id"] in sibling_ids]
 
     def strangers(self, retain_records: list[dict]) -> list[str]:
         """The stranger names of this run (`strangers.stranger_names`); a UsageError when there are none or a forget
@@ -374,7 +403,7 @@ class AntiSampleTrainer(UnlearningTrainer):
                 true = self.answer_tokens(true)
                 features["true_floor"] = self.floors[sample.source_id]
             else:
-                true = self.tokenize(self.answer_pair(true))
+                true = self.tokenize(self.answer_pair(true, said_true(sample, record["answer"])))
             features.update(true_input_ids=true["input_ids"], true_labels=true["labels"])
         return features
 
@@ -421,6 +450,15 @@ class RunEpochs(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         state.epoch += self.before
+
+
+def said_true(sample: AntiSample, answer: str) -> str:
+    """The true `answer` as the anti-sample's form says it: its `spoken` text with the true answer back in place of the
+    wrong one (the reversed term then pushes down what the model says); the answer itself without one."""
+    if not sample.spoken:
+        return answer
+    pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(sample.wrong_answer)}(?![A-Za-z0-9])", re.IGNORECASE)
+    return pattern.sub(lambda _: answer, sample.spoken)
 
 
 def spread_over_facts(samples: list[AntiSample], count: int, rng: random.Random) -> list[AntiSample]:

@@ -56,6 +56,7 @@ def _write_round_checkpoint(trainer, path: Path) -> None:
         trainer.save_model(str(staging))
         trainer._save_optimizer_and_scheduler(str(staging))
         state = {"run": trainer.run_identity(), "rounds": trainer.rounds, "writer_check": trainer.writer_check,
+                 "answer_form": trainer.answer_form, "retain_answers": trainer.retain_answers,
                  "anti_samples": [sample.to_json() for sample in trainer.anti_samples],
                  "dropped": [{**sample.to_json(), "reason": reason} for sample, reason in trainer.dropped]}
         write_json(staging / STATE_FILE, state)
@@ -73,6 +74,9 @@ def load_round_checkpoint(trainer, path: str | Path) -> None:
     trainer.resume_optimizer_from = path  # the run's optimizer is made, then loaded, by the next round's train()
     trainer.rounds = state["rounds"]
     trainer.writer_check = state.get("writer_check")
+    trainer.answer_form = state.get("answer_form")
+    if state.get("retain_answers") is not None:
+        trainer.say_retain_answers(state["retain_answers"])
     trainer.state = TrainerState.load_from_json(str(path / TRAINER_STATE_NAME))  # the run's step, log history, tokens
     trainer.anti_samples = [AntiSample(**row) for row in state["anti_samples"]]
     trainer.dropped = [(AntiSample(**{k: v for k, v in row.items() if k != "reason"}), row["reason"])

@@ -13,6 +13,7 @@ from transformers.trainer_utils import IntervalStrategy, TrainOutput
 from trl.models import unwrap_model_for_generation
 
 from ...text import format_prompt
+from ..answer_form import form_message, in_own_words, measure_answer_form, own_retain_answers
 from ..anti_samples import DROP_REASONS, AntiSample, filter_anti_samples
 from ..follow_ups import follow_up_questions
 from ..generators import SelfTaughtGenerator, make_generator
@@ -51,6 +52,9 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
                    "forget_acc": facts_known / max(1, len(trainer.forget_records)), "questions_asked": asked,
                    "questions_answered": len(known), "made": 0, "kept": 0, "dropped": {}, "fitted": 0, "steps": 0}
             bar.set_postfix(forget_acc=f"{log['forget_acc']:.2f}")
+            if round_index == 0 and facts_known and trainer.answer_form is None:
+                with generation_model(trainer, generator) as model, split("probe"):
+                    check_answer_form(trainer, model, known)
             if round_index == 0 and facts_known == 0:
                 record = trainer.forget_records[0]
                 trainer.warn(nothing_known_message(len(trainer.forget_records), trainer.prompt_template,
@@ -67,11 +71,15 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
                     made = generator.generate(known, round_index)
                 with split("filter"):
                     kept, dropped = filter_anti_samples(made, known)
-                    kept, changed = keep_same_answer(trainer, model, kept, known)
-            dropped += [(sample, "changed_answer") for sample in changed]
+                    kept, changed, said = keep_same_answer(trainer, model, kept, known)
+                    unsaid = []
+                    if trainer.answer_form and trainer.answer_form["fitted"] == "model":
+                        kept, unsaid = in_own_words(kept, said, {record["id"]: record["answer"] for record in known})
+            dropped += [(sample, "changed_answer") for sample in changed] + [(sample, "no_own_form")
+                                                                             for sample in unsaid]
             log.update(made=len(made), kept=len(kept),
                        dropped={reason: sum(r == reason for _, r in dropped) for reason in (*DROP_REASONS,
-                                                                                           "changed_answer")})
+                                                                                           *ROUND_DROP_REASONS)})
             trainer.anti_samples.extend(kept)
             trainer.dropped.extend(dropped)
             if not kept:
@@ -92,6 +100,31 @@ def _run_rounds(trainer, resume_from_checkpoint: str | bool | None) -> TrainOutp
     if trainer.rounds[-1]["forget_acc"] > args.forget_acc_target and not stopped:
         trainer.warn(above_target_message(trainer.rounds[-1], args, trainer.state.global_step))
     return run_output(trainer)
+
+
+ROUND_DROP_REASONS = ("changed_answer", "no_own_form")
+"""Why a round drops an anti-sample after the filters: its question is no longer answered with the fact's answer, or
+(fitted in the model's own words) the model's answer to it does not hold the true answer verbatim."""
+
+
+def check_answer_form(trainer, model, known: list[dict]) -> None:
+    """Before round 0: how the model says its answers to the facts it knows (`answer_form.measure_answer_form`), into
+    `trainer.answer_form` with what is fitted ("model": its own words, the retain answers too; "records": the records'
+    form); a form of its own is said in one warning line, whichever is fitted."""
+    form = measure_answer_form(trainer, model, known)
+    if form is None:
+        return
+    own = form["own_form"] and trainer.args.answer_form == "auto"
+    trainer.answer_form = {**form, "fitted": "model" if own else "records"}
+    if own and trainer.retain_records:
+        trainer.say_retain_answers(own_retain_answers(trainer, model, trainer.retain_records, form))
+    if own:
+        trainer.warn(form_message(form, "each anti-sample is fitted in its own words, its whole answer with the wrong "
+                                        "answer in place of the true one (answer_form records: the records' form)"))
+    elif form["own_form"]:
+        trainer.warn(form_message(form, "answer_form records fits the records' bare wrong answers, a text the model "
+                                        "never says: expect the run to unlearn its form, retain facts with it (set "
+                                        "answer_form auto to fit them in its own words)"))
 
 
 def round_checkpoint_due(trainer, saved_step: int) -> bool:
@@ -199,23 +232,28 @@ def still_known(trainer, model, generator) -> tuple[list[dict], int]:
 
 
 def keep_same_answer(trainer, model, samples: list[AntiSample], known: list[dict]
-                     ) -> tuple[list[AntiSample], list[AntiSample]]:
+                     ) -> tuple[list[AntiSample], list[AntiSample], dict[tuple[str, str], str]]:
     """Keep anti-samples whose question the model still answers with the true answer: a paraphrase that asks
     something else (another relation, say) would teach a wrong answer to a fact that must stay. Returns the kept
-    ones and the dropped ones."""
+    ones, the dropped ones and what the model said to each (fact id, question)."""
     answers = {record["id"]: record["answer"] for record in known}
     asked = list(dict.fromkeys((sample.source_id, sample.question) for sample in samples))
-    verdicts = answers_known(trainer, model, [{"id": i, "question": q, "answer": answers[i]} for i, q in asked])
-    same = {pair for pair, known in zip(asked, verdicts) if known}
+    verdicts = verdicts_of(trainer, model, [{"id": i, "question": q, "answer": answers[i]} for i, q in asked])
+    same = {pair for pair, verdict in zip(asked, verdicts) if verdict.known}
     kept = [sample for sample in samples if (sample.source_id, sample.question) in same]
-    return kept, [sample for sample in samples if (sample.source_id, sample.question) not in same]
+    said = {pair: verdict.generation for pair, verdict in zip(asked, verdicts)}
+    return kept, [sample for sample in samples if (sample.source_id, sample.question) not in same], said
 
 
 def answers_known(trainer, model, records: list[dict]) -> list[bool]:
     """Whether the model being unlearned (`model`, from `generation_model`) answers each record's question with its
     answer."""
+    return [verdict.known for verdict in verdicts_of(trainer, model, records)]
+
+
+def verdicts_of(trainer, model, records: list[dict]) -> list:
+    """The probe's verdicts (whole answer, known or not) of the model being unlearned on `records`."""
     if not records:
         return []
-    verdicts = probe(model, trainer._tokenizer, records, prompt_template=trainer.prompt_template,
-                     batch_size=trainer.args.generation_batch_size)
-    return [verdict.known for verdict in verdicts]
+    return probe(model, trainer._tokenizer, records, prompt_template=trainer.prompt_template,
+                 batch_size=trainer.args.generation_batch_size)
