@@ -197,6 +197,13 @@ class GeneratorChoice:
     why: str | None = None
 
 
+def check_generator(generator: str) -> None:
+    """Refuse a `generator` field that names no writer: 'auto', 'self', 'template' or a teacher model folder."""
+    if generator not in ("auto", "self", "template") and not Path(generator).is_dir():
+        raise ValueError(f"generator must be 'auto', 'self', 'template' or a teacher model folder; {generator!r} is "
+                         "none of these")
+
+
 def choose_generator(generator: str, model_dir: str | Path, tokenizer) -> GeneratorChoice:
     """The generator that an `AntiSampleConfig.generator` value names for the model in `model_dir`. "auto" is
     "self" when the model can write its own anti-samples, else "template" (and `why` says so); "self" on a model that

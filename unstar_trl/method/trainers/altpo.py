@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..alternatives import written_alternatives
+from ..generators import check_generator
 from ..anti_samples import write_anti_samples
 from .base import UnlearningConfig, UnlearningTrainer
 from .collators import CompanionCollator
@@ -52,9 +53,7 @@ class AltPOConfig(UnlearningConfig):
             raise ValueError(f"beta must be above 0, got {self.beta}")
         if self.n_alternatives < 1:
             raise ValueError(f"n_alternatives must be at least 1, got {self.n_alternatives}")
-        if self.generator not in ("auto", "self", "template") and not Path(self.generator).is_dir():
-            raise ValueError(f"generator must be 'auto', 'self', 'template' or a teacher model folder; "
-                             f"{self.generator!r} is none of these")
+        check_generator(self.generator)
 
 
 class AltPOTrainer(UnlearningTrainer):

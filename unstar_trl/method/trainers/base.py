@@ -31,11 +31,11 @@ from ...models import load_model, load_tokenizer
 from ...text import AUTO, check_prompt_template, format_pair, resolve_prompt_template
 from ..answer_form import form_message, measure_answer_form
 from ..tokens import tokenize_pair
-from .collators import ForgetRetainCollator
+from .collators import REFERENCE_COLUMN, ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
 from .losses import entropy_share, kl_to_reference, nll
-from .reference import REFERENCE_COLUMN, precomputed_reference, prepare_reference, reference_copy, whole_model_here
+from .reference import precomputed_reference, prepare_reference, reference_copy, whole_model_here
 from .time_split import TimeSplit
 
 logger = logging.get_logger(__name__)

@@ -16,11 +16,11 @@ The wrong options are written as UnSTAR writes wrong answers (`alternatives.py`)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..alternatives import written_alternatives
+from ..generators import check_generator
 from .base import UnlearningConfig, UnlearningTrainer
 from .collators import CompanionCollator
 from .losses import flattening_loss, mean_nll, sequence_log_probs
@@ -57,9 +57,7 @@ class DFMCQConfig(UnlearningConfig):
         super().__post_init__()
         if self.n_options < 2:
             raise ValueError(f"n_options must be at least 2 (the truth and one other), got {self.n_options}")
-        if self.generator not in ("auto", "self", "template") and not Path(self.generator).is_dir():
-            raise ValueError(f"generator must be 'auto', 'self', 'template' or a teacher model folder; "
-                             f"{self.generator!r} is none of these")
+        check_generator(self.generator)
 
 
 class DFMCQTrainer(UnlearningTrainer):

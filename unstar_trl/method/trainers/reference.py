@@ -20,7 +20,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from trl.models import prepare_deepspeed, prepare_fsdp
 
 from ...models import load_model
-from .collators import REFERENCE_COLUMN, pad_pairs
+from .collators import pad_pairs
 from .losses import sequence_log_probs
 
 

@@ -26,7 +26,7 @@ from ...io import UsageError, write_jsonl
 from ...text import format_pair
 from ..tokens import answer_only
 from ..anti_samples import AntiSample, write_anti_samples
-from ..generators import choose_generator
+from ..generators import check_generator, choose_generator
 from ..neighbors import retain_neighbors
 from ..strangers import StrangerAnswers, about, asks_about_subject, stranger_names
 from .base import UnlearningConfig, UnlearningTrainer
@@ -202,9 +202,7 @@ class AntiSampleConfig(UnlearningConfig):
                              f"{self.warmup_steps}) spans the run's steps, which UnSTAR's rounds do not know before "
                              "they end: give max_steps (the budget of all rounds together), a constant schedule, or "
                              "restart_optimizer_each_round true (a schedule per round)")
-        if self.generator not in ("auto", "self", "template") and not Path(self.generator).is_dir():
-            raise ValueError(f"generator must be 'auto', 'self', 'template' or a teacher model folder; "
-                             f"{self.generator!r} is none of these")
+        check_generator(self.generator)
 
 
 class AntiSampleTrainer(UnlearningTrainer):
