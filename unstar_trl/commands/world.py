@@ -37,7 +37,8 @@ def _run(args) -> int:
                               targeted=args.targeted, epochs=args.epochs, model_size=args.model_size)
     known, reference = summary["model"], summary["retain_model"]
     print(f"world written to {args.output_dir}: {summary['facts']} facts, size {args.model_size} "
-          f"({summary['parameters']:,} parameters), {summary['seconds']:.0f}s; knowledge model ({known['epochs']} epochs): "
+          f"({summary['parameters']:,} parameters), {summary['seconds']:.0f}s; knowledge model ({known['epochs']} "
+          "epochs): "
           + ", ".join(f"{split} {value:.2f}" for split, value in known["accuracy"].items() if value is not None)
           + f"; retain model ({reference['epochs']} epochs): forget {reference['accuracy']['forget']:.2f}, retain "
           f"{reference['accuracy']['retain']:.2f}")
