@@ -29,7 +29,7 @@ SWEEP_WORLD_SEED = 1
 """The bench reports world seed 0; the sweep tunes on another world."""
 
 
-def sweep(world: Path, methods: list[str], settings: BenchSettings) -> dict[str, dict]:
+def sweep(world: Path, methods: list[str], settings: BenchSettings, grid: tuple[float, ...] = GRID) -> dict[str, dict]:
     """{method: {"chosen": learning rate, "runs": [{"learning_rate", "forget_acc", "kept", "steps"}, ...]}}."""
     data = load_unlearning_data(world / "data")
     rule = StoppingRule(target=settings.target, probe_every=settings.probe_every, step_budget=settings.step_budget)
@@ -42,7 +42,7 @@ def sweep(world: Path, methods: list[str], settings: BenchSettings) -> dict[str,
             return {"forget_acc": forget_acc, "kept": kept, "steps": done["steps"],
                     "diverged": done["diverged"] is not None}
 
-        found[method] = sweep_rates(run, rule, say=lambda line, method=method: print(
+        found[method] = sweep_rates(run, rule, grid, say=lambda line, method=method: print(
             f"{method:>16} {line}", flush=True))
     return found
 

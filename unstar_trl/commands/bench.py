@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TARGETED, BENCH_TOFU_AUTHORS
+from ..testbed.model_sizes import DEFAULT_SIZE, MODEL_SIZES
 from . import HelpFormatter
 
 DEFAULT_METHODS = ("unstar,unstar_template,unstar_no_rationale,unstar_round_only,unstar_plus,grad_ascent,grad_diff,"
@@ -41,6 +42,9 @@ def add_parser(subparsers) -> None:
                         "real TOFU rows (forget01's 2 authors to forget, --authors in all)")
     parser.add_argument("--people", type=int, default=None,
                         help=f"people in an embedded world the bench builds (default: {BENCH_PEOPLE})")
+    parser.add_argument("--model-size", choices=tuple(MODEL_SIZES), default=None,
+                        help=f"knowledge model of an embedded world the bench builds (default: {DEFAULT_SIZE}; m and "
+                        "l take longer to build: docs/sizes.md)")
     parser.add_argument("--data-dir", default=None, help="the TOFU folder (full.jsonl, forget01_perturbed.jsonl, "
                         "retain99.jsonl, ...), with --data tofu")
     parser.add_argument("--authors", type=int, default=None,
@@ -110,22 +114,26 @@ def _world_builder(args, world: Path):
         built = json.loads(summary.read_text())
         kind, size, unit = (("tofu", built.get("authors"), "authors") if built.get("data") == "tofu"
                             else ("world", built.get("people"), "people"))
-        asked = {"data": args.data, "people": args.people, "authors": args.authors}
-        holds = {"data": kind, unit: size}
+        asked = {"data": args.data, "people": args.people, "authors": args.authors, "model-size": args.model_size}
+        holds = {"data": kind, unit: size, "model-size": built.get("model_size", DEFAULT_SIZE)}
         if any(value is not None and value != holds.get(name) for name, value in asked.items()):
             given = " ".join(f"--{name} {value}" for name, value in asked.items() if value is not None)
-            raise UsageError(f"{world} holds a {kind} world of {size} {unit}; the bench was asked for {given}: pick "
-                             "another --world, or leave out what disagrees")
+            raise UsageError(f"{world} holds a {kind} world of {size} {unit} (model size {holds['model-size']}); the "
+                             f"bench was asked for {given}: pick another --world, or leave out what disagrees")
     if kind == "tofu" and not args.data_dir and not summary.is_file():
         raise UsageError("--data tofu needs --data-dir, the TOFU folder (e.g. ../shared/data/tofu)")
     if kind == "world" and args.data_dir:
         raise UsageError("--data-dir is for --data tofu; the embedded world needs no data")
+    if kind == "tofu" and args.model_size not in (None, DEFAULT_SIZE):
+        raise UsageError(f"--model-size {args.model_size} is for the embedded world; a TOFU world's model is size "
+                         f"{DEFAULT_SIZE}")
     if kind == "tofu":
         from ..testbed.tofu_world import build_tofu_world_dir
 
         return kind, functools.partial(build_tofu_world_dir, tofu_dir=args.data_dir,
                                        authors=args.authors or BENCH_TOFU_AUTHORS)
+    size = args.model_size or DEFAULT_SIZE
     if args.people:
-        return kind, functools.partial(build_world_dir, people=args.people)
+        return kind, functools.partial(build_world_dir, people=args.people, model_size=size)
     return kind, functools.partial(build_world_dir, people=BENCH_PEOPLE, forget_people=BENCH_FORGET_PEOPLE,
-                                   targeted=BENCH_TARGETED)
+                                   targeted=BENCH_TARGETED, model_size=size)

@@ -109,6 +109,8 @@ class BenchSettings:
     relearn_steps: int = 10
     relearn_learning_rate: float = 1e-4
     """Low enough that the knowledge model keeps the facts it is not taught (1e-3 overwrites them here)."""
+    learning_rates: dict[str, float] | None = None
+    """{row: learning rate} in place of those rows' recipe rates (benchmarks/capacity.py sweeps them per size)."""
 
 
 QUICK = BenchSettings(seeds=(0,), step_budget=4, max_rounds=1, probe_every=1, relearn_steps=2)
@@ -260,7 +262,8 @@ def run_method(row: str, seed: int, world_dir: Path, forget: list[dict], retain:
     known = {item.name for item in dataclasses.fields(config_class)}
     overrides = {"max_steps": settings.step_budget, "max_rounds": settings.max_rounds, "targeted": targeted or None,
                  "seed": seed, "per_device_train_batch_size": settings.batch_size,
-                 "stop_forget_acc": settings.target, "forget_probe_every": settings.probe_every}
+                 "stop_forget_acc": settings.target, "forget_probe_every": settings.probe_every,
+                 "learning_rate": (settings.learning_rates or {}).get(row)}
     overrides = {key: value for key, value in overrides.items() if value is not None and key in known} | fields
     callback = ProbeCallback(tokenizer, *(curve or ([], [])), every=settings.probe_every if curve else 0)
     with tempfile.TemporaryDirectory() as scratch:

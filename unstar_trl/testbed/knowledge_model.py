@@ -37,6 +37,8 @@ class KnowledgeModelConfig:
     extra_epochs: int = 20
     """...with up to this many more epochs at a tenth of the learning rate when the schedule alone falls short."""
     learning_rate: float = 1e-3
+    warmup_ratio: float = 0.05
+    """Share of the schedule's steps that warm the learning rate up."""
     batch_size: int = 8
     max_length: int = 256
     """Longest training sequence in tokens, and the model's position limit: room for a TOFU question plus the
@@ -116,7 +118,7 @@ def _fit(model, tokenizer, dataset, config: KnowledgeModelConfig, epochs: int, l
     """`epochs` epochs of TRL SFT on `dataset`, in place."""
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(output_dir=scratch, num_train_epochs=epochs, per_device_train_batch_size=config.batch_size,
-                         learning_rate=learning_rate, lr_scheduler_type=schedule, warmup_steps=0.05,
+                         learning_rate=learning_rate, lr_scheduler_type=schedule, warmup_steps=config.warmup_ratio,
                          weight_decay=0.0, activation_checkpointing=False, bf16=False, max_length=config.max_length,
                          logging_steps=50, save_strategy="no", report_to="none", seed=config.seed,
                          data_seed=config.seed, use_cpu=True, disable_tqdm=not progress, dataloader_num_workers=0)

@@ -21,6 +21,7 @@ from ..method.probe import probe_accuracy
 from ..text import PLAIN_TEMPLATE
 from .embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED, SKILL_PROMPTS, build_world, training_texts
 from .knowledge_model import KnowledgeModelConfig, count_parameters, tokenizer_for, train_knowledge_model
+from .model_sizes import DEFAULT_SIZE, size_config
 
 WORLD_FILE = "world.json"
 MODEL_DIR, RETAIN_MODEL_DIR = "model", "retain_model"
@@ -40,15 +41,16 @@ class Training:
 
 def build_world_dir(output_dir: str | Path, *, seed: int = DEFAULT_SEED, people: int = DEFAULT_PEOPLE,
                     forget_people: int | None = None, targeted: int | None = None, epochs: int | None = None,
-                    progress: bool = True) -> dict:
-    """Write the embedded world's splits, knowledge model and retain model to `output_dir`; return world.json.
-    `epochs` (most training epochs; None: the model's default) must be at least 1."""
+                    model_size: str = DEFAULT_SIZE, progress: bool = True) -> dict:
+    """Write the embedded world's splits, knowledge model and retain model (of `model_size`: s, m or l; see
+    model_sizes.py) to `output_dir`; return world.json. `epochs` (most training epochs; None: the size's schedule)
+    must be at least 1."""
     if epochs is not None and epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     world = build_world(seed, people, forget_people=forget_people, targeted=targeted)
     records = world.split_records()
-    config = KnowledgeModelConfig(seed=seed, **({} if epochs is None else {"epochs": epochs}))
-    about = {"seed": seed, "people": len(world.trained), "holdout_people": len(world.holdout),
+    config = size_config(model_size, seed=seed, **({} if epochs is None else {"epochs": epochs}))
+    about = {"seed": seed, "model_size": model_size, "people": len(world.trained), "holdout_people": len(world.holdout),
              "forget_people": len(records["forget"]) // len(world.facts_of(world.trained[0])),
              "targeted": len(records["targeted"]), "facts": len(world.facts)}
     return write_world_dir(
