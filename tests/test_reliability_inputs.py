@@ -368,7 +368,7 @@ def test_infinity_is_written_as_null_with_a_warning(world_dir, tmp_path, capsys)
 
     report = json.loads((out / "unlearn_report.json").read_text(), parse_constant=refuse)
     assert report["config"]["max_forget_nll"] is None
-    assert report["warnings"] == ["config.max_forget_nll (inf) is not a finite number; written as null"]
+    assert "config.max_forget_nll (inf) is not a finite number; written as null" in report["warnings"]
 
 
 def test_a_second_run_into_the_same_output_is_refused_while_the_first_runs(world_dir, tmp_path, capsys,
