@@ -5,12 +5,12 @@ ratios, not the seconds).
    (prompt, completion) tokens, same batch size and steps (retain term off, so both do the same work).
 2. Generation: batched vs one-by-one self-taught anti-sample generation on the forget facts.
 
-    python benchmarks/overhead.py --world bench-out/world [--steps 40]
+    python benchmarks/overhead.py --world bench-out/worlds/0 [--steps 40]
 
 On a GPU, `--model llama-3.2-1b` measures the same on a randomly initialised model of Llama-3.2-1B's shape (no
 weights needed for throughput; the world's tokenizer feeds it, bf16), and prints the device:
 
-    python benchmarks/overhead.py --world bench-out/world --model llama-3.2-1b --batch-size 16
+    python benchmarks/overhead.py --world bench-out/worlds/0 --model llama-3.2-1b --batch-size 16
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ the world tokenizer's: <pad> 0, <s> 1, </s> 2)."""
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", default="bench-out/world", help="world folder (built there if missing)")
+    parser.add_argument("--world", default="bench-out/worlds/0", help="world folder (built there if missing)")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per fit measurement")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", choices=("world", *SHAPES), default="world",

@@ -24,8 +24,15 @@ def test_quick_bench(world_dir, tmp_path, capsys):
     assert main(["bench", "--world", str(world_dir), "--methods", ",".join(METHODS), "--output-dir", str(out),
                  "--quick"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert {"settings", "seeds", "target", "retain_model", "methods"} <= set(results)
+    assert {"settings", "seeds", "target", "retain_model", "methods", "worlds"} <= set(results)
     assert list(results["methods"]) == list(METHODS) and results["seeds"] == [0]
+    # a one-world bench: its one world's rows are the rows over all worlds, with the one-world intervals
+    (world,) = results["worlds"]
+    assert world["folder"] == str(world_dir) and world["seed"] == json.loads((world_dir / "world.json").read_text())[
+        "seed"]
+    for name in ("target", "retain_model"):
+        assert world[name] == {**results[name], "per_seed": [{key: value for key, value in run.items() if key != "world"}
+                                                             for run in results[name]["per_seed"]]}
     rows = [("target", results["target"]), ("retain_model", results["retain_model"]), *results["methods"].items()]
     for name, entry in rows:
         assert set(COLUMNS) | {"ci95", "per_seed"} <= set(entry), name
@@ -51,7 +58,8 @@ def test_quick_bench(world_dir, tmp_path, capsys):
     # the audit of the anti-sample run is kept, and nothing it fitted is an evaluation distractor
     data = load_unlearning_data(world_dir / "data")
     distractors = {record["id"]: set(record["eval_distractors"]) for record in data.forget}
-    audit = [json.loads(line) for line in (out / "runs" / "unstar" / "seed-0" / "anti_samples.jsonl").open()]
+    audit = [json.loads(line) for line in (out / "runs" / world_dir.name / "unstar" / "seed-0" /
+                                           "anti_samples.jsonl").open()]
     assert audit and not [row for row in audit if row["wrong_answer"] in distractors[row["source_id"]]]
     report = (out / "results.md").read_text()
     assert all(f"| {method} |" in report for method in METHODS) and "| retain model" in report
@@ -134,7 +142,7 @@ def test_a_worlds_two_models_are_the_same_trained_side_by_side_or_in_turn(tmp_pa
     from unstar_trl.testbed.embedded_world import build_world, training_texts
     from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig
 
-    if world_folder._cores() < 2:
+    if world_folder.cores() < 2:
         pytest.skip("one core: the models are always trained in turn")
     world = build_world(seed=3, people=10)
     config = KnowledgeModelConfig(hidden_size=64, intermediate_size=128, epochs=2, accuracy_bar=0.0, seed=3)
@@ -146,9 +154,81 @@ def test_a_worlds_two_models_are_the_same_trained_side_by_side_or_in_turn(tmp_pa
             retain_model=world_folder.Training(training_texts(world, leave_out=world.removed), {}))
 
     side = build(tmp_path / "side")
-    monkeypatch.setattr(world_folder, "_cores", lambda: 1)
+    monkeypatch.setattr(world_folder, "cores", lambda: 1)
     in_turn = build(tmp_path / "in-turn")
     for name in ("model", "retain_model"):
         assert side[name] == in_turn[name]
         weights = [(tmp_path / folder / name / "model.safetensors").read_bytes() for folder in ("side", "in-turn")]
         assert weights[0] == weights[1], name
+
+
+def tiny_world(folder, *, seed: int, people: int, progress: bool = True, side_by_side: bool = True) -> dict:
+    """What `build_world_dir` writes, with a model of a few seconds (it learns little: the bench's figures are not
+    what the test asks about). Module-level, so that the bench's processes import it."""
+    from unstar_trl.testbed import world_folder
+    from unstar_trl.testbed.embedded_world import SKILL_PROMPTS, build_world, training_texts
+    from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig
+
+    world = build_world(seed, people)
+    config = KnowledgeModelConfig(hidden_size=64, intermediate_size=128, epochs=3, accuracy_bar=0.0, seed=seed)
+    return world_folder.write_world_dir(
+        folder, world.split_records(), config, about={"seed": seed, "people": people}, progress=progress,
+        skill_prompts=SKILL_PROMPTS, side_by_side=side_by_side,
+        model=world_folder.Training(training_texts(world), {}),
+        retain_model=world_folder.Training(training_texts(world, leave_out=world.removed), {}))
+
+
+def test_a_bench_over_two_worlds_builds_each_and_draws_its_intervals_over_both(tmp_path, capsys, monkeypatch):
+    """`--worlds 0,1`: each world its own folder, knowledge model and retain model (built side by side); results.json's
+    rows are the means over the worlds, each world keeps its own, and the intervals are drawn over worlds, facts and
+    seeds."""
+    from unstar_trl.testbed import world_folder
+
+    monkeypatch.setattr(world_folder, "build_world_dir", tiny_world)
+    out = tmp_path / "bench"
+    assert main(["bench", "--worlds", "0,1", "--people", "10", "--methods", "grad_ascent,npo", "--output-dir",
+                 str(out), "--quick"]) == 0
+    capsys.readouterr()
+    results = json.loads((out / "results.json").read_text())
+    assert [(world["seed"], world["folder"]) for world in results["worlds"]] == [
+        (seed, str(out / "worlds" / str(seed))) for seed in (0, 1)]
+    for seed in (0, 1):
+        folder = out / "worlds" / str(seed)
+        assert {"data", "model", "retain_model", "world.json"} <= {path.name for path in folder.iterdir()}
+        assert json.loads((folder / "world.json").read_text())["seed"] == seed
+    weights = [(out / "worlds" / str(seed) / "model" / "model.safetensors").read_bytes() for seed in (0, 1)]
+    assert weights[0] != weights[1]  # two knowledge models
+    for name in ("target", "retain_model", "grad_ascent", "npo"):
+        over = results[name] if name in ("target", "retain_model") else results["methods"][name]
+        each = [world[name] if name in ("target", "retain_model") else world["methods"][name]
+                for world in results["worlds"]]
+        assert [run["world"] for run in over["per_seed"]] == [0, 1]
+        for key in COLUMNS:
+            if None in (entry[key] for entry in each):
+                assert over[key] is None, (name, key)
+                continue
+            assert over[key] == pytest.approx(sum(entry[key] for entry in each) / 2), (name, key)
+            if key in over["ci95"] and over["ci95"][key] is not None:
+                low, high = over["ci95"][key]
+                assert low - 1e-9 <= over[key] <= high + 1e-9, (name, key)
+        # where the two worlds disagree, the interval over both is not either world's own
+        for key in SHARES:
+            if each[0][key] != each[1][key] and each[0]["ci95"].get(key):
+                assert over["ci95"][key] not in (each[0]["ci95"][key], each[1]["ci95"][key]), (name, key)
+    report = (out / "results.md").read_text()
+    assert "2 worlds" in report and "| grad_ascent |" in report
+
+
+def test_the_interval_over_worlds_resamples_worlds_then_facts():
+    from unstar_trl.evaluation.intervals import fact_interval, world_interval
+
+    def world(share: float, facts: int = 40) -> list[dict[str, float]]:  # one seed: fact -> value
+        return [{f"f{index}": float(index < share * facts) for index in range(facts)}]
+
+    assert world_interval([world(0.5)]) == fact_interval(world(0.5))  # one world: the one-world interval
+    apart, alike = world_interval([world(0.1), world(0.9)]), world_interval([world(0.5), world(0.5)])
+    pooled = fact_interval([{**world(0.1)[0], **{f"g{k}": v for k, v in world(0.9)[0].items()}}])
+    assert apart[0] <= 0.5 <= apart[1] and alike[0] <= 0.5 <= alike[1]
+    # worlds that disagree widen the interval beyond what their facts pooled in one world would give
+    assert apart[1] - apart[0] > 2 * (pooled[1] - pooled[0]) and apart[1] - apart[0] > alike[1] - alike[0]
+    assert world_interval([world(0.5), [{}]]) is None  # a world without facts: no interval

@@ -495,7 +495,7 @@ def test_stopping_a_world_build_ends_the_side_processes_training_its_models(tmp_
     removes them)."""
     from unstar_trl.testbed import world_folder
 
-    if world_folder._cores() < 2 or sys.platform != "linux":
+    if world_folder.cores() < 2 or sys.platform != "linux":
         pytest.skip("one core: the models are trained in turn, in the process itself; /proc: Linux")
     out, log = tmp_path / "world", tmp_path / "log.txt"
     process = subprocess.Popen([sys.executable, "-m", "unstar_trl.cli", "world", "--output-dir", str(out),

@@ -34,8 +34,8 @@ def markdown_report(results: dict) -> str:
     rows = [("target (knowledge model)", results["target"]), ("retain model (never saw the forget facts)",
                                                                results["retain_model"]), *results["methods"].items()]
     settings = results["settings"]
-    parts = [f"# unstar bench\n\nWorld: `{results['world']}`; seeds {', '.join(map(str, results['seeds']))}; every "
-             f"run stops at the first probe (every {settings['probe_every']} steps) of its forget questions that "
+    parts = [f"# unstar bench\n\n{_worlds(results['worlds'])}; unlearning seeds "
+             f"{', '.join(map(str, results['seeds']))}; mean ± 95% half-width (ci95 below); every run stops at the first probe (every {settings['probe_every']} steps) of its forget questions that "
              f"reads at most {settings['target']}, or after {settings['step_budget']} steps; batch size "
              f"{settings['batch_size']}. ↓ lower is better, ↑ higher is better; the others read against the retain "
              "model's row."]
@@ -48,6 +48,14 @@ def markdown_report(results: dict) -> str:
     parts.append("## Reading the columns\n\n" + "\n".join(f"- {key}: {text}" for key, text in
                                                            results["notes"].items()))
     return "\n\n".join(parts) + "\n"
+
+
+def _worlds(worlds: list[dict]) -> str:
+    """Which worlds the figures cover: their seeds and folders."""
+    if len(worlds) == 1:
+        return f"World: `{worlds[0]['folder']}` (seed {worlds[0]['seed']})"
+    return (f"{len(worlds)} worlds, each with its own knowledge model and retain model (seeds "
+            f"{', '.join(str(world['seed']) for world in worlds)}; means over the worlds)")
 
 
 def _cell(entry: dict, key: str) -> str:

@@ -4,6 +4,11 @@ A figure that is a mean over facts (an accuracy, a share, a truth ratio) gets a 
 each fact carrying its mean over the seeds: which facts a run keeps or loses is what changes from one seed, one
 knowledge model or one machine to the next. A figure of a whole run (steps, seconds, an AUC, a p-value) gets a
 Student t interval over the seeds.
+
+Over several worlds (each its own knowledge model, the largest source of variation) the intervals are hierarchical:
+a per-fact figure resamples the worlds, then the facts within each world drawn (each fact still carrying its mean
+over that world's seeds); a whole-run figure gets a Student t interval over the worlds, each world carrying its mean
+over its seeds. One world gives the one-world intervals above.
 """
 
 from __future__ import annotations
@@ -20,9 +25,7 @@ RESAMPLES = 2000
 def fact_interval(per_seed: list[dict[str, float]], seed: int = 0) -> list[float] | None:
     """Bootstrap interval of the mean over facts of each fact's mean over seeds; `per_seed` maps fact id -> value
     for each seed (the facts present in every seed count). None without facts."""
-    shared = set.intersection(*(set(values) for values in per_seed)) if per_seed else set()
-    means = np.array([np.mean([values[fact] for values in per_seed]) for fact in sorted(shared)], dtype=float)
-    means = means[~np.isnan(means)]
+    means = _fact_means(per_seed)
     if len(means) == 0:
         return None
     if np.all(means == means[0]):
@@ -30,6 +33,36 @@ def fact_interval(per_seed: list[dict[str, float]], seed: int = 0) -> list[float
     result = stats.bootstrap((means,), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
                              method="percentile", random_state=np.random.default_rng(seed))
     return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
+
+
+def world_interval(per_world: list[list[dict[str, float]]], seed: int = 0) -> list[float] | None:
+    """Hierarchical bootstrap interval of a per-fact figure over worlds: `per_world` holds, for each world, what
+    `fact_interval` takes (fact id -> value for each seed). Each resample draws as many worlds as there are, with
+    replacement, and within each drawn world its facts, with replacement; the statistic is the mean over the drawn
+    worlds of their mean over the drawn facts (the figure is the mean over worlds of each world's mean over facts).
+    One world: `fact_interval`. None where a world has no facts."""
+    if len(per_world) == 1:
+        return fact_interval(per_world[0], seed)
+    worlds = [_fact_means(per_seed) for per_seed in per_world]
+    if not all(len(means) for means in worlds):
+        return None
+    rng = np.random.default_rng(seed)
+    drawn = np.zeros(RESAMPLES)
+    for _ in worlds:  # one drawn world per slot, its facts drawn afresh in every slot
+        which = rng.integers(len(worlds), size=RESAMPLES)
+        fact_means = np.stack([means[rng.integers(len(means), size=(RESAMPLES, len(means)))].mean(axis=1)
+                               for means in worlds], axis=1)
+        drawn += fact_means[np.arange(RESAMPLES), which]
+    drawn /= len(worlds)
+    low, high = np.percentile(drawn, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return [float(low), float(high)]
+
+
+def _fact_means(per_seed: list[dict[str, float]]) -> np.ndarray:
+    """Each fact's mean over the seeds (the facts present in every seed; no NaN)."""
+    shared = set.intersection(*(set(values) for values in per_seed)) if per_seed else set()
+    means = np.array([np.mean([values[fact] for values in per_seed]) for fact in sorted(shared)], dtype=float)
+    return means[~np.isnan(means)]
 
 
 def seed_interval(values: list[float | None]) -> list[float] | None:

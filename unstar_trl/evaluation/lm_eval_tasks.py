@@ -122,7 +122,8 @@ def evaluate_model(model_or_path, tokenizer=None, tasks: Iterable[str] = DEFAULT
     was_training = model.training
     try:
         lm = HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size)
-        with stopping_at_end_of_turn(model, tokenizer, template is None), serving(model, tokenizer):
+        with stopping_at_end_of_turn(model, tokenizer, template is None), serving(model, tokenizer), \
+                _without_environment_report():
             results = simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager,
                                       log_samples=per_document, apply_chat_template=template is None)
     finally:
@@ -156,6 +157,24 @@ def serving(model, tokenizer):
 def served_model() -> tuple | None:
     """The (model, tokenizer) `evaluate_model` is running the tasks on, or None outside it."""
     return _SERVED[-1] if _SERVED else None
+
+
+@contextlib.contextmanager
+def _without_environment_report():
+    """lm-eval's results without the environment report that `simple_evaluate` adds to every call's results and
+    that nothing here reads: torch's collect_env runs `pip list` and other programs, about 2 s a call (a fifteenth
+    of a bench)."""
+    import lm_eval.evaluator as evaluator
+
+    saved = getattr(evaluator, "add_env_info", None)
+    if saved is None:  # another lm-eval: nothing to leave out
+        yield
+        return
+    evaluator.add_env_info = lambda storage: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = saved
 
 
 @contextlib.contextmanager

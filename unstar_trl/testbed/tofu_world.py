@@ -63,8 +63,10 @@ def _authors(records: list[dict]) -> list[int]:
 
 
 def build_tofu_world_dir(output_dir: str | Path, tofu_dir: str | Path, *, authors: int = BENCH_TOFU_AUTHORS,
-                         seed: int = DEFAULT_SEED, epochs: int | None = None, progress: bool = True) -> dict:
-    """Write a TOFU world's splits, knowledge model and retain model to `output_dir`; return world.json."""
+                         seed: int = DEFAULT_SEED, epochs: int | None = None, progress: bool = True,
+                         side_by_side: bool = True) -> dict:
+    """Write a TOFU world's splits, knowledge model and retain model to `output_dir`; return world.json
+    (`side_by_side` as in `write_world_dir`)."""
     splits = tofu_world_splits(tofu_dir, authors, seed)
 
     def training(names: tuple[str, ...]) -> Training:
@@ -73,5 +75,5 @@ def build_tofu_world_dir(output_dir: str | Path, tofu_dir: str | Path, *, author
 
     config = KnowledgeModelConfig(**{**vars(TOFU_MODEL), "seed": seed, **({"epochs": epochs} if epochs else {})})
     about = {"data": "tofu", "tofu_dir": str(Path(tofu_dir).resolve()), "authors": authors, "seed": seed}
-    return write_world_dir(output_dir, splits, config, about=about, progress=progress,
+    return write_world_dir(output_dir, splits, config, about=about, progress=progress, side_by_side=side_by_side,
                            model=training(("forget", "retain", "targeted")), retain_model=training(("retain",)))
