@@ -10,8 +10,9 @@ from ..testbed.embedded_world import BENCH_FORGET_PEOPLE, BENCH_PEOPLE, BENCH_TA
 from ..testbed.model_sizes import DEFAULT_SIZE, MODEL_SIZES
 from . import HelpFormatter
 
-DEFAULT_METHODS = "unstar,unstar_plus,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk"
-"""UnSTAR, UnSTAR-plus (world_unstar_plus.yaml: the ingredients of issue 17) and the baselines."""
+DEFAULT_METHODS = "unstar,unstar_plus,grad_ascent,grad_diff,grad_ascent_kl,npo,simnpo,idk,altpo,dfmcq,rmu,undial"
+"""UnSTAR, UnSTAR-plus (world_unstar_plus.yaml: the ingredients of issue 17), the gradient-ascent-style baselines and
+the field's strongest peers (AltPO, DF-MCQ, RMU, UNDIAL)."""
 ABLATIONS = "unstar_template,unstar_no_rationale,unstar_round_only"
 """UnSTAR's ablations (world_unstar_<name>.yaml: one field changed each), rows to ask for with --methods."""
 DEFAULT_WORLDS = (0, 2, 3)
