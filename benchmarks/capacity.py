@@ -14,13 +14,12 @@ minutes per world on 2 CPU cores and l hours (docs/sizes.md), so build them ahea
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 from pathlib import Path
 
 REMOVAL = ("forget_acc", "paraphrase_acc", "targeted_acc", "mcq_acc", "relearn_acc", "quant4_forget_acc", "mia_auc")
-KEEPING = ("retain_acc", "neighbor_acc", "sibling_acc")
+KEEPING = ("retain_heldout_acc", "neighbor_acc", "sibling_heldout_acc")
 """The columns compared across sizes: what a row removes (lower is more removed; MIA AUC 0.5 is none left to
 find) and what it keeps (higher is better)."""
 ROWS = ("unstar", "unstar_plus", "npo", "simnpo")
@@ -56,15 +55,14 @@ def run_size(size: str, worlds: int, rows: list[str], worlds_dir: Path, out: Pat
     import dataclasses
 
     from sweep import sweep  # beside this script
-    from unstar_trl.evaluation.bench_runner import run_bench
+    from unstar_trl.evaluation.bench_runner import BenchWorld, run_bench
 
     swept = sweep(ensure_world(world_path(worlds_dir, size, None), size, SWEEP_SEED), rows, settings, grid=grid)
     rates = {row: found["chosen"] for row, found in swept.items()}
     benched = []
     for seed in range(worlds):
         world = ensure_world(world_path(worlds_dir, size, seed), size, seed)
-        build = functools.partial(ensure_world, size=size, seed=seed)
-        benched.append(run_bench(world, rows, out / size / f"world-{seed}", build=build,
+        benched.append(run_bench([BenchWorld(world)], rows, out / size / f"world-{seed}",
                                  settings=dataclasses.replace(settings, learning_rates=rates), progress=False))
     parameters = json.loads((world / "world.json").read_text())["parameters"]
     return {"parameters": parameters, "rates": rates, "sweep": swept, "worlds": benched}

@@ -162,9 +162,10 @@ def test_a_worlds_two_models_are_the_same_trained_side_by_side_or_in_turn(tmp_pa
         assert weights[0] == weights[1], name
 
 
-def tiny_world(folder, *, seed: int, people: int, progress: bool = True, side_by_side: bool = True) -> dict:
-    """What `build_world_dir` writes, with a model of a few seconds (it learns little: the bench's figures are not
-    what the test asks about). Module-level, so that the bench's processes import it."""
+def tiny_world(folder, *, seed: int, people: int, model_size: str = "s", progress: bool = True,
+               side_by_side: bool = True) -> dict:
+    """What `build_world_dir` writes, with a model of a few seconds whatever `model_size` (it learns little: the
+    bench's figures are not what the test asks about). Module-level, so that the bench's processes import it."""
     from unstar_trl.testbed import world_folder
     from unstar_trl.testbed.embedded_world import SKILL_PROMPTS, build_world, training_texts
     from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -32,9 +33,37 @@ def test_the_stop_is_the_one_of_asking_every_fact_at_less_cost(monkeypatch, trut
     for probe_index in range(len(truth)):
         now["probe"] = probe_index
         control = SimpleNamespace(should_training_stop=False)
-        stop.on_step_end(None, None, control, model=None)
+        stop.on_step_end(None, SimpleNamespace(global_step=probe_index + 1), control, model=None)
         if control.should_training_stop:
             break
     naive = next((index + 1 for index, known in enumerate(truth) if len(known) / len(RECORDS) <= 0.1), None)
     assert stop.stopped_at == naive
     assert len(asked) == questions <= len(RECORDS) * (naive or len(truth))  # never more than asking every fact
+
+
+def test_a_resumed_rule_probes_as_an_uninterrupted_one(monkeypatch):
+    """Probes fall on the run's steps and the facts the last probe found known come back from a checkpoint: after
+    a resume at step 2 the rule asks what it would have asked without the stop."""
+    asked = []
+
+    def fake_probe(model, tokenizer, records, prompt_template=None):
+        asked.append([record["id"] for record in records])
+        return [SimpleNamespace(known=record["id"] in ("1", "2")) for record in records]
+
+    monkeypatch.setattr(forget_stop, "probe", fake_probe)
+    whole = forget_stop.ForgetStop(RECORDS, tokenizer=None, prompt_template=None, target=0.0, every=2,
+                                   split=TimeSplit())
+    control = SimpleNamespace(should_training_stop=False)
+    for step in range(1, 5):
+        whole.on_step_end(None, SimpleNamespace(global_step=step), control, model=None)
+    uninterrupted, asked[:] = list(asked), []
+    first = forget_stop.ForgetStop(RECORDS, tokenizer=None, prompt_template=None, target=0.0, every=2,
+                                   split=TimeSplit())
+    for step in (1, 2):
+        first.on_step_end(None, SimpleNamespace(global_step=step), control, model=None)
+    resumed = forget_stop.ForgetStop(RECORDS, tokenizer=None, prompt_template=None, target=0.0, every=2,
+                                     split=TimeSplit())
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # as a checkpoint holds it
+    for step in (3, 4):
+        resumed.on_step_end(None, SimpleNamespace(global_step=step), control, model=None)
+    assert asked == uninterrupted and uninterrupted[1] == ["1", "2"]  # the second probe asks only the known ones

@@ -34,7 +34,7 @@ def test_sizes_grow_and_s_is_todays_model():
         size_config("xl")
 
 
-def _untrained(jobs):
+def _untrained(jobs, side_by_side=True):
     """Stand-in for the two trainings of a world: each job's config builds its model, nothing is trained."""
     return [(0, {"forget": 0.0, "retain": 0.0}, count_parameters(build_model(tokenizer, config)))
             for _, _, config, tokenizer, *_ in jobs]
@@ -55,8 +55,8 @@ def test_bench_model_size_reaches_the_builder_and_must_agree_with_a_reused_world
 
     built = {}
 
-    def fake_run_bench(world, methods, output_dir, *, build, settings):
-        built.update(build.keywords)
+    def fake_run_bench(worlds, methods, output_dir, *, settings):
+        built.update(worlds[0].build.keywords)
         (tmp_path / "bench" / "results.md").parent.mkdir(exist_ok=True)
         (tmp_path / "bench" / "results.md").write_text("")
 

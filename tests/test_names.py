@@ -3,7 +3,6 @@ same facts (and the same question of each) in both."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 from unstar_trl import models
@@ -32,7 +31,7 @@ def test_the_report_and_the_bench_score_a_shared_name_on_the_same_facts(world_di
     data = load_unlearning_data(world_dir / "data")
 
     report = knowledge.knowledge_report(None, None, data, None)
-    bench = bench_runner._measure_folder(Path("model"), world_dir, data, bench_runner.BenchSettings())
+    bench = bench_runner._measure_folder(world_dir / "model", bench_runner.BenchSettings())
 
     shared = set(report) & set(bench_runner.COLUMNS)
     assert shared == {"forget_acc", "paraphrase_acc", "retain_heldout_acc", "neighbor_acc", "targeted_acc",

@@ -186,6 +186,8 @@ RUN_FILE = "unstar_run.json"
 """In each checkpoint-<step> the Trainer saves: the identity of the run that saved it (`run_identity`)."""
 RETAIN_RNG_FILE = "unstar_retain_rng.json"
 """In each checkpoint-<step>: the state of the retain draws (the collator's `rng`) after that step."""
+FORGET_STOP_FILE = "unstar_forget_stop.json"
+"""In each checkpoint-<step> of a run with a stopping rule: the rule's state (`ForgetStop.state_dict`)."""
 RUN_SETTINGS = ("seed", "learning_rate", "lr_scheduler_type", "weight_decay", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "max_length")
 """The TrainingArguments/SFTConfig fields in a run's identity (besides every field the method's config adds)."""
@@ -202,6 +204,8 @@ class RunIdentityCallback(TrainerCallback):
         if state.is_world_process_zero:
             checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             write_json(checkpoint / RETAIN_RNG_FILE, self.trainer.collator.rng.getstate())
+            if self.trainer.forget_stop is not None:
+                write_json(checkpoint / FORGET_STOP_FILE, self.trainer.forget_stop.state_dict())
             write_json(checkpoint / RUN_FILE, self.identity)
 
 
@@ -378,7 +382,8 @@ class UnlearningTrainer(SFTTrainer):
                                          "own words"))
 
     def restore_retain_draws(self, checkpoint: Path) -> None:
-        """Go on drawing retain pairs where the run that saved `checkpoint` was (the Trainer restores the rest)."""
+        """Go on drawing retain pairs, and probing for the stopping rule, where the run that saved `checkpoint` was
+        (the Trainer restores the rest)."""
         saved = checkpoint / RETAIN_RNG_FILE
         if not saved.is_file():
             self.warn(f"{checkpoint} holds no {RETAIN_RNG_FILE} (an older unstar saved it): the resumed run draws "
@@ -386,6 +391,8 @@ class UnlearningTrainer(SFTTrainer):
             return
         version, internal, gauss = json.loads(saved.read_text())
         self.collator.rng.setstate((version, tuple(internal), gauss))
+        if self.forget_stop is not None and (checkpoint / FORGET_STOP_FILE).is_file():
+            self.forget_stop.load_state_dict(json.loads((checkpoint / FORGET_STOP_FILE).read_text()))
 
     def run_identity(self) -> dict:
         """What a checkpoint must share with this run to be resumed by it: the method, the forget and retain facts,

@@ -17,26 +17,35 @@ class ForgetStop(TrainerCallback):
     A probe asks only the facts still known at the last one while those alone read above the target (then all of
     them do too), and asks every fact before it stops (a forgotten one may have come back): the rule of asking every
     fact every time, at a cost that follows what is left to forget (a greedy verdict can still change with the batch
-    a question is padded into, so a stop may move by a probe)."""
+    a question is padded into, so a stop may move by a probe). Probes fall on the run's optimizer steps, and the facts
+    the last probe found known are part of a checkpoint (`state_dict`), so that a resumed run probes as an
+    uninterrupted one would."""
 
     def __init__(self, records: list[dict], tokenizer, prompt_template: str | None, target: float, every: int,
                  split: TimeSplit):
         self.records, self.tokenizer, self.prompt_template = records, tokenizer, prompt_template
         self.target, self.every, self.split = target, every, split
         self.stopped_at: int | None = None
-        self.steps = 0
         self.still_known = records
         """The forget records the last probe found known (all of them before the first)."""
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.steps += 1  # counted here: UnSTAR's rounds each restart the Trainer's own step count
-        if self.steps % self.every:
+        if state.global_step % self.every:  # the run's step: UnSTAR's rounds go on counting from the run's
             return
         with self.split("probe"):
             forgotten = self.forgotten_enough(model)
         if forgotten:
-            self.stopped_at = self.steps
+            self.stopped_at = state.global_step
             control.should_training_stop = True
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the ids of the facts the last probe found known."""
+        return {"still_known": [record["id"] for record in self.still_known]}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Go on from a checkpoint's `state_dict`."""
+        ids = set(saved["still_known"])
+        self.still_known = [record for record in self.records if record["id"] in ids]
 
     def forgotten_enough(self, model) -> bool:
         """Whether at most `target` of the forget facts are still answered (see the class)."""

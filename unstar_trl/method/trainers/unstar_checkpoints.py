@@ -56,6 +56,7 @@ def _write_round_checkpoint(trainer, path: Path) -> None:
         trainer.save_model(str(staging))
         trainer._save_optimizer_and_scheduler(str(staging))
         state = {"run": trainer.run_identity(), "rounds": trainer.rounds, "writer_check": trainer.writer_check,
+                 "forget_stop": None if trainer.forget_stop is None else trainer.forget_stop.state_dict(),
                  "answer_form": trainer.answer_form, "retain_answers": trainer.retain_answers,
                  "anti_samples": [sample.to_json() for sample in trainer.anti_samples],
                  "dropped": [{**sample.to_json(), "reason": reason} for sample, reason in trainer.dropped]}
@@ -74,6 +75,8 @@ def load_round_checkpoint(trainer, path: str | Path) -> None:
     trainer.resume_optimizer_from = path  # the run's optimizer is made, then loaded, by the next round's train()
     trainer.rounds = state["rounds"]
     trainer.writer_check = state.get("writer_check")
+    if trainer.forget_stop is not None and state.get("forget_stop"):
+        trainer.forget_stop.load_state_dict(state["forget_stop"])
     trainer.answer_form = state.get("answer_form")
     if state.get("retain_answers") is not None:
         trainer.say_retain_answers(state["retain_answers"])
