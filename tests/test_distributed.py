@@ -20,7 +20,8 @@ def _unlearn(launcher: list[str], world_dir: Path, out: Path) -> subprocess.Comp
     command = [*launcher, "unstar_trl.cli", "unlearn", "--config", str(RECIPES / "world_unstar.yaml"),
                "--model_name_or_path", str(world_dir / "model"), "--data_dir", str(world_dir / "data"),
                "--output_dir", str(out), "--use_cpu", "true", "--max_rounds", "1",
-               "--per_device_train_batch_size", "8", "--learning_rate", "1e-3"]  # one round moves any tests' world
+               "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",  # one round moves any tests' world
+               "--forget_probe_every", "1000"]  # the recipe's stopping rule would end the round early on some worlds
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
