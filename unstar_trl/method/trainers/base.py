@@ -195,7 +195,7 @@ RUN_SETTINGS = ("seed", "learning_rate", "lr_scheduler_type", "weight_decay", "p
 
 class RunIdentityCallback(TrainerCallback):
     """Writes into every checkpoint the Trainer saves what a resume needs besides the Trainer's own state: the state
-    of the retain draws of `trainer` and, last, the run's identity, for a resume to check."""
+    of the retain draws of `trainer` and of its stopping rule and, last, the run's identity, for a resume to check."""
 
     def __init__(self, identity: dict, trainer: UnlearningTrainer):
         self.identity, self.trainer = identity, trainer
@@ -361,7 +361,7 @@ class UnlearningTrainer(SFTTrainer):
                 raise UsageError(f"{checkpoint or folder} holds no checkpoint saved by an unstar run (no "
                                  f"{PREFIX_CHECKPOINT_DIR}-<step>/{RUN_FILE}): nothing to resume from")
             check_run_identity(checkpoint, json.loads((Path(checkpoint) / RUN_FILE).read_text()), self.run_identity())
-            self.restore_retain_draws(Path(checkpoint))
+            self.restore_run_state(Path(checkpoint))
             resume_from_checkpoint = str(checkpoint)
         if self.fits_records_answers and self.answer_form is None and whole_model_here(self.args, self.model):
             self.check_answer_form()
@@ -381,7 +381,7 @@ class UnlearningTrainer(SFTTrainer):
                                          "model says them, or use unstar, which fits its anti-samples in the model's "
                                          "own words"))
 
-    def restore_retain_draws(self, checkpoint: Path) -> None:
+    def restore_run_state(self, checkpoint: Path) -> None:
         """Go on drawing retain pairs, and probing for the stopping rule, where the run that saved `checkpoint` was
         (the Trainer restores the rest)."""
         saved = checkpoint / RETAIN_RNG_FILE
