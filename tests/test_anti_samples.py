@@ -93,9 +93,10 @@ def test_filter_keeps_clean_samples_and_names_each_reason():
         "duplicate": sample(rationale="Ada Bell grew up in Tesk!"),
     }
     leaking_rationale = sample(rationale="Tesk, not varnholt, is where Ada Bell was born.")
-    kept, dropped = filter_anti_samples([clean, *cases.values(), leaking_rationale], [RECORD])
+    leaking_question = sample(question="Ada Bell, of Varnholt, was born where?")
+    kept, dropped = filter_anti_samples([clean, *cases.values(), leaking_rationale, leaking_question], [RECORD])
     assert kept == [clean]
-    assert [reason for _, reason in dropped] == [*cases, "leaks_answer"]
+    assert [reason for _, reason in dropped] == [*cases, "leaks_answer", "leaks_answer"]
     assert {reason for _, reason in dropped} <= set(anti_samples.DROP_REASONS)
 
 

@@ -51,7 +51,8 @@ def filter_anti_samples(samples: list[AntiSample], records: list[dict]
     """Split `samples` into kept ones and (dropped, reason) pairs; reasons are `DROP_REASONS`.
 
     Dropped: an empty question or wrong answer; a wrong answer or rationale that names the true answer, or a wrong
-    answer that contains it as a substring or equals it; a wrong answer that is not a whole answer (`is_whole_answer`:
+    answer that contains it as a substring or equals it, or a written question that names it where the record's own
+    question does not (`question_names_answer`); a wrong answer that is not a whole answer (`is_whole_answer`:
     a sentence, or a word fragment of the question, the subject or any of the records' answers); a rationale that is
     not one (`is_rationale`); a wrong answer that is one of the record's evaluation distractors (the multiple-choice
     probe must not offer what was trained); the record's held-out paraphrase as question; a question that no longer
@@ -81,6 +82,12 @@ def leaks_answer(sample: AntiSample, answer: str) -> bool:
         or (bool(true) and true in wrong)
         or contains_answer(sample.answer_text, answer)
     )
+
+
+def question_names_answer(question: str, record: dict) -> bool:
+    """Whether a written `question` names the record's true answer where the record's own question does not (a
+    paraphrase such as "Is Ada Bell, born in Varnholt, from ...?" would hand the truth back as context)."""
+    return contains_answer(question, record["answer"]) and not contains_answer(record["question"], record["answer"])
 
 
 def is_whole_answer(wrong: str, answer: str, known_words: set[str] = frozenset(),
@@ -123,7 +130,7 @@ def data_answers(records: list[dict]) -> set[str]:
 def _drop_reason(sample: AntiSample, record: dict, answers: set[str] = frozenset()) -> str | None:
     if not normalize(sample.question) or not normalize(sample.wrong_answer):
         return "empty"
-    if leaks_answer(sample, record["answer"]):
+    if leaks_answer(sample, record["answer"]) or question_names_answer(sample.question, record):
         return "leaks_answer"
     words = fragment_sources(record, sample.question) | {word for text in answers for word in text.split()}
     if not is_whole_answer(sample.wrong_answer, record["answer"], words, answers):
