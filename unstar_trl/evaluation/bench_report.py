@@ -35,7 +35,7 @@ def markdown_report(results: dict) -> str:
                                                                results["retain_model"]), *results["methods"].items()]
     settings = results["settings"]
     parts = [f"# unstar bench\n\n{_worlds(results['worlds'])}; unlearning seeds "
-             f"{', '.join(map(str, results['seeds']))}; mean ± 95% half-width (ci95 below); every run stops at the first probe (every {settings['probe_every']} steps) of its forget questions that "
+             f"{', '.join(map(str, results['seeds']))}; mean ± {_plus_minus(results)}; every run stops at the first probe (every {settings['probe_every']} steps) of its forget questions that "
              f"reads at most {settings['target']}, or after {settings['step_budget']} steps; batch size "
              f"{settings['batch_size']}. ↓ lower is better, ↑ higher is better; the others read against the retain "
              "model's row."]
@@ -50,6 +50,19 @@ def markdown_report(results: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _plus_minus(results: dict) -> str:
+    """What the tables' ± is: over several worlds the rerun interval's half-width, else the 95% interval's."""
+    if len(results["worlds"]) > 1:
+        return ("the 95% rerun interval's half-width (rerun95 below: where another bench over as many other worlds "
+                "lands; results.json has ci95, the interval of this mean, too)")
+    return "95% half-width (ci95 below)"
+
+
+def shown_interval(entry: dict, key: str) -> list[float] | None:
+    """The interval a table or plot shows for `key`: the rerun interval where the row has one, else ci95."""
+    return (entry.get("rerun95") or entry.get("ci95", {})).get(key)
+
+
 def _worlds(worlds: list[dict]) -> str:
     """Which worlds the figures cover: their seeds and folders."""
     if len(worlds) == 1:
@@ -59,7 +72,7 @@ def _worlds(worlds: list[dict]) -> str:
 
 
 def _cell(entry: dict, key: str) -> str:
-    value, interval = entry.get(key), entry.get("ci95", {}).get(key)
+    value, interval = entry.get(key), shown_interval(entry, key)
     if value is None:
         return "–"
     if key in ("steps", "trained_tokens", "peak_rss_mb"):
@@ -150,8 +163,8 @@ def plot_forget_vs_kept(results: dict, path: Path) -> None:
 
 
 def _error(entry: dict, key: str) -> tuple[float, float]:
-    """(below, above) the mean: the bar's 95% interval (none for a missing value)."""
-    value, interval = entry.get(key), entry.get("ci95", {}).get(key)
+    """(below, above) the mean: the bar's 95% interval, `shown_interval` (none for a missing value)."""
+    value, interval = entry.get(key), shown_interval(entry, key)
     if value is None or interval is None or any(math.isnan(bound) for bound in interval):
         return 0.0, 0.0
     return max(value - interval[0], 0.0), max(interval[1] - value, 0.0)

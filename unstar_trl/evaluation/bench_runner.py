@@ -34,7 +34,7 @@ from ..method.trainers.time_split import PHASES
 from ..text import AUTO, resolve_prompt_template
 from .bench_measures import Measured, against_target, compared, measure, probed
 from .bench_report import markdown_report, plot_forget_vs_kept, plot_methods, plot_over_steps
-from .intervals import seed_interval, world_interval
+from .intervals import fact_mean_variance, rerun_interval, seed_interval, seed_mean_variance, world_interval
 from .knowledge import held_out
 from .meters import ProbeCallback
 from .sweep import BATCH_SIZE, STOPPING_RULE
@@ -54,7 +54,7 @@ COLUMNS = ("forget_acc", "paraphrase_acc", "retain_heldout_acc", "neighbor_acc",
            "seconds", "peak_rss_mb", "probe_seconds", "generate_seconds", "filter_seconds", "fit_seconds",
            "other_seconds")
 """Every row of results.json holds these (means over worlds of each world's mean over seeds; None where a column
-does not apply), `ci95` and `per_seed` (every run's values, with its world)."""
+does not apply), `ci95`, over several worlds `rerun95`, and `per_seed` (every run's values, with its world)."""
 SPLIT = tuple(f"{phase}_seconds" for phase in PHASES)
 """The columns that split `seconds` by phase (`time_split.PHASES`)."""
 
@@ -97,6 +97,9 @@ NOTES = {
             "within each world drawn, each fact carrying its mean over the seeds) for per-fact figures, Student t "
             "over the worlds' means over seeds for the others; with one world, a bootstrap over facts and Student t "
             "over seeds",
+    "rerun95": "(several worlds) where the mean of another bench over as many other worlds lands, 95%: a Student t "
+               "prediction interval over the world means, their variance floored by each world's own facts' (or "
+               "seeds') sampling variance; the tables' ± and the plots' bars show it",
 }
 
 
@@ -275,19 +278,23 @@ def row(worlds: list[list[Measured]], labels: list | None = None) -> dict:
     """One row of results.json from each world's Measured per seed: the mean over worlds of each world's mean over
     seeds, 95% intervals over worlds with facts and seeds nested (`intervals`), and every run's values (`per_seed`,
     each with its world's label where `labels` are given)."""
-    means, intervals = {}, {}
+    means, intervals, reruns = {}, {}, {}
     for column in COLUMNS:
         world_means = [_mean([run.values.get(column) for run in runs]) for runs in worlds]
         means[column] = _mean(world_means)
         if column in worlds[0][0].per_fact:
             intervals[column] = world_interval([[run.per_fact[column] for run in runs] for runs in worlds])
+            within = [fact_mean_variance([run.per_fact[column] for run in runs]) for runs in worlds]
         elif means[column] is not None:
             intervals[column] = seed_interval([run.values.get(column) for run in worlds[0]] if len(worlds) == 1
                                               else world_means)
+            within = [seed_mean_variance([run.values.get(column) for run in runs]) for runs in worlds]
+        if len(worlds) > 1:
+            reruns[column] = rerun_interval(world_means, within) if means[column] is not None else None
     per_seed = [{column: run.values.get(column) for column in COLUMNS} | run.notes |
                 ({"world": labels[index]} if labels else {})
                 for index, runs in enumerate(worlds) for run in runs]
-    return {**means, "ci95": intervals, "per_seed": per_seed}
+    return {**means, "ci95": intervals, **({"rerun95": reruns} if reruns else {}), "per_seed": per_seed}
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -9,6 +9,11 @@ Over several worlds (each its own knowledge model, the largest source of variati
 a per-fact figure resamples the worlds, then the facts within each world drawn (each fact still carrying its mean
 over that world's seeds); a whole-run figure gets a Student t interval over the worlds, each world carrying its mean
 over its seeds. One world gives the one-world intervals above.
+
+Those are intervals of the mean over *these* worlds. Another bench, over as many other worlds (another machine's
+knowledge models are other worlds too), lands inside the wider *rerun* interval (`rerun_interval`): a Student t
+prediction interval for the mean of a second sample of worlds, mean ± t(n-1) s sqrt(2/n), where s^2 is the worlds'
+variance, never below what sampling each world's own facts (or seeds) alone gives its mean. It needs two worlds.
 """
 
 from __future__ import annotations
@@ -56,6 +61,33 @@ def world_interval(per_world: list[list[dict[str, float]]], seed: int = 0) -> li
     drawn /= len(worlds)
     low, high = np.percentile(drawn, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
     return [float(low), float(high)]
+
+
+def rerun_interval(world_means: list[float | None], within: list[float] = ()) -> list[float] | None:
+    """95% prediction interval for the mean of a rerun over as many new worlds as `world_means` has: mean ± t(n-1)
+    s sqrt(1/n + 1/n), s^2 the variance of the world means, floored by the mean of `within` (each world's sampling
+    variance of its own mean: its facts' or seeds' variance over their count). None for one world or a missing value."""
+    if len(world_means) < 2 or any(value is None or math.isnan(value) for value in world_means):
+        return None
+    count, mean = len(world_means), float(np.mean(world_means))
+    variance = max(float(np.var(world_means, ddof=1)), float(np.mean(within)) if len(within) else 0.0)
+    half = float(stats.t.ppf((1 + CONFIDENCE) / 2, count - 1)) * math.sqrt(variance * 2 / count)
+    return [mean - half, mean + half]
+
+
+def fact_mean_variance(per_seed: list[dict[str, float]]) -> float:
+    """The sampling variance of a world's mean over facts (`per_seed` as `fact_interval` takes): the facts' variance
+    over their count; 0 with fewer than two facts."""
+    means = _fact_means(per_seed)
+    return float(np.var(means, ddof=1) / len(means)) if len(means) > 1 else 0.0
+
+
+def seed_mean_variance(values: list[float | None]) -> float:
+    """The sampling variance of a mean over seeds: their variance over their count; 0 with one seed or a missing
+    value."""
+    if len(values) < 2 or any(value is None or math.isnan(value) for value in values):
+        return 0.0
+    return float(np.var(values, ddof=1) / len(values))
 
 
 def _fact_means(per_seed: list[dict[str, float]]) -> np.ndarray:
