@@ -141,3 +141,14 @@ def test_a_resumed_run_has_the_starting_model_as_its_reference(world_dir, data, 
             assert last[name][term] == pytest.approx(last["whole"][term], rel=1e-3, abs=1e-6), (name, term)
         for key, parameter in trainer.model.named_parameters():
             torch.testing.assert_close(parameter, expected[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("unstar", {"retain_loss_type": "kl", "generator": "template"}),  # retain answers rewritten in the model's words
+    ("unstar", {"reversed_loss_type": "npo", "reversed_loss_weight": 1.0, "generator": "template"}),  # new questions
+    ("altpo", {"n_alternatives": 2}),  # the reference on the alternates too
+])
+def test_a_method_that_needs_the_reference_beyond_fixed_rows_keeps_the_copy(method, settings, world_dir, data,
+                                                                          tmp_path):
+    trainer = make(METHODS[method][0], *load_model(world_dir / "model"), data, tmp_path, **settings)
+    assert trainer.ref_model is not None and not trainer.reference_tables
