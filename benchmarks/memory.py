@@ -18,7 +18,8 @@ none of the three holds a reference copy (see docs/costs.md, "Memory", for when 
 Measured (115M parameters, 3 steps of batch 8, 2 shared CPU cores under a load of 4 to 6), peak MB and its ratio to
 SFTTrainer on the same sequences, `--methods grad_ascent_kl,undial,npo`: SFT 2403, SFT+retain 2515; grad_ascent_kl
 2656 (1.06x), undial 2648 (1.05x), npo 2630 (1.05x); the same command at commit 6a2c5d8, when the first two held a
-reference copy: SFT 2400, SFT+retain 2470; grad_ascent_kl 3076 (1.25x), undial 3077 (1.25x), npo 2629 (1.06x).
+reference copy: SFT 2400, SFT+retain 2470; grad_ascent_kl 3076 (1.25x), undial 3077 (1.25x), npo 2629 (1.06x)
+(a second pair of runs: 1.06x, 1.08x, 1.06x after; 1.25x, 1.24x, 1.06x before).
 Earlier: SFT 2424, SFT+retain 2463, SFT on IdK's refusal rows + retain 3056; grad_diff 2610 (1.06x), idk 2881
 (0.94x; 1.13x against SFT on the answers' rows), npo 3058 (1.23x) while it held a reference copy; unstar 2663
 (1.06x), grad_ascent 2388 (0.99x), simnpo 2679 (1.07x); before the divergence guard stopped copying the weights at
