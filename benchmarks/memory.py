@@ -7,21 +7,24 @@ AntiSampleTrainer is measured on its fit alone (template anti-samples of the for
 `Trainer.train()`), the baselines on their whole `train()`. A trainer with a retain term draws a retain batch as large
 as the forget batch: it is compared with SFTTrainer on the same sequences per step (the forget and retain pairs, a
 batch twice as large, "sft+retain"); IdK, which trains the forget questions onto refusal sentences (longer than the
-answers), with SFTTrainer on those very refusal rows and the retain rows ("sft+idk"). GradAscentKL holds a frozen
-reference copy of the model (as TRL's DPO does), for its KL retain term: its figure includes it. NPO computes its
-reference log-probs of the forget rows before training and holds no copy.
+answers), with SFTTrainer on those very refusal rows and the retain rows ("sft+idk"). NPO computes its reference
+log-probs of the forget rows before training; GradAscentKL (its KL retain term) and UNDIAL (its distillation target
+on the forget answers) compute the reference's logits at the answer positions of their fixed rows before training
+and hold them as a table where it is smaller than a copy of the weights (here 0.3 MiB and 0.05 MiB against 437 MiB):
+none of the three holds a reference copy (see docs/costs.md, "Memory", for when the copy is the smaller).
 
     python benchmarks/memory.py [--steps 3] [--batch-size 8] [--methods unstar,grad_diff,...]
 
-Measured (115M parameters, 3 steps of batch 8, 2 shared CPU cores), peak MB and its ratio to SFTTrainer on the same
-sequences: SFT 2424, SFT+retain 2463, SFT on IdK's refusal rows + retain 3056; npo 2656 (1.08x; 3058, 1.23x, while
-it held a reference copy), grad_diff 2610 (1.06x), idk 2881 (0.94x; 1.13x against SFT on the answers' rows),
-grad_ascent_kl 3096 (1.26x, its reference copy for the KL term: see docs/costs.md). Earlier: unstar 2663 (1.06x),
-grad_ascent 2388 (0.99x), simnpo 2679 (1.07x); before the divergence guard stopped copying the weights at every
-step: unstar 3373 (1.34x), grad_diff 3427 (1.37x). RMU and UNDIAL
-(`--methods rmu,undial,npo`, same shapes; SFT 2414, SFT+retain 2490, npo still with its copy): rmu 1425 (0.57x: it
-trains and copies only the MLPs of layers 3-5, so AdamW holds state for those alone), undial 3082 (1.24x, with its
-reference copy for the distillation target on every forget token).
+Measured (115M parameters, 3 steps of batch 8, 2 shared CPU cores under a load of 4 to 6), peak MB and its ratio to
+SFTTrainer on the same sequences, `--methods grad_ascent_kl,undial,npo`: SFT 2403, SFT+retain 2515; grad_ascent_kl
+2656 (1.06x), undial 2648 (1.05x), npo 2630 (1.05x); the same command at commit 6a2c5d8, when the first two held a
+reference copy: SFT 2400, SFT+retain 2470; grad_ascent_kl 3076 (1.25x), undial 3077 (1.25x), npo 2629 (1.06x)
+(a second pair of runs: 1.06x, 1.08x, 1.06x after; 1.25x, 1.24x, 1.06x before).
+Earlier: SFT 2424, SFT+retain 2463, SFT on IdK's refusal rows + retain 3056; grad_diff 2610 (1.06x), idk 2881
+(0.94x; 1.13x against SFT on the answers' rows), npo 3058 (1.23x) while it held a reference copy; unstar 2663
+(1.06x), grad_ascent 2388 (0.99x), simnpo 2679 (1.07x); before the divergence guard stopped copying the weights at
+every step: unstar 3373 (1.34x), grad_diff 3427 (1.37x). RMU (`--methods rmu`, same shapes; SFT 2414): rmu 1425
+(0.57x: it trains and copies only the MLPs of layers 3-5, so AdamW holds state for those alone).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 from unstar_trl.data import load_unlearning_data
 from unstar_trl.method.probe import accuracy, probe
 from unstar_trl.method.trainers import (METHODS, DivergenceError, GradAscentKLTrainer, GradDiffTrainer,
-                                       GradientAscentTrainer, NPOTrainer)
+                                       GradientAscentTrainer, NPOTrainer, base)
 from unstar_trl.method.trainers.collators import REFERENCE_COLUMN
 from unstar_trl.method.trainers.losses import nll, sequence_log_probs
 from unstar_trl.models import load_model
@@ -76,7 +76,8 @@ def test_gradient_accumulation_gives_the_same_gradient(world_dir, data, tmp_path
         torch.testing.assert_close(halves[name], whole[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_reference_stays_frozen(world_dir, data, tmp_path):
+def test_reference_stays_frozen(world_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setattr(base, "prefer_table", lambda model, rows: False)  # a held copy (test_reference_tables: tables)
     trainer = make(GradAscentKLTrainer, world_dir, data, tmp_path, learning_rate=3e-3, max_steps=3)
     reference = trainer.ref_model
     assert reference is not None and reference is not trainer.model and not reference.training
@@ -95,7 +96,7 @@ def test_reference_stays_frozen(world_dir, data, tmp_path):
     assert not torch.allclose(trainer.reference_logits(inputs), trainer.logits(trainer.model, inputs))
 
 
-def test_npo_computes_its_reference_once_before_training_and_holds_none(world_dir, data, tmp_path):
+def test_npo_computes_its_reference_once_before_training_and_holds_none(world_dir, data, tmp_path, monkeypatch):
     """NPO's reference is needed only on the fixed forget rows: their sequence log-probs are computed once, before
     training, equal to what the reference gives on the fly, and no reference model is held."""
     trainer = make(NPOTrainer, world_dir, data, tmp_path / "npo", learning_rate=3e-3, max_steps=3, retain_weight=0)
@@ -105,7 +106,8 @@ def test_npo_computes_its_reference_once_before_training_and_holds_none(world_di
     reference = load_model(world_dir / "model")[0].eval()
     on_the_fly, _ = sequence_log_probs(trainer.logits(reference, batch), batch["labels"])
     torch.testing.assert_close(batch[REFERENCE_COLUMN], on_the_fly, rtol=1e-5, atol=1e-4)
-    # the loss equals that of NPO with a held reference (a KL retain term keeps one), which computes it on the fly
+    # the loss equals that of NPO with a held reference (a KL retain term's copy), which computes it on the fly
+    monkeypatch.setattr(base, "prefer_table", lambda model, rows: False)
     held = make(NPOTrainer, world_dir, data, tmp_path / "held", retain_loss_type="kl")
     assert held.ref_model is not None
     logits = held.logits(held.model, batch)

@@ -54,13 +54,22 @@ def test_unstar_under_accelerate_launch_two_cpu_processes(world_dir, tmp_path):
 REFERENCE_RUN = """
 import os, sys, torch
 from unstar_trl.data import load_unlearning_data
-from unstar_trl.method.trainers import {trainer}, {config}
+from unstar_trl.method.trainers import {trainer}, {config}, base
 
-world, output_dir = sys.argv[1:]
+world, output_dir, held = sys.argv[1:]
+if held == "copy":  # whatever the sizes (else the world's small vocabulary makes a table of logits the smaller)
+    base.prefer_table = lambda model, rows: False
 data = load_unlearning_data(world + "/data")
 config = {config}(output_dir=output_dir, max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3, seed=0,
                   use_cpu=True, disable_tqdm=True, max_forget_nll=None, max_entropy_share=None{extra})
 trainer = {trainer}(world + "/model", config, train_dataset=data.forget, retain_dataset=data.retain)
+if held == "table":
+    table = trainer.reference_tables["retain"].values.clone()
+    trainer.train()
+    assert trainer.ref_model is None and torch.equal(table, trainer.reference_tables["retain"].values)
+    assert trainer.history[-1]["retain_kl"] > 0, trainer.history
+    os.write(1, f"rank {{trainer.accelerator.process_index}} reference frozen\\n".encode())
+    sys.exit()
 reference = trainer.ref_model
 start = {{name: parameter.detach().clone() for name, parameter in reference.named_parameters()}}
 trainer.train()
@@ -74,17 +83,20 @@ os.write(1, f"rank {{trainer.accelerator.process_index}} reference frozen\\n".en
 """
 
 
-@pytest.mark.parametrize("trainer, config, extra", [
-    ("NPOTrainer", "NPOConfig", ", retain_loss_type='kl'"),  # alone NPO holds no reference (test_baselines)
-    ("GradDiffTrainer", "GradDiffConfig", ", retain_loss_type='kl'"),
+@pytest.mark.parametrize("trainer, config, extra, held", [
+    ("NPOTrainer", "NPOConfig", ", retain_loss_type='kl'", "copy"),  # alone NPO holds no reference (test_baselines)
+    ("GradDiffTrainer", "GradDiffConfig", ", retain_loss_type='kl'", "copy"),
+    ("GradDiffTrainer", "GradDiffConfig", ", retain_loss_type='kl'", "table"),
 ])
-def test_the_frozen_reference_under_two_cpu_processes(world_dir, tmp_path, trainer, config, extra):
-    """Full fine-tuning with a reference (a KL retain term: NPO's, GradDiff's) under DDP: the reference is placed
-    once per process, unwrapped (never trained) and unchanged by the run, while the model trains."""
+def test_the_frozen_reference_under_two_cpu_processes(world_dir, tmp_path, trainer, config, extra, held):
+    """Full fine-tuning with a reference (a KL retain term: NPO's, GradDiff's) under DDP: a held copy is placed
+    once per process, unwrapped (never trained) and unchanged by the run, while the model trains; a table of its
+    logits on the retain rows (each process holds the whole model, so each computes it before training) is
+    unchanged by the run, and the KL term reads it."""
     script = tmp_path / "reference_run.py"
     script.write_text(REFERENCE_RUN.format(trainer=trainer, config=config, extra=extra))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-                           str(world_dir), str(tmp_path / "out")], capture_output=True, text=True,
+                           str(world_dir), str(tmp_path / "out"), held], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     # each rank's line is one write, but another process's output may share its line

@@ -119,7 +119,8 @@ def test_dfmcq_asks_the_truth_and_its_options(world_dir, data, tmp_path):
         assert completion(tokenizer, batch, row).strip() == record["answer"]
         options = [completion(tokenizer, batch["options"], 3 * row + j).strip() for j in range(3)]
         assert options == trainer.wrong_options[record["id"]]
-    assert trainer.args.retain_loss_type == "kl" and trainer.ref_model is not None  # the paper's retain term
+    assert trainer.args.retain_loss_type == "kl"  # the paper's retain term, the reference's logits on the retain rows
+    assert trainer.ref_model is None and "retain" in trainer.reference_tables  # (a table: smaller than a copy here)
 
 
 # ---- the alternatives ----------------------------------------------------------------------------------------------

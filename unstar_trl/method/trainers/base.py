@@ -31,11 +31,12 @@ from ...models import load_model, load_tokenizer
 from ...text import AUTO, check_prompt_template, format_pair, resolve_prompt_template
 from ..answer_form import form_message, measure_answer_form
 from ..tokens import tokenize_pair
-from .collators import REFERENCE_COLUMN, ForgetRetainCollator
+from .collators import REFERENCE_COLUMN, ROW_COLUMN, ForgetRetainCollator
 from .divergence import DivergenceError, divergence
 from .forget_stop import ForgetStop
 from .losses import entropy_share, kl_to_reference, nll
 from .reference import precomputed_reference, prepare_reference, reference_copy, whole_model_here
+from .reference_table import ReferenceTable, prefer_table
 from .time_split import TimeSplit
 
 logger = logging.get_logger(__name__)
@@ -275,6 +276,12 @@ class UnlearningTrainer(SFTTrainer):
     """Whether `forget_loss` needs the reference only as `REFERENCE_COLUMN`, the sequence log-probs of the forget rows
     (NPO): fixed rows, so they are computed once before training (`precomputed_reference`) and, where each process
     holds the whole model, no reference is held."""
+    reference_logits_on_forget_rows = False
+    """Whether `forget_loss` needs the reference only as its logits on the forget rows' answers (UNDIAL): a table of
+    them, computed once before training, may serve it instead of a copy (see `reference_rows`)."""
+    fixed_retain_rows = True
+    """Whether the retain term's rows are the retain pairs as tokenized here (UnSTAR rewrites them in the model's
+    words during the run): then a KL retain term may be served by a table too."""
     fits_records_answers = True
     """Whether the method trains on the records' answers as written (its forget or retain term): `train` then warns in
     one line when the model says its answers in a form of its own (`answer_form.py`)."""
@@ -319,12 +326,20 @@ class UnlearningTrainer(SFTTrainer):
         forget = Dataset.from_list([self.tokenize(pair) for record in self.forget_records
                                     for pair in self.forget_pairs(record)])
         retain = [self.tokenize(self.answer_pair(record)) for record in retain_dataset] if uses_retain else None
-        if (self.needs_reference or (uses_retain and args.retain_loss_type == "kl")) and isinstance(model, PeftModel):
+        kl_retain = uses_retain and args.retain_loss_type == "kl"
+        if (self.needs_reference or kl_retain) and isinstance(model, PeftModel):
             check_reference_adapter(model, args.ref_adapter_name)
-        precompute = self.reference_on_forget_rows and whole_model_here(args, model)
-        needs_reference = (self.needs_reference and not precompute) or (uses_retain and args.retain_loss_type == "kl")
-        reference = reference_copy(model, source) if needs_reference and not (
-            peft_config is not None or isinstance(model, PeftModel)) else None  # with PEFT: an adapter's view
+        whole = whole_model_here(args, model)
+        precompute = self.reference_on_forget_rows and whole
+        needs_reference = (self.needs_reference and not precompute) or kl_retain
+        adapter = peft_config is not None or isinstance(model, PeftModel)  # the reference is an adapter's view
+        tabled = self.reference_rows(forget, retain, kl_retain) if needs_reference and whole and not adapter else None
+        if tabled and prefer_table(model, tabled):  # each tabled row carries its place in its table
+            forget = forget.add_column(ROW_COLUMN, list(range(len(forget)))) if "forget" in tabled else forget
+            retain = [{**row, ROW_COLUMN: index} for index, row in enumerate(retain)] if "retain" in tabled else retain
+        else:
+            tabled = None
+        reference = reference_copy(model, source) if needs_reference and not adapter and not tabled else None
         self.collator = self.collator_class(processing_class.pad_token_id, retain, args.seed)
         """Pads the forget batches and draws their retain pairs (see `training_step`)."""
         self.forget_stop = None if args.stop_forget_acc is None else ForgetStop(
@@ -335,9 +350,17 @@ class UnlearningTrainer(SFTTrainer):
                          data_collator=self.collator, peft_config=peft_config, callbacks=[*(callbacks or []), *own],
                          **kwargs)
         self.ref_model = None if reference is None else prepare_reference(self, reference)
-        if precompute:  # the model before training is the reference: its figures on the fixed rows, once
+        self.reference_tables: dict[str, ReferenceTable] = {}
+        """Role ("forget", "retain") -> the reference's logits on those fixed rows, computed before training where
+        they replace the copy (`reference_table.py`); `reference_logits` serves them."""
+        # the model before training is the reference: its figures on the fixed rows, once
+        if precompute:
             self.train_dataset = self.train_dataset.add_column(
                 REFERENCE_COLUMN, precomputed_reference(self, self.train_dataset, args.per_device_train_batch_size))
+        fixed_rows = {"forget": self.train_dataset, "retain": self.collator.retain}
+        for role in tabled or ():
+            self.reference_tables[role] = ReferenceTable.compute(self, fixed_rows[role],
+                                                                 args.per_device_train_batch_size)
         self._step_terms: dict[str, list[torch.Tensor]] = {}
         self._step_tokens = torch.zeros(())
         self.answer_form: dict | None = None
@@ -441,10 +464,20 @@ class UnlearningTrainer(SFTTrainer):
         """The method's forget term on the forget batch `inputs`, whose logits under `model` are `logits`."""
         raise NotImplementedError(f"{type(self).__name__} must define forget_loss(model, inputs, logits)")
 
+    def reference_rows(self, forget: Dataset, retain: list[dict] | None, kl_retain: bool) -> dict | None:
+        """The fixed rows, by role, on which the run needs the reference's logits, where those are all it needs of
+        it: the forget rows (`reference_logits_on_forget_rows`) and the retain rows of a KL retain term (unless
+        `fixed_retain_rows` is False); None where it needs the reference elsewhere too (AltPO's alternates, UnSTAR's
+        rows written during the run)."""
+        on_forget = self.needs_reference and not self.reference_on_forget_rows
+        if (on_forget and not self.reference_logits_on_forget_rows) or (kl_retain and not self.fixed_retain_rows):
+            return None
+        return {**({"forget": forget} if on_forget else {}), **({"retain": retain} if kl_retain else {})}
+
     def retain_loss(self, model, inputs: dict) -> torch.Tensor:
         logits = self.logits(model, inputs)
         if self.args.retain_loss_type == "kl":
-            return self.log_metric("retain_kl", kl_to_reference(logits, self.reference_logits(inputs),
+            return self.log_metric("retain_kl", kl_to_reference(logits, self.reference_logits(inputs, "retain"),
                                                                 inputs["labels"]))
         return self.log_metric("retain_nll", nll(logits, inputs["labels"]))
 
@@ -454,9 +487,13 @@ class UnlearningTrainer(SFTTrainer):
         return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
 
     @torch.no_grad()
-    def reference_logits(self, inputs: dict) -> torch.Tensor:
+    def reference_logits(self, inputs: dict, rows: str | None = None) -> torch.Tensor:
         """Logits of the frozen reference: under PEFT the model with `ref_adapter_name` active (a model that came with
-        its adapter) or with its adapter disabled (an adapter this run added), the in-memory copy otherwise."""
+        its adapter) or with its adapter disabled (an adapter this run added), the in-memory copy otherwise. `rows`
+        names the fixed rows `inputs` holds ("forget", "retain"): where a table of them was computed before training,
+        the logits come from it (right at the positions that predict a label, the only ones a loss reads)."""
+        if rows in self.reference_tables:
+            return self.reference_tables[rows].logits(inputs[ROW_COLUMN], inputs["labels"])
         if self.ref_model is not None:
             return self.logits(self.ref_model, inputs)
         with use_adapter(self.accelerator.unwrap_model(self.model), self.args.ref_adapter_name):

@@ -10,15 +10,21 @@ from trl.trainer.utils import pad
 REFERENCE_COLUMN = "ref_log_prob"
 """A forget row's (and the forget batch's) reference sequence log-prob, where the method computed it before training
 (`reference.precomputed_reference`)."""
+ROW_COLUMN = "reference_row"
+"""A row's (and a batch's rows') place in its reference table (`reference_table.ReferenceTable`), where the method
+computed the reference's logits on its fixed rows before training."""
 
 
 def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Tokenized pairs ({"input_ids", "labels"}) right-padded into input_ids, attention_mask and labels (-100 on
-    the padding)."""
+    the padding); their places in their reference table too (ROW_COLUMN), where they carry one."""
     ids = [torch.tensor(feature["input_ids"]) for feature in features]
-    return {"input_ids": pad(ids, padding_value=pad_token_id),
-            "attention_mask": pad([torch.ones_like(row) for row in ids], padding_value=0),
-            "labels": pad([torch.tensor(feature["labels"]) for feature in features], padding_value=-100)}
+    batch = {"input_ids": pad(ids, padding_value=pad_token_id),
+             "attention_mask": pad([torch.ones_like(row) for row in ids], padding_value=0),
+             "labels": pad([torch.tensor(feature["labels"]) for feature in features], padding_value=-100)}
+    if ROW_COLUMN in features[0]:
+        batch[ROW_COLUMN] = torch.tensor([feature[ROW_COLUMN] for feature in features])
+    return batch
 
 
 class ForgetRetainCollator:
@@ -56,7 +62,7 @@ class CompanionCollator(ForgetRetainCollator):
 
     def __call__(self, features: list[dict]) -> dict:
         batch = super().__call__(features)
-        for key in set(features[0]) - {"input_ids", "labels"}:
+        for key in set(features[0]) - {"input_ids", "labels", REFERENCE_COLUMN, ROW_COLUMN}:
             carried = [feature[key] if isinstance(feature[key], list) else [feature[key]] for feature in features]
             if len({len(pairs) for pairs in carried}) != 1:
                 raise ValueError(f"forget pairs carry {key} pairs in different numbers: "

@@ -4,9 +4,13 @@ PEFT there is none: the reference is the model with its adapter disabled.
 
 NPO needs the reference only on its forget rows, which are fixed: where each process holds the whole model
 (`whole_model_here`), their reference sequence log-probs are computed once, before training, by the model itself
-(which, before its first update, is the reference) and no copy is held (`precomputed_reference`). A KL retain term
-needs the reference's whole next-token distribution on retain rows drawn at random, and UnSTAR's NPO term its
-log-probs on questions written during the rounds: both keep the reference (see docs/costs.md)."""
+(which, before its first update, is the reference) and no copy is held (`precomputed_reference`). The terms that
+need the reference's whole next-token distribution on fixed rows (UNDIAL's target on the forget rows, a KL retain
+term on the retain rows) get it the same way, as a table of logits, where that is smaller than a copy of the weights
+(`reference_table.py`). UnSTAR's NPO term asks the reference about questions written during the rounds, and its KL
+retain term about retain answers it rewrites in the model's words: it keeps the reference (see docs/costs.md).
+Computed in the trainer's `__init__`, from the model it is given, as the copy is taken: a resumed run is built from
+the run's starting model (the checkpoint's weights are loaded by `train`), so its reference is the same."""
 
 from __future__ import annotations
 
@@ -63,26 +67,31 @@ def whole_model_here(args, model) -> bool:
 
 
 @torch.no_grad()
-def precomputed_reference(trainer, rows, batch_size: int) -> list[float]:
-    """The reference's sequence log-prob of each tokenized row of `rows` ({"input_ids", "labels"}), as `forget_loss`
-    would compute it on the fly, from the trainer's model before its first update (in eval mode, under the run's
-    autocast): with PEFT through `reference_logits` (the adapter disabled, or `ref_adapter_name`), else the model
-    itself, which is the reference until it is trained."""
+def reference_batches(trainer, rows, batch_size: int):
+    """Each padded batch of the tokenized rows `rows` ({"input_ids", "labels"}, in order) with the reference's logits
+    on it, from the trainer's model before its first update (in eval mode, under the run's autocast): with PEFT
+    through `reference_logits` (the adapter disabled, or `ref_adapter_name`), else the model itself, which is the
+    reference until it is trained."""
     model = trainer.model
     was_training = model.training
     model.eval()
     peft = isinstance(trainer.accelerator.unwrap_model(model), PeftModel)
     device = getattr(model, "device", trainer.args.device)
-    values = []
     try:
         for start in range(0, len(rows), batch_size):
-            batch = pad_pairs([{"input_ids": row["input_ids"], "labels": row["labels"]}
-                               for row in rows.select(range(start, min(start + batch_size, len(rows))))],
+            batch = pad_pairs([{"input_ids": rows[index]["input_ids"], "labels": rows[index]["labels"]}
+                               for index in range(start, min(start + batch_size, len(rows)))],
                               trainer.processing_class.pad_token_id)
             batch = {key: value.to(device) for key, value in batch.items()}
             with trainer.accelerator.autocast():
                 logits = trainer.reference_logits(batch) if peft else trainer.logits(model, batch)
-            values += sequence_log_probs(logits, batch["labels"])[0].tolist()
+            yield batch, logits
     finally:
         model.train(was_training)
-    return values
+
+
+def precomputed_reference(trainer, rows, batch_size: int) -> list[float]:
+    """The reference's sequence log-prob of each tokenized row of `rows`, as `forget_loss` would compute it on the
+    fly (see `reference_batches`)."""
+    return [value for batch, logits in reference_batches(trainer, rows, batch_size)
+            for value in sequence_log_probs(logits, batch["labels"])[0].tolist()]

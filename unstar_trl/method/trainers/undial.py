@@ -62,7 +62,8 @@ class UndialTrainer(UnlearningTrainer):
     _name = "UNDIAL"
     config_class = UndialConfig
     needs_reference = True
+    reference_logits_on_forget_rows = True
 
     def forget_loss(self, model, inputs, logits):
         self.log_metric("forget_nll", nll(logits.detach(), inputs["labels"]))
-        return undial_loss(logits, self.reference_logits(inputs), inputs["labels"], self.args.beta)
+        return undial_loss(logits, self.reference_logits(inputs, "forget"), inputs["labels"], self.args.beta)

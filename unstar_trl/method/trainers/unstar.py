@@ -214,6 +214,7 @@ class AntiSampleTrainer(UnlearningTrainer):
     _name = "UnSTAR"
     config_class = AntiSampleConfig
     fits_records_answers = False  # the rounds read the model's form and fit anti-samples in it (answer_form)
+    fixed_retain_rows = False  # retain answers rewritten as the model says them, neighbours drawn: a KL term's copy
     output_dir_entries = (*UnlearningTrainer.output_dir_entries, ROUND_CHECKPOINT.format("*"), ANTI_SAMPLES_FILE,
                           DROPPED_FILE, ROUNDS_FILE)
 
