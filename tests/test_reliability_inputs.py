@@ -334,6 +334,8 @@ def test_an_empty_retain_is_refused_by_the_python_api(world_dir, tmp_path):
     pytest.param(["--prompt_template", "{question} {answer}"], "no other", id="template-with-another-slot"),
     pytest.param(["--generator", "/no/such/teacher"], "generator must be 'auto', 'self', 'template' or a teacher "
                  "model folder; '/no/such/teacher' is none of these", id="no-such-teacher"),
+    pytest.param(["--method", "npo", "--remove_unused_columns", "true"], "remove_unused_columns true: the "
+                 "unlearning collators read columns", id="remove-unused-columns"),
 ])
 def test_a_run_that_cannot_train_is_refused_at_config_time(world_dir, tmp_path, capsys, nothing_loads, argv,
                                                             expected):

@@ -143,6 +143,10 @@ class UnlearningConfig(SFTConfig):
         if self.retain_loss_type not in choices:
             raise ValueError(f"retain_loss_type must be one of {', '.join(map(repr, choices))}, got "
                              f"{self.retain_loss_type!r}")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns true: the unlearning collators read columns the model's forward "
+                             "does not take (the reference's figures, each row's index, companion answers); leave it "
+                             "false")
         if self.stop_forget_acc is not None and not 0 <= self.stop_forget_acc <= 1:
             raise ValueError(f"stop_forget_acc must be between 0 and 1, got {self.stop_forget_acc}")
         if self.forget_probe_every < 1:
