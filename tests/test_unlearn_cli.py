@@ -266,10 +266,10 @@ def test_a_teacher_model_of_another_world_seed_writes_the_anti_samples(world_dir
     from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig, train_knowledge_model
 
     # a quick teacher: one model (no retain model) of another world, so another tokenizer, taught its facts and the
-    # skills for 8 epochs, with no accuracy bar to top up to: its skills suffice
+    # skills for 5 epochs, with no accuracy bar to top up to: its skills suffice
     teacher = tmp_path / "teacher"
     train_knowledge_model(training_texts(build_world(seed=1, people=10)), teacher / "model",
-                          KnowledgeModelConfig(seed=1, epochs=8), skill_prompts=SKILL_PROMPTS, progress=False)
+                          KnowledgeModelConfig(seed=1, epochs=5), skill_prompts=SKILL_PROMPTS, progress=False)
     loaded, load_model = [], models.load_model
     monkeypatch.setattr(models, "load_model", lambda source, **kwargs: loaded.append(Path(source)) or load_model(
         source, **kwargs))
