@@ -26,12 +26,12 @@ def test_quick_capacity_writes_a_table_and_plot_per_size(capacity, world_dir, tm
         (worlds / "s").mkdir(parents=True, exist_ok=True)
         (worlds / "s" / name).symlink_to(world_dir, target_is_directory=True)
     out = tmp_path / "capacity"
-    capacity.main(["--sizes", "s", "--worlds", "1", "--rows", "unstar,npo", "--quick", "--output-dir", str(out),
+    capacity.main(["--sizes", "s", "--worlds", "1", "--rows", "grad_ascent,npo", "--quick", "--output-dir", str(out),
                    "--worlds-dir", str(worlds)])
     written = json.loads((out / "capacity.json").read_text())
     assert set(written["sizes"]["s"]["rates"].values()) <= set(capacity.QUICK_GRID)
     assert written["sizes"]["s"]["parameters"] == json.loads((world_dir / "world.json").read_text())["parameters"]
-    assert [(entry["size"], entry["row"]) for entry in written["table"]] == [("s", "target"), ("s", "unstar"),
+    assert [(entry["size"], entry["row"]) for entry in written["table"]] == [("s", "target"), ("s", "grad_ascent"),
                                                                               ("s", "npo")]
     for entry in written["table"]:
         for column in capacity.REMOVAL + capacity.KEEPING:
@@ -40,7 +40,7 @@ def test_quick_capacity_writes_a_table_and_plot_per_size(capacity, world_dir, tm
     assert npo["forget_acc"] < target["forget_acc"]  # the quick run removed something
     assert (out / "capacity.png").read_bytes().startswith(PNG)
     report = (out / "capacity.md").read_text()
-    assert "| s | " in report and "| npo |" in report and "| unstar |" in report
+    assert "| s | " in report and "| npo |" in report and "| grad_ascent |" in report
     assert (out / "s" / "world-0" / "results.json").is_file()
 
 
