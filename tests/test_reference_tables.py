@@ -13,8 +13,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from unstar_trl.data import load_unlearning_data
-from unstar_trl.method.trainers import METHODS, GradAscentKLTrainer, NPOTrainer, UndialTrainer, base, reference_table
-from unstar_trl.method.trainers.collators import REFERENCE_COLUMN, ROW_COLUMN, pad_pairs
+from unstar_trl.method.trainers import (METHODS, AltPOTrainer, GradAscentKLTrainer, NPOTrainer, UndialTrainer, base,
+                                        reference_table)
+from unstar_trl.method.trainers.collators import ALTERNATE_REFERENCE_COLUMN, REFERENCE_COLUMN, ROW_COLUMN, pad_pairs
 from unstar_trl.models import load_model
 from unstar_trl.text import PLAIN_TEMPLATE
 
@@ -75,6 +76,38 @@ def test_the_table_gives_the_loss_and_gradient_of_a_held_copy(trainer_class, rol
     assert any(grad.abs().max() > 1e-4 for grad in copy_grads.values())
     for key, grad in copy_grads.items():
         torch.testing.assert_close(table_grads[key], grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_altpo_precomputes_the_reference_on_both_answers_and_matches_a_held_copy(world_dir, data, tmp_path,
+                                                                                   monkeypatch):
+    """AltPO needs the reference only on each pair's truth and alternative, rows fixed before training: their
+    sequence log-probs are computed once, carried beside the batch (not padded as a companion), no copy is held, and
+    on a padded batch the loss and its gradient are those of AltPO with a held copy, which computes them on the fly."""
+    settings = dict(n_alternatives=2, generator="template")
+    precomputed = make(AltPOTrainer, *load_model(world_dir / "model"), data, tmp_path / "precomputed", **settings)
+    assert precomputed.ref_model is None and not precomputed.reference_tables
+    held_copy(monkeypatch)
+    copied = make(AltPOTrainer, *load_model(world_dir / "model"), data, tmp_path / "copy", retain_loss_type="kl",
+                  **settings)  # (a KL retain term's copy, which forget_loss uses when the batch lacks the figures)
+    assert copied.ref_model is not None
+    batch = precomputed.data_collator([precomputed.train_dataset[index] for index in (7, 0, 3, 5)])["forget"]
+    for rows in (batch, batch["alternate"]):
+        assert rows["attention_mask"].sum(-1).unique().numel() > 1  # rows of different lengths
+    assert set(batch["alternate"]) == {"input_ids", "attention_mask", "labels"}
+    assert batch[REFERENCE_COLUMN].shape == batch[ALTERNATE_REFERENCE_COLUMN].shape == (4,)
+    fly = {key: value for key, value in batch.items() if key not in (REFERENCE_COLUMN, ALTERNATE_REFERENCE_COLUMN)}
+    terms = {}
+    for name, trainer, inputs in (("precomputed", precomputed, batch), ("copy", copied, fly)):
+        moved(trainer)
+        trainer.model.zero_grad()
+        loss = trainer.forget_loss(trainer.model, inputs, trainer.logits(trainer.model, inputs))
+        loss.backward()
+        terms[name] = loss.detach(), {key: p.grad.clone() for key, p in trainer.model.named_parameters()}
+    (precomputed_loss, precomputed_grads), (copy_loss, copy_grads) = terms["precomputed"], terms["copy"]
+    torch.testing.assert_close(precomputed_loss, copy_loss, rtol=1e-5, atol=1e-6)
+    assert any(grad.abs().max() > 1e-4 for grad in copy_grads.values())
+    for key, grad in copy_grads.items():
+        torch.testing.assert_close(precomputed_grads[key], grad, rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_the_table_is_held_only_where_it_is_smaller_than_the_copy(world_dir, data, tmp_path, caplog):
@@ -146,7 +179,6 @@ def test_a_resumed_run_has_the_starting_model_as_its_reference(world_dir, data, 
 @pytest.mark.parametrize("method, settings", [
     ("unstar", {"retain_loss_type": "kl", "generator": "template"}),  # retain answers rewritten in the model's words
     ("unstar", {"reversed_loss_type": "npo", "reversed_loss_weight": 1.0, "generator": "template"}),  # new questions
-    ("altpo", {"n_alternatives": 2}),  # the reference on the alternates too
 ])
 def test_a_method_that_needs_the_reference_beyond_fixed_rows_keeps_the_copy(method, settings, world_dir, data,
                                                                           tmp_path):

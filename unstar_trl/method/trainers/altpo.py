@@ -15,12 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasets import Dataset
+
 from ..alternatives import written_alternatives
 from ..generators import check_generator
 from ..anti_samples import write_anti_samples
 from .base import UnlearningConfig, UnlearningTrainer
-from .collators import CompanionCollator
+from .collators import ALTERNATE_REFERENCE_COLUMN, REFERENCE_COLUMN, CompanionCollator
 from .losses import mean_nll, preference_loss, sequence_log_probs
+from .reference import precomputed_reference
 from .unstar import ANTI_SAMPLES_FILE
 
 
@@ -63,6 +66,7 @@ class AltPOTrainer(UnlearningTrainer):
     config_class = AltPOConfig
     collator_class = CompanionCollator
     needs_reference = True
+    reference_on_forget_rows = True
 
     def prepare_forget(self, model, tokenizer):
         self.anti_samples = [sample for samples in written_alternatives(
@@ -93,11 +97,19 @@ class AltPOTrainer(UnlearningTrainer):
             features["alternate"] = super().tokenize(pair["alternate"])
         return features
 
+    def with_reference_figures(self, forget: Dataset) -> Dataset:
+        """Also the reference's sequence log-prob of each row's alternate pair (ALTERNATE_REFERENCE_COLUMN)."""
+        return super().with_reference_figures(forget).add_column(ALTERNATE_REFERENCE_COLUMN, precomputed_reference(
+            self, forget["alternate"], self.args.per_device_train_batch_size))
+
     def forget_loss(self, model, inputs, logits):
         alternate = inputs["alternate"]
         lose, count = sequence_log_probs(logits, inputs["labels"])
         win, _ = sequence_log_probs(self.logits(model, alternate), alternate["labels"])
-        lose_ref, _ = sequence_log_probs(self.reference_logits(inputs), inputs["labels"])
-        win_ref, _ = sequence_log_probs(self.reference_logits(alternate), alternate["labels"])
+        if REFERENCE_COLUMN in inputs:  # computed once before training (reference.py)
+            lose_ref, win_ref = inputs[REFERENCE_COLUMN], inputs[ALTERNATE_REFERENCE_COLUMN]
+        else:
+            lose_ref, _ = sequence_log_probs(self.reference_logits(inputs), inputs["labels"])
+            win_ref, _ = sequence_log_probs(self.reference_logits(alternate), alternate["labels"])
         self.log_metric("forget_nll", mean_nll(lose, count))
         return preference_loss(win, win_ref, lose, lose_ref, self.args.beta)

@@ -277,9 +277,9 @@ class UnlearningTrainer(SFTTrainer):
     needs_reference = False
     """Whether `forget_loss` uses the frozen reference (the KL retain loss asks for it on its own)."""
     reference_on_forget_rows = False
-    """Whether `forget_loss` needs the reference only as `REFERENCE_COLUMN`, the sequence log-probs of the forget rows
-    (NPO): fixed rows, so they are computed once before training (`precomputed_reference`) and, where each process
-    holds the whole model, no reference is held."""
+    """Whether `forget_loss` needs the reference only as sequence log-probs of the forget rows (NPO: REFERENCE_COLUMN;
+    AltPO: that of its alternates too, see `with_reference_figures`): fixed rows, so they are computed once before
+    training (`precomputed_reference`) and, where each process holds the whole model, no reference is held."""
     reference_logits_on_forget_rows = False
     """Whether `forget_loss` needs the reference only as its logits on the forget rows' answers (UNDIAL): a table of
     them, computed once before training, may serve it instead of a copy (see `reference_rows`)."""
@@ -359,8 +359,7 @@ class UnlearningTrainer(SFTTrainer):
         they replace the copy (`reference_table.py`); `reference_logits` serves them."""
         # the model before training is the reference: its figures on the fixed rows, once
         if precompute:
-            self.train_dataset = self.train_dataset.add_column(
-                REFERENCE_COLUMN, precomputed_reference(self, self.train_dataset, args.per_device_train_batch_size))
+            self.train_dataset = self.with_reference_figures(self.train_dataset)
         fixed_rows = {"forget": self.train_dataset, "retain": self.collator.retain}
         for role in tabled or ():
             self.reference_tables[role] = ReferenceTable.compute(self, fixed_rows[role],
@@ -468,11 +467,17 @@ class UnlearningTrainer(SFTTrainer):
         """The method's forget term on the forget batch `inputs`, whose logits under `model` are `logits`."""
         raise NotImplementedError(f"{type(self).__name__} must define forget_loss(model, inputs, logits)")
 
+    def with_reference_figures(self, forget: Dataset) -> Dataset:
+        """The forget rows with what `forget_loss` needs of the reference on them, computed before training where
+        `reference_on_forget_rows`: the reference's sequence log-prob of each (REFERENCE_COLUMN)."""
+        return forget.add_column(REFERENCE_COLUMN, precomputed_reference(self, forget,
+                                                                         self.args.per_device_train_batch_size))
+
     def reference_rows(self, forget: Dataset, retain: list[dict] | None, kl_retain: bool) -> dict | None:
         """The fixed rows, by role, on which the run needs the reference's logits, where those are all it needs of
         it: the forget rows (`reference_logits_on_forget_rows`) and the retain rows of a KL retain term (unless
-        `fixed_retain_rows` is False); None where it needs the reference elsewhere too (AltPO's alternates, UnSTAR's
-        rows written during the run)."""
+        `fixed_retain_rows` is False); None where it needs the reference elsewhere too (UnSTAR's rows written during
+        the run)."""
         on_forget = self.needs_reference and not self.reference_on_forget_rows
         if (on_forget and not self.reference_logits_on_forget_rows) or (kl_retain and not self.fixed_retain_rows):
             return None

@@ -10,6 +10,10 @@ from trl.trainer.utils import pad
 REFERENCE_COLUMN = "ref_log_prob"
 """A forget row's (and the forget batch's) reference sequence log-prob, where the method computed it before training
 (`reference.precomputed_reference`)."""
+ALTERNATE_REFERENCE_COLUMN = "alternate_ref_log_prob"
+"""The reference sequence log-prob of the "alternate" pair a forget row carries (AltPO's preferred answer), computed
+before training beside REFERENCE_COLUMN."""
+REFERENCE_COLUMNS = (REFERENCE_COLUMN, ALTERNATE_REFERENCE_COLUMN)
 ROW_COLUMN = "reference_row"
 """A row's (and a batch's rows') place in its reference table (`reference_table.ReferenceTable`), where the method
 computed the reference's logits on its fixed rows before training."""
@@ -39,8 +43,9 @@ class ForgetRetainCollator:
 
     def __call__(self, features: list[dict]) -> dict:
         forget = pad_pairs(features, self.pad_token_id)
-        if REFERENCE_COLUMN in features[0]:  # NPO's reference figures, computed before training
-            forget[REFERENCE_COLUMN] = torch.tensor([feature[REFERENCE_COLUMN] for feature in features])
+        for column in REFERENCE_COLUMNS:  # NPO's and AltPO's reference figures, computed before training
+            if column in features[0]:
+                forget[column] = torch.tensor([feature[column] for feature in features])
         return {"forget": forget}
 
     def add_retain(self, batch: dict) -> dict:
@@ -62,7 +67,7 @@ class CompanionCollator(ForgetRetainCollator):
 
     def __call__(self, features: list[dict]) -> dict:
         batch = super().__call__(features)
-        for key in set(features[0]) - {"input_ids", "labels", REFERENCE_COLUMN, ROW_COLUMN}:
+        for key in set(features[0]) - {"input_ids", "labels", ROW_COLUMN, *REFERENCE_COLUMNS}:
             carried = [feature[key] if isinstance(feature[key], list) else [feature[key]] for feature in features]
             if len({len(pairs) for pairs in carried}) != 1:
                 raise ValueError(f"forget pairs carry {key} pairs in different numbers: "
