@@ -8,10 +8,11 @@ AntiSampleTrainer is measured on its fit alone (template anti-samples of the for
 as the forget batch: it is compared with SFTTrainer on the same sequences per step (the forget and retain pairs, a
 batch twice as large, "sft+retain"); IdK, which trains the forget questions onto refusal sentences (longer than the
 answers), with SFTTrainer on those very refusal rows and the retain rows ("sft+idk"). NPO computes its reference
-log-probs of the forget rows before training; GradAscentKL (its KL retain term) and UNDIAL (its distillation target
-on the forget answers) compute the reference's logits at the answer positions of their fixed rows before training
-and hold them as a table where it is smaller than a copy of the weights (here 0.3 MiB and 0.05 MiB against 437 MiB):
-none of the three holds a reference copy (see docs/costs.md, "Memory", for when the copy is the smaller).
+log-probs of the forget rows before training, AltPO those of each pair's truth and alternative; GradAscentKL (its KL
+retain term) and UNDIAL (its distillation target on the forget answers) compute the reference's logits at the answer
+positions of their fixed rows before training and hold them as a table where it is smaller than a copy of the
+weights (here 0.3 MiB and 0.05 MiB against 437 MiB): none of the four holds a reference copy (see docs/costs.md,
+"Memory", for when the copy is the smaller).
 
     python benchmarks/memory.py [--steps 3] [--batch-size 8] [--methods unstar,grad_diff,...]
 
@@ -20,6 +21,11 @@ SFTTrainer on the same sequences, `--methods grad_ascent_kl,undial,npo`: SFT 240
 2656 (1.06x), undial 2648 (1.05x), npo 2630 (1.05x); the same command at commit 6a2c5d8, when the first two held a
 reference copy: SFT 2400, SFT+retain 2470; grad_ascent_kl 3076 (1.25x), undial 3077 (1.25x), npo 2629 (1.06x)
 (a second pair of runs: 1.06x, 1.08x, 1.06x after; 1.25x, 1.24x, 1.06x before).
+`--methods altpo,dfmcq` (2 CPU cores under a load of 2 to 3.5, two runs): SFT 2402 / 2413, SFT+retain 2518 / 2509;
+altpo 2891 (1.15x) / 2881 (1.15x), dfmcq 3227 (1.28x) / 3282 (1.31x); the same at commit ea64266, when AltPO held a
+reference copy: SFT 2397 / 2398, SFT+retain 2473 / 2458; altpo 3348 (1.35x) / 3314 (1.35x), dfmcq 3224 (1.30x) /
+3203 (1.30x). What AltPO and DF-MCQ keep above SFT is the sequences a step trains on: 24 and 48 rows of a batch of
+8 (the truths, alternatives or options, and retain rows) against SFT+retain's 16.
 Earlier: SFT 2424, SFT+retain 2463, SFT on IdK's refusal rows + retain 3056; grad_diff 2610 (1.06x), idk 2881
 (0.94x; 1.13x against SFT on the answers' rows), npo 3058 (1.23x) while it held a reference copy; unstar 2663
 (1.06x), grad_ascent 2388 (0.99x), simnpo 2679 (1.07x); before the divergence guard stopped copying the weights at
