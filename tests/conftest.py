@@ -39,7 +39,8 @@ def world_dir(tmp_path_factory) -> Path:
 
     package = Path(unstar_trl.__file__).parent
     sources = [package / name for name in ("testbed/embedded_world.py", "testbed/knowledge_model.py",
-                                           "testbed/world_folder.py", "method/probe.py", "text.py", "data.py")]
+                                           "testbed/model_sizes.py", "testbed/world_folder.py", "method/probe.py",
+                                           "text.py", "data.py")]
     digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources)).hexdigest()[:12]
     path = cache_root(tmp_path_factory) / f"world-{TEST_SEED}-{TEST_PEOPLE}-{digest}"
     with FileLock(str(path) + ".lock"):

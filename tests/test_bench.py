@@ -140,7 +140,7 @@ def test_a_worlds_two_models_are_the_same_trained_side_by_side_or_in_turn(tmp_pa
     each: the weights (and world.json) are those of training them one after the other in this process."""
     from unstar_trl.testbed import world_folder
     from unstar_trl.testbed.embedded_world import build_world, training_texts
-    from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig
+    from unstar_trl.testbed.model_sizes import KnowledgeModelConfig
 
     if world_folder.cores() < 2:
         pytest.skip("one core: the models are always trained in turn")
@@ -168,7 +168,7 @@ def tiny_world(folder, *, seed: int, people: int, model_size: str = "s", progres
     bench's figures are not what the test asks about). Module-level, so that the bench's processes import it."""
     from unstar_trl.testbed import world_folder
     from unstar_trl.testbed.embedded_world import SKILL_PROMPTS, build_world, training_texts
-    from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig
+    from unstar_trl.testbed.model_sizes import KnowledgeModelConfig
 
     world = build_world(seed, people)
     config = KnowledgeModelConfig(hidden_size=64, intermediate_size=128, epochs=3, accuracy_bar=0.0, seed=seed)

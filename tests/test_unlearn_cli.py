@@ -263,7 +263,8 @@ def test_auto_falls_back_to_the_template_generator_in_one_line_on_a_model_withou
 def test_a_teacher_model_of_another_world_seed_writes_the_anti_samples(world_dir, tmp_path, capsys, monkeypatch):
     from unstar_trl import models
     from unstar_trl.testbed.embedded_world import SKILL_PROMPTS, build_world, training_texts
-    from unstar_trl.testbed.knowledge_model import KnowledgeModelConfig, train_knowledge_model
+    from unstar_trl.testbed.knowledge_model import train_knowledge_model
+    from unstar_trl.testbed.model_sizes import KnowledgeModelConfig
 
     # a quick teacher: one model (no retain model) of another world, so another tokenizer, taught its facts and the
     # skills for 5 epochs, with no accuracy bar to top up to: its skills suffice

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,33 +16,7 @@ from trl import SFTConfig, SFTTrainer
 from ..method.probe import probe_accuracy
 from ..progress import quiet_progress
 from ..text import PLAIN_TEMPLATE, write_prompts_file
-
-
-@dataclass
-class KnowledgeModelConfig:
-    """Size and training schedule of the knowledge model (defaults: ~2.3M parameters; small batches memorise the
-    facts in far fewer epochs than large ones)."""
-
-    vocab_size: int = 1024
-    hidden_size: int = 256
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 1024
-    epochs: int = 20
-    """Epochs of the schedule (cosine learning rate): enough that a model of 24 or 60 people knows at least 97% of
-    every split it learns on the machines we tried (14 left some at 92%)."""
-    accuracy_bar: float = 0.97
-    """Greedy probe accuracy every split the model is trained on must reach (the knowledge model knows its facts)..."""
-    extra_epochs: int = 20
-    """...with up to this many more epochs at a tenth of the learning rate when the schedule alone falls short."""
-    learning_rate: float = 1e-3
-    warmup_ratio: float = 0.05
-    """Share of the schedule's steps that warm the learning rate up."""
-    batch_size: int = 8
-    max_length: int = 256
-    """Longest training sequence in tokens, and the model's position limit: room for a TOFU question plus the
-    128 tokens that the unstar_* generation tasks may generate."""
-    seed: int = 0
+from .model_sizes import KnowledgeModelConfig
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:

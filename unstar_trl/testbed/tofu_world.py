@@ -17,7 +17,7 @@ from pathlib import Path
 from ..data import DataError, load_records
 from ..text import PLAIN_TEMPLATE, format_pair
 from .embedded_world import BENCH_TOFU_AUTHORS, DEFAULT_SEED
-from .knowledge_model import KnowledgeModelConfig
+from .model_sizes import KnowledgeModelConfig
 from .world_folder import Training, write_world_dir
 
 FORGET_AUTHORS = 2

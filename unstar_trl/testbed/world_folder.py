@@ -20,8 +20,8 @@ from ..io import atomic_directory, check_output_folder, output_lock, write_json,
 from ..method.probe import probe_accuracy
 from ..text import PLAIN_TEMPLATE
 from .embedded_world import DEFAULT_PEOPLE, DEFAULT_SEED, SKILL_PROMPTS, build_world, training_texts
-from .knowledge_model import KnowledgeModelConfig, count_parameters, tokenizer_for, train_knowledge_model
-from .model_sizes import DEFAULT_SIZE, size_config
+from .knowledge_model import count_parameters, tokenizer_for, train_knowledge_model
+from .model_sizes import DEFAULT_SIZE, KnowledgeModelConfig, size_config
 
 WORLD_FILE = "world.json"
 MODEL_DIR, RETAIN_MODEL_DIR = "model", "retain_model"
