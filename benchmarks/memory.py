@@ -45,6 +45,13 @@ SHAPE = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_
 """A GPT-2-small-sized Llama: 113M parameters besides the embeddings of the facts' small vocabulary."""
 
 
+WRONG_PER_QUESTION = {"altpo": 1, "dfmcq": 4}
+"""Wrong answers a step trains beside each forget pair's truth: AltPO's alternative, DF-MCQ's other options."""
+COMPANION_BASELINES = {method: f"sft+{method}" for method in WRONG_PER_QUESTION}
+"""The SFTTrainer run on the same sequences per step: each forget question with its truth and as many wrong answers
+(the world's perturbed answers), and the retain rows."""
+
+
 def setting(batch_size: int):
     """The forget and retain records, a tokenizer fitted on them and a random model of `SHAPE` (seeded)."""
     import torch
@@ -89,6 +96,10 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
             forget_rows = [(r["question"], r["answer"]) for r in forget]
             if method == "sft+idk":  # the refusal rows IdkTrainer trains on (one per question)
                 forget_rows = [(r["question"], drawn_refusals(r, common["seed"], 1)[0]) for r in forget]
+            if method in COMPANION_BASELINES.values():  # the truth and as many wrong answers per question
+                wrong = next(count for name, count in WRONG_PER_QUESTION.items()
+                             if COMPANION_BASELINES[name] == method)
+                forget_rows += [(r["question"], answer) for r in forget for answer in r["perturbed_answers"][:wrong]]
             retain_rows = [(r["question"], r["answer"]) for r in retain[: len(forget)]] if with_retain else []
             pairs = [format_pair(question, answer, PLAIN_TEMPLATE) for question, answer in forget_rows + retain_rows]
             config = SFTConfig(output_dir=scratch, gradient_checkpointing=False, bf16=False,
@@ -112,7 +123,8 @@ def measure(method: str, steps: int, batch_size: int) -> dict:
                 trainer.train()
         steps_taken = trainer.state.global_step
     peak = peak_rss_mb()
-    baseline = method if method.startswith("sft") else "sft+idk" if method == "idk" else (
+    baseline = method if method.startswith("sft") else "sft+idk" if method == "idk" else COMPANION_BASELINES.get(
+        method) or (
         "sft+retain" if with_retain else "sft")
     return {"method": method, "parameters": parameters, "steps": steps_taken, "peak_mb": peak,
             "growth_mb": peak - before, "baseline": baseline}
@@ -128,7 +140,8 @@ def main() -> None:
     args = parser.parse_args()
     methods = args.methods.split(",")
     plain = {name: in_own_process(measure, name, args.steps, args.batch_size)
-             for name in ("sft", "sft+retain", *(["sft+idk"] if "idk" in methods else []))}
+             for name in ("sft", "sft+retain", *(["sft+idk"] if "idk" in methods else []),
+                          *(COMPANION_BASELINES[method] for method in methods if method in COMPANION_BASELINES))}
     print(f"random Llama, {plain['sft']['parameters'] / 1e6:.0f}M parameters, fp32 on the CPU; {args.steps} steps of "
           f"batch {args.batch_size}; each run in its own process; x SFT: against SFTTrainer on the same sequences")
     print(f"{'trainer':<16} {'peak MB':>9} {'x SFT':>6} {'growth MB':>10} {'x SFT':>6}")
