@@ -76,15 +76,13 @@ def rerun_interval(world_means: list[float | None], within: list[float] = ()) ->
 
 
 def fact_mean_variance(per_seed: list[dict[str, float]]) -> float:
-    """The sampling variance of a world's mean over facts (`per_seed` as `fact_interval` takes): the facts' variance
-    over their count; 0 with fewer than two facts."""
-    means = _fact_means(per_seed)
-    return float(np.var(means, ddof=1) / len(means)) if len(means) > 1 else 0.0
+    """The sampling variance of a world's mean over facts (`per_seed` as `fact_interval` takes)."""
+    return seed_mean_variance(list(_fact_means(per_seed)))
 
 
 def seed_mean_variance(values: list[float | None]) -> float:
-    """The sampling variance of a mean over seeds: their variance over their count; 0 with one seed or a missing
-    value."""
+    """The sampling variance of a mean of `values` (one per seed, or per fact): their variance over their count; 0
+    with fewer than two values or a missing one."""
     if len(values) < 2 or any(value is None or math.isnan(value) for value in values):
         return 0.0
     return float(np.var(values, ddof=1) / len(values))

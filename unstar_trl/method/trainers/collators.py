@@ -13,21 +13,24 @@ REFERENCE_COLUMN = "ref_log_prob"
 ALTERNATE_REFERENCE_COLUMN = "alternate_ref_log_prob"
 """The reference sequence log-prob of the "alternate" pair a forget row carries (AltPO's preferred answer), computed
 before training beside REFERENCE_COLUMN."""
-REFERENCE_COLUMNS = (REFERENCE_COLUMN, ALTERNATE_REFERENCE_COLUMN)
 ROW_COLUMN = "reference_row"
 """A row's (and a batch's rows') place in its reference table (`reference_table.ReferenceTable`), where the method
 computed the reference's logits on its fixed rows before training."""
+PER_ROW_COLUMNS = (REFERENCE_COLUMN, ALTERNATE_REFERENCE_COLUMN, ROW_COLUMN)
+"""One number per row, carried into the batch as one tensor (not padded) where the rows have it."""
 
 
 def pad_pairs(features: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Tokenized pairs ({"input_ids", "labels"}) right-padded into input_ids, attention_mask and labels (-100 on
-    the padding); their places in their reference table too (ROW_COLUMN), where they carry one."""
+    the padding); the numbers they carry one per row (PER_ROW_COLUMNS: the reference's figures computed before
+    training, their places in a reference table) as one tensor each."""
     ids = [torch.tensor(feature["input_ids"]) for feature in features]
     batch = {"input_ids": pad(ids, padding_value=pad_token_id),
              "attention_mask": pad([torch.ones_like(row) for row in ids], padding_value=0),
              "labels": pad([torch.tensor(feature["labels"]) for feature in features], padding_value=-100)}
-    if ROW_COLUMN in features[0]:
-        batch[ROW_COLUMN] = torch.tensor([feature[ROW_COLUMN] for feature in features])
+    for column in PER_ROW_COLUMNS:
+        if column in features[0]:
+            batch[column] = torch.tensor([feature[column] for feature in features])
     return batch
 
 
@@ -42,11 +45,7 @@ class ForgetRetainCollator:
         self.pad_token_id, self.retain, self.rng = pad_token_id, retain, random.Random(seed)
 
     def __call__(self, features: list[dict]) -> dict:
-        forget = pad_pairs(features, self.pad_token_id)
-        for column in REFERENCE_COLUMNS:  # NPO's and AltPO's reference figures, computed before training
-            if column in features[0]:
-                forget[column] = torch.tensor([feature[column] for feature in features])
-        return {"forget": forget}
+        return {"forget": pad_pairs(features, self.pad_token_id)}
 
     def add_retain(self, batch: dict) -> dict:
         """`batch` with as many retain pairs as it has forget pairs under "retain" (as it is without retain
@@ -67,7 +66,7 @@ class CompanionCollator(ForgetRetainCollator):
 
     def __call__(self, features: list[dict]) -> dict:
         batch = super().__call__(features)
-        for key in set(features[0]) - {"input_ids", "labels", ROW_COLUMN, *REFERENCE_COLUMNS}:
+        for key in set(features[0]) - {"input_ids", "labels", *PER_ROW_COLUMNS}:
             carried = [feature[key] if isinstance(feature[key], list) else [feature[key]] for feature in features]
             if len({len(pairs) for pairs in carried}) != 1:
                 raise ValueError(f"forget pairs carry {key} pairs in different numbers: "
