@@ -25,7 +25,9 @@ reference copy: SFT 2400, SFT+retain 2470; grad_ascent_kl 3076 (1.25x), undial 3
 altpo 2891 (1.15x) / 2881 (1.15x), dfmcq 3227 (1.28x) / 3282 (1.31x); the same at commit ea64266, when AltPO held a
 reference copy: SFT 2397 / 2398, SFT+retain 2473 / 2458; altpo 3348 (1.35x) / 3314 (1.35x), dfmcq 3224 (1.30x) /
 3203 (1.30x). Against SFTTrainer on their own sequences per step (`sft+altpo`, `sft+dfmcq`: each question's truth and
-1 or 4 wrong answers, and the retain rows; idle cores, two runs): altpo 1.11x / 1.13x, dfmcq 1.08x / 1.08x.
+1 or 4 wrong answers, and the retain rows; idle cores, two runs): altpo 1.11x / 1.13x, dfmcq 1.08x / 1.08x; since
+both read the truths and the rows they carry in one forward pass (two runs): altpo 1.08x / 1.02x, dfmcq 1.05x /
+1.05x.
 Earlier: SFT 2424, SFT+retain 2463, SFT on IdK's refusal rows + retain 3056; grad_diff 2610 (1.06x), idk 2881
 (0.94x; 1.13x against SFT on the answers' rows), npo 3058 (1.23x) while it held a reference copy; unstar 2663
 (1.06x), grad_ascent 2388 (0.99x), simnpo 2679 (1.07x); before the divergence guard stopped copying the weights at

@@ -16,7 +16,7 @@ from unstar_trl.data import load_unlearning_data
 from unstar_trl.io import UsageError
 from unstar_trl.method.alternatives import written_alternatives
 from unstar_trl.method.trainers import AltPOConfig, AltPOTrainer, DFMCQConfig, DFMCQTrainer
-from unstar_trl.method.trainers.collators import CompanionCollator
+from unstar_trl.method.trainers.collators import COMPANION_LOGITS, CompanionCollator
 from unstar_trl.method.trainers.losses import flattening_loss, preference_loss
 from unstar_trl.models import load_model
 from unstar_trl.text import normalize
@@ -121,6 +121,28 @@ def test_dfmcq_asks_the_truth_and_its_options(world_dir, data, tmp_path):
         assert options == trainer.wrong_options[record["id"]]
     assert trainer.args.retain_loss_type == "kl"  # the paper's retain term, the reference's logits on the retain rows
     assert trainer.ref_model is None and "retain" in trainer.reference_tables  # (a table: smaller than a copy here)
+
+
+@pytest.mark.parametrize("trainer_class,config_class,key", [(AltPOTrainer, AltPOConfig, "alternate"),
+                                                              (DFMCQTrainer, DFMCQConfig, "options")])
+def test_the_forget_rows_and_their_companions_are_read_in_one_forward_pass(trainer_class, config_class, key,
+                                                                           world_dir, data, tmp_path):
+    """One forward pass over the truths and the rows they carry (as SFTTrainer runs one per batch, for memory): each
+    row's logits are those of its own batch's forward, at every position of that batch."""
+    trainer = make(trainer_class, config_class, world_dir, data, tmp_path)
+    rows = trainer.train_dataset
+    batch = trainer.data_collator([rows[index] for index in range(0, len(rows), max(1, len(rows) // 6))])["forget"]
+    model = trainer.model.eval()
+    calls = []
+    model.register_forward_hook(lambda module, args, kwargs, output: calls.append(kwargs["input_ids"].shape),
+                                with_kwargs=True)
+    with torch.no_grad():
+        logits = trainer.forget_logits(model, batch)
+        assert len(calls) == 1 and calls[0][0] == len(batch["input_ids"]) + len(batch[key]["input_ids"])
+        assert batch["input_ids"].shape[1] != batch[key]["input_ids"].shape[1]  # the two were padded apart
+        torch.testing.assert_close(logits, trainer.logits(model, batch), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(batch[key][COMPANION_LOGITS], trainer.logits(model, batch[key]), rtol=1e-4,
+                                   atol=1e-4)
 
 
 # ---- the alternatives ----------------------------------------------------------------------------------------------

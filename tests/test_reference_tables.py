@@ -100,7 +100,7 @@ def test_altpo_precomputes_the_reference_on_both_answers_and_matches_a_held_copy
     for name, trainer, inputs in (("precomputed", precomputed, batch), ("copy", copied, fly)):
         moved(trainer)
         trainer.model.zero_grad()
-        loss = trainer.forget_loss(trainer.model, inputs, trainer.logits(trainer.model, inputs))
+        loss = trainer.forget_loss(trainer.model, inputs, trainer.forget_logits(trainer.model, inputs))
         loss.backward()
         terms[name] = loss.detach(), {key: p.grad.clone() for key, p in trainer.model.named_parameters()}
     (precomputed_loss, precomputed_grads), (copy_loss, copy_grads) = terms["precomputed"], terms["copy"]

@@ -21,7 +21,7 @@ from ..alternatives import written_alternatives
 from ..generators import check_generator
 from ..anti_samples import write_anti_samples
 from .base import UnlearningConfig, UnlearningTrainer
-from .collators import ALTERNATE_REFERENCE_COLUMN, REFERENCE_COLUMN, CompanionCollator
+from .collators import ALTERNATE_REFERENCE_COLUMN, COMPANION_LOGITS, REFERENCE_COLUMN, CompanionCollator
 from .losses import mean_nll, preference_loss, sequence_log_probs
 from .reference import precomputed_reference
 from .unstar import ANTI_SAMPLES_FILE
@@ -65,6 +65,7 @@ class AltPOTrainer(UnlearningTrainer):
     _name = "AltPO"
     config_class = AltPOConfig
     collator_class = CompanionCollator
+    companion_rows = "alternate"
     needs_reference = True
     reference_on_forget_rows = True
 
@@ -105,7 +106,7 @@ class AltPOTrainer(UnlearningTrainer):
     def forget_loss(self, model, inputs, logits):
         alternate = inputs["alternate"]
         lose, count = sequence_log_probs(logits, inputs["labels"])
-        win, _ = sequence_log_probs(self.logits(model, alternate), alternate["labels"])
+        win, _ = sequence_log_probs(alternate[COMPANION_LOGITS], alternate["labels"])
         if REFERENCE_COLUMN in inputs:  # computed once before training (reference.py)
             lose_ref, win_ref = inputs[REFERENCE_COLUMN], inputs[ALTERNATE_REFERENCE_COLUMN]
         else:

@@ -59,6 +59,10 @@ class ForgetRetainCollator:
         return [self.rng.choice(self.retain) for _ in range(count)]
 
 
+COMPANION_LOGITS = "logits"
+"""Where a trainer puts the model's logits on a forget batch's companion rows (`UnlearningTrainer.companion_rows`)."""
+
+
 class CompanionCollator(ForgetRetainCollator):
     """Also pads the tokenized pairs each forget pair carries beside its own, under any other key (AltPO's
     "alternate", one pair; DF-MCQ's "options", a list of as many pairs for every forget pair), into

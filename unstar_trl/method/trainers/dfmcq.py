@@ -22,7 +22,7 @@ import torch
 from ..alternatives import written_alternatives
 from ..generators import check_generator
 from .base import UnlearningConfig, UnlearningTrainer
-from .collators import CompanionCollator
+from .collators import COMPANION_LOGITS, CompanionCollator
 from .losses import flattening_loss, mean_nll, sequence_log_probs
 
 
@@ -66,6 +66,7 @@ class DFMCQTrainer(UnlearningTrainer):
     _name = "DF-MCQ"
     config_class = DFMCQConfig
     collator_class = CompanionCollator
+    companion_rows = "options"
 
     def prepare_forget(self, model, tokenizer):
         wrong = self.args.n_options - 1
@@ -88,6 +89,6 @@ class DFMCQTrainer(UnlearningTrainer):
     def forget_loss(self, model, inputs, logits):
         options = inputs["options"]
         truth, count = sequence_log_probs(logits, inputs["labels"])
-        wrong, _ = sequence_log_probs(self.logits(model, options), options["labels"])
+        wrong, _ = sequence_log_probs(options[COMPANION_LOGITS], options["labels"])
         self.log_metric("forget_nll", mean_nll(truth, count))
         return flattening_loss(torch.cat([truth[:, None], wrong.view(len(truth), -1)], dim=1))
