@@ -513,7 +513,7 @@ class UnlearningTrainer(SFTTrainer):
     def joint_logits(cls, model, *batches: dict) -> list[torch.Tensor]:
         """The model's logits on each padded batch, from one forward pass over them all (right-padded to the
         longest), as SFTTrainer runs one per batch: the backward then holds one graph, not several (AltPO's peak
-        memory falls from 1.11-1.13x SFTTrainer's on the same rows to 1.06-1.08x: docs/costs.md)."""
+        memory falls from 1.11-1.13x SFTTrainer's on the same rows to 1.02-1.08x: docs/costs.md)."""
         length = max(batch["input_ids"].shape[1] for batch in batches)
         joined = {key: torch.cat([F.pad(batch[key], (0, length - batch[key].shape[1])) for batch in batches])
                   for key in ("input_ids", "attention_mask")}
