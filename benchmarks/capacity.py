@@ -18,11 +18,15 @@ import json
 import os
 from pathlib import Path
 
-REMOVAL = ("forget_acc", "paraphrase_acc", "targeted_acc", "mcq_acc", "relearn_acc", "quant4_forget_acc", "mia_auc")
+REMOVAL = ("forget_acc", "paraphrase_acc", "targeted_acc", "mcq_acc", "logit_lens_acc", "relearn_acc",
+           "quant4_forget_acc", "mia_auc")
 KEEPING = ("retain_heldout_acc", "neighbor_acc", "sibling_heldout_acc")
 """The columns compared across sizes: what a row removes (lower is more removed; MIA AUC 0.5 is none left to
 find) and what it keeps (higher is better)."""
 ROWS = ("unstar", "unstar_plus", "npo", "simnpo")
+REFERENCES = ("target", "retain_model")
+"""The rows every method is read against: the knowledge model before unlearning and the retain model, which never
+saw the forget facts (what removal should look like)."""
 SWEEP_SEED = 100
 """The world seed the learning rates are swept on (no reported world has it)."""
 QUICK_GRID = (1e-3, 3e-3)
@@ -51,32 +55,55 @@ def ensure_world(path: Path, size: str, seed: int, progress: bool = False) -> Pa
 
 
 def run_size(size: str, worlds: int, rows: list[str], worlds_dir: Path, out: Path, settings, grid) -> dict:
-    """{"parameters", "rates": {row: chosen rate}, "sweep": ..., "worlds": [bench results of each world]}."""
+    """{"parameters", "rates": {row: chosen rate}, "sweep": ..., "worlds": [bench results of each world]}. A sweep
+    (OUT/<size>/sweep.json) or a world's bench (its results.json) that an earlier run left under the same rows,
+    grid and settings is read back instead of run again, so that a stopped run goes on where it stopped."""
     import dataclasses
 
     from sweep import sweep  # beside this script
     from unstar_trl.evaluation.bench_runner import BenchWorld, run_bench
+    from unstar_trl.io import write_json
 
-    swept = sweep(ensure_world(world_path(worlds_dir, size, None), size, SWEEP_SEED), rows, settings, grid=grid)
+    asked = {"rows": rows, "grid": list(grid), "settings": dataclasses.asdict(settings)}
+    swept = done_before(out / size / "sweep.json", asked)
+    if swept is None:
+        swept = sweep(ensure_world(world_path(worlds_dir, size, None), size, SWEEP_SEED), rows, settings, grid=grid)
+        write_json(out / size / "sweep.json", {**asked, "found": swept})
+    else:
+        swept = swept["found"]
     rates = {row: found["chosen"] for row, found in swept.items()}
     benched = []
     for seed in range(worlds):
         world = ensure_world(world_path(worlds_dir, size, seed), size, seed)
-        benched.append(run_bench([BenchWorld(world)], rows, out / size / f"world-{seed}",
-                                 settings=dataclasses.replace(settings, learning_rates=rates), progress=False))
+        world_settings = dataclasses.replace(settings, learning_rates=rates)
+        earlier = done_before(out / size / f"world-{seed}" / "results.json",
+                              {"settings": dataclasses.asdict(world_settings)})
+        benched.append(earlier if earlier is not None and set(rows) <= set(earlier["methods"]) else run_bench(
+            [BenchWorld(world)], rows, out / size / f"world-{seed}", settings=world_settings, progress=False))
     parameters = json.loads((world / "world.json").read_text())["parameters"]
     return {"parameters": parameters, "rates": rates, "sweep": swept, "worlds": benched}
 
 
+def done_before(path: Path, asked: dict) -> dict | None:
+    """What an earlier run wrote at `path` (JSON), where it was run as `asked` (each key equal); else None."""
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    same = all(json.loads(json.dumps(value)) == found.get(key) for key, value in asked.items())
+    if same:
+        print(f"reusing {path} (an earlier run's, same settings)", flush=True)
+    return found if same else None
+
+
 def summarise(by_size: dict[str, dict], rows: list[str]) -> list[dict]:
-    """One entry per size and row (the knowledge model's as `target` too): each column's mean over worlds and its
-    95% interval over them."""
+    """One entry per size and row (the knowledge model's as `target`, the retain model's as `retain_model`): each
+    column's value in each world, their mean and its 95% interval over worlds."""
     from unstar_trl.evaluation.intervals import seed_interval
 
     table = []
     for size, found in by_size.items():
-        for row in ("target", *rows):
-            values = {column: [(bench["target"] if row == "target" else bench["methods"][row])[column]
+        for row in (*REFERENCES, *rows):
+            values = {column: [(bench[row] if row in REFERENCES else bench["methods"][row])[column]
                                for bench in found["worlds"]] for column in REMOVAL + KEEPING}
             entry = {"size": size, "parameters": found["parameters"], "row": row,
                      "learning_rate": found["rates"].get(row)}
@@ -84,6 +111,7 @@ def summarise(by_size: dict[str, dict], rows: list[str]) -> list[dict]:
                 present = [value for value in seen if value is not None]
                 entry[column] = sum(present) / len(present) if present and len(present) == len(seen) else None
                 entry[f"{column}_ci95"] = seed_interval(seen) if entry[column] is not None and len(seen) > 1 else None
+                entry[f"{column}_worlds"] = seen
             table.append(entry)
     return table
 
@@ -93,19 +121,20 @@ def markdown_table(table: list[dict]) -> str:
     lines = ["| size | parameters | row | lr | " + " | ".join(columns) + " |", "|---|---:|---|---:|" +
              "---:|" * len(columns)]
     for entry in table:
-        cells = [_cell(entry[column], entry[f"{column}_ci95"]) for column in columns]
+        cells = [_cell(entry[column], entry[f"{column}_ci95"], entry[f"{column}_worlds"]) for column in columns]
         rate = f"{entry['learning_rate']:.0e}" if entry["learning_rate"] else ""
         lines.append(f"| {entry['size']} | {entry['parameters']:,} | {entry['row']} | {rate} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines) + ("\n\nremoval columns (lower: more removed; mia_auc 0.5: nothing to find): "
                                f"{', '.join(REMOVAL)}; keeping columns (higher: more kept): {', '.join(KEEPING)}; "
-                               "mean over worlds [95% Student t interval over worlds]\n")
+                               "mean over worlds [95% Student t interval over worlds] (each world's value)\n")
 
 
-def _cell(value, interval) -> str:
+def _cell(value, interval, worlds) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+    return (f"{value:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+            + (f" ({' / '.join(f'{seen:.2f}' for seen in worlds)})" if len(worlds) > 1 else ""))
 
 
 def plot(table: list[dict], path: Path) -> None:
@@ -116,12 +145,12 @@ def plot(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     columns = REMOVAL + KEEPING
-    figure, axes = plt.subplots(2, (len(columns) + 1) // 2, figsize=(18, 7), squeeze=False)
+    figure, axes = plt.subplots(2, (len(columns) + 1) // 2, figsize=(21, 7), squeeze=False)
     for axis, column in zip(axes.flat, columns):
         for row in dict.fromkeys(entry["row"] for entry in table):
             mine = [entry for entry in table if entry["row"] == row and entry[column] is not None]
             axis.plot([entry["parameters"] for entry in mine], [entry[column] for entry in mine], marker="o",
-                      label=row, linestyle=":" if row == "target" else "-")
+                      label=row, linestyle={"target": ":", "retain_model": "--"}.get(row, "-"))
         axis.set_xscale("log")
         axis.set_title(f"{column} ({'removal' if column in REMOVAL else 'keeping'})")
         axis.set_xlabel("parameters")

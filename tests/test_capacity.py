@@ -20,7 +20,8 @@ def capacity():
     return importlib.import_module("capacity")
 
 
-def test_quick_capacity_writes_a_table_and_plot_per_size(capacity, world_dir, tmp_path, capsys):
+def test_quick_capacity_writes_a_table_and_plot_per_size(capacity, world_dir, tmp_path, capsys,
+                                                          monkeypatch):
     worlds = tmp_path / "worlds"
     for name in ("sweep", "seed-0"):  # the tests' world stands in for both (it is only read)
         (worlds / "s").mkdir(parents=True, exist_ok=True)
@@ -31,17 +32,32 @@ def test_quick_capacity_writes_a_table_and_plot_per_size(capacity, world_dir, tm
     written = json.loads((out / "capacity.json").read_text())
     assert set(written["sizes"]["s"]["rates"].values()) <= set(capacity.QUICK_GRID)
     assert written["sizes"]["s"]["parameters"] == json.loads((world_dir / "world.json").read_text())["parameters"]
-    assert [(entry["size"], entry["row"]) for entry in written["table"]] == [("s", "target"), ("s", "grad_ascent"),
-                                                                              ("s", "npo")]
+    assert [(entry["size"], entry["row"]) for entry in written["table"]] == [
+        ("s", "target"), ("s", "retain_model"), ("s", "grad_ascent"), ("s", "npo")]
     for entry in written["table"]:
         for column in capacity.REMOVAL + capacity.KEEPING:
             assert entry[column] is None or 0.0 <= entry[column] <= 1.0, (entry["row"], column)
-    target, npo = written["table"][0], written["table"][2]
+    target, retain_model, npo = written["table"][0], written["table"][1], written["table"][3]
+    assert retain_model["forget_acc"] < target["forget_acc"]  # the retain model never saw the forget facts
     assert npo["forget_acc"] < target["forget_acc"]  # the quick run removed something
     assert (out / "capacity.png").read_bytes().startswith(PNG)
     report = (out / "capacity.md").read_text()
     assert "| s | " in report and "| npo |" in report and "| grad_ascent |" in report
     assert (out / "s" / "world-0" / "results.json").is_file()
+
+    # run again: the sweep and the world's bench are read back, not run again, and give the same table
+    def run_again(*args, **kwargs):
+        raise AssertionError("ran again what an earlier run had done")
+
+    monkeypatch.setattr("sweep.sweep", run_again)
+    monkeypatch.setattr("unstar_trl.evaluation.bench_runner.run_bench", run_again)
+    capacity.main(["--sizes", "s", "--worlds", "1", "--rows", "grad_ascent,npo", "--quick", "--output-dir", str(out),
+                   "--worlds-dir", str(worlds)])
+    assert json.loads((out / "capacity.json").read_text())["table"] == written["table"]
+    assert "reusing" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="ran again"):  # other settings: not the earlier run's
+        capacity.main(["--sizes", "s", "--worlds", "1", "--rows", "npo", "--quick", "--output-dir", str(out),
+                       "--worlds-dir", str(worlds)])
 
 
 def test_a_world_of_another_size_is_refused(capacity, tmp_path):
