@@ -5,8 +5,11 @@ one stopping rule. Writes OUT/capacity.json, OUT/capacity.md (each removal and k
 over worlds with a Student t interval over them) and OUT/capacity.png (each column against parameters), and keeps
 every world's bench output under OUT/<size>/world-<seed>/.
 
-Worlds are built once and reused from --worlds-dir (`<size>/seed-<k>`, `<size>/sweep`): size m takes tens of
-minutes per world on 2 CPU cores and l hours (docs/sizes.md), so build them ahead or leave them running.
+Worlds are built once and reused from --worlds-dir (`<size>/seed-<k>`, `<size>/sweep`): size m takes 8 to 40
+minutes per world on 2 CPU cores and l about an hour or more (docs/sizes.md), so build them ahead or leave them
+running. A rerun with the same rows and settings reads back each size's sweep and each world's bench that an earlier
+run finished (OUT/<size>/sweep.json, OUT/<size>/world-<k>/results.json): a stopped run goes on, and a size added
+later costs only that size.
 
     python benchmarks/capacity.py --sizes s,m,l --worlds 2 --output-dir capacity [--worlds-dir capacity-worlds]
 """
