@@ -26,7 +26,9 @@ REMOVAL = ("forget_acc", "paraphrase_acc", "targeted_acc", "mcq_acc", "logit_len
 KEEPING = ("retain_heldout_acc", "neighbor_acc", "sibling_heldout_acc")
 """The columns compared across sizes: what a row removes (lower is more removed; MIA AUC 0.5 is none left to
 find) and what it keeps (higher is better)."""
-ROWS = ("unstar", "unstar_plus", "npo", "simnpo")
+ROWS = ("unstar", "unstar_plus", "npo", "simnpo", "altpo")
+"""The bench's main rows and its strongest new peer, AltPO: in the default bench the one peer that brings MCQ and
+the logit lens to the retain model's while keeping most neighbours (docs/bench.md)."""
 REFERENCES = ("target", "retain_model")
 """The rows every method is read against: the knowledge model before unlearning and the retain model, which never
 saw the forget facts (what removal should look like)."""
@@ -58,44 +60,74 @@ def ensure_world(path: Path, size: str, seed: int, progress: bool = False) -> Pa
 
 
 def run_size(size: str, worlds: int, rows: list[str], worlds_dir: Path, out: Path, settings, grid) -> dict:
-    """{"parameters", "rates": {row: chosen rate}, "sweep": ..., "worlds": [bench results of each world]}. A sweep
-    (OUT/<size>/sweep.json) or a world's bench (its results.json) that an earlier run left under the same rows,
-    grid and settings is read back instead of run again, so that a stopped run goes on where it stopped."""
+    """{"parameters", "rates": {row: chosen rate}, "sweep": ..., "worlds": [bench results of each world]}. What an
+    earlier run finished under the same grid and settings is read back, row by row: each row's sweep
+    (OUT/<size>/sweep.json) and each world's bench of it (a results.json under OUT/<size>/world-<k>/), so that a
+    stopped run goes on where it stopped and an added row or size costs only itself."""
     import dataclasses
 
     from sweep import sweep  # beside this script
-    from unstar_trl.evaluation.bench_runner import BenchWorld, run_bench
     from unstar_trl.io import write_json
 
-    asked = {"rows": rows, "grid": list(grid), "settings": dataclasses.asdict(settings)}
-    swept = done_before(out / size / "sweep.json", asked)
-    if swept is None:
-        swept = sweep(ensure_world(world_path(worlds_dir, size, None), size, SWEEP_SEED), rows, settings, grid=grid)
+    asked = {"grid": list(grid), "settings": dataclasses.asdict(settings)}
+    swept = earlier_sweep(out / size / "sweep.json", asked)
+    missing = [row for row in rows if row not in swept]
+    if missing:
+        world = ensure_world(world_path(worlds_dir, size, None), size, SWEEP_SEED)
+        swept.update(sweep(world, missing, settings, grid=grid))
         write_json(out / size / "sweep.json", {**asked, "found": swept})
-    else:
-        swept = swept["found"]
-    rates = {row: found["chosen"] for row, found in swept.items()}
-    benched = []
-    for seed in range(worlds):
-        world = ensure_world(world_path(worlds_dir, size, seed), size, seed)
-        world_settings = dataclasses.replace(settings, learning_rates=rates)
-        earlier = done_before(out / size / f"world-{seed}" / "results.json",
-                              {"settings": dataclasses.asdict(world_settings)})
-        benched.append(earlier if earlier is not None and set(rows) <= set(earlier["methods"]) else run_bench(
-            [BenchWorld(world)], rows, out / size / f"world-{seed}", settings=world_settings, progress=False))
-    parameters = json.loads((world / "world.json").read_text())["parameters"]
-    return {"parameters": parameters, "rates": rates, "sweep": swept, "worlds": benched}
+    rates = {row: swept[row]["chosen"] for row in rows}
+    benched = [world_bench(ensure_world(world_path(worlds_dir, size, seed), size, seed), rows, rates,
+                           out / size / f"world-{seed}", settings) for seed in range(worlds)]
+    parameters = json.loads((world_path(worlds_dir, size, 0) / "world.json").read_text())["parameters"]
+    return {"parameters": parameters, "rates": rates, "sweep": {row: swept[row] for row in rows},
+            "worlds": benched}
 
 
-def done_before(path: Path, asked: dict) -> dict | None:
-    """What an earlier run wrote at `path` (JSON), where it was run as `asked` (each key equal); else None."""
+def earlier_sweep(path: Path, asked: dict) -> dict:
+    """{row: its sweep} that an earlier run wrote at `path` under `asked` (grid and settings), else {}."""
     if not path.is_file():
-        return None
+        return {}
     found = json.loads(path.read_text())
-    same = all(json.loads(json.dumps(value)) == found.get(key) for key, value in asked.items())
-    if same:
-        print(f"reusing {path} (an earlier run's, same settings)", flush=True)
-    return found if same else None
+    if any(as_json(value) != found.get(key) for key, value in asked.items()):
+        return {}
+    print(f"reusing the sweep of {', '.join(found['found'])} in {path}", flush=True)
+    return found["found"]
+
+
+def world_bench(world: Path, rows: list[str], rates: dict, out: Path, settings) -> dict:
+    """{"target", "retain_model", "methods": {row: figures}} of `rows` on `world`, each at its rate: the rows an
+    earlier bench under `out` ran at that rate and these settings are read back, the others run into a folder of
+    their own there (`out` itself the first time)."""
+    import dataclasses
+
+    from unstar_trl.evaluation.bench_runner import BenchWorld, run_bench
+
+    same = as_json(dataclasses.asdict(dataclasses.replace(settings, learning_rates={})))
+    merged = {"methods": {}}
+    for path in sorted(out.glob("**/results.json")):
+        result = json.loads(path.read_text())
+        if {**result["settings"], "learning_rates": {}} != same:
+            continue
+        kept = {row: figures for row, figures in result["methods"].items()
+                if row in rows and result["settings"]["learning_rates"].get(row) == rates[row]}
+        if kept:
+            print(f"reusing {', '.join(kept)} from {path}", flush=True)
+        merged = {"target": result["target"], "retain_model": result["retain_model"],
+                  "methods": {**kept, **merged["methods"]}}
+    missing = [row for row in rows if row not in merged["methods"]]
+    if missing:
+        result = run_bench([BenchWorld(world)], missing, out / "+".join(missing) if merged["methods"] else out,
+                           settings=dataclasses.replace(settings, learning_rates={row: rates[row] for row in missing}),
+                           progress=False)
+        merged = {"target": result["target"], "retain_model": result["retain_model"],
+                  "methods": {**merged["methods"], **result["methods"]}}
+    return merged
+
+
+def as_json(value):
+    """`value` as it reads back from JSON (tuples as lists)."""
+    return json.loads(json.dumps(value))
 
 
 def summarise(by_size: dict[str, dict], rows: list[str]) -> list[dict]:

@@ -45,19 +45,29 @@ def test_quick_capacity_writes_a_table_and_plot_per_size(capacity, world_dir, tm
     assert "| s | " in report and "| npo |" in report and "| grad_ascent |" in report
     assert (out / "s" / "world-0" / "results.json").is_file()
 
-    # run again: the sweep and the world's bench are read back, not run again, and give the same table
-    def run_again(*args, **kwargs):
-        raise AssertionError("ran again what an earlier run had done")
+    # run again with a row more: the sweep and the world's bench of the first two are read back, the third alone runs
+    import sweep
 
-    monkeypatch.setattr("sweep.sweep", run_again)
-    monkeypatch.setattr("unstar_trl.evaluation.bench_runner.run_bench", run_again)
-    capacity.main(["--sizes", "s", "--worlds", "1", "--rows", "grad_ascent,npo", "--quick", "--output-dir", str(out),
-                   "--worlds-dir", str(worlds)])
-    assert json.loads((out / "capacity.json").read_text())["table"] == written["table"]
-    assert "reusing" in capsys.readouterr().out
-    with pytest.raises(AssertionError, match="ran again"):  # other settings: not the earlier run's
-        capacity.main(["--sizes", "s", "--worlds", "1", "--rows", "npo", "--quick", "--output-dir", str(out),
-                       "--worlds-dir", str(worlds)])
+    from unstar_trl.evaluation import bench_runner
+
+    calls = []
+
+    def recorded(function):
+        def call(*args, **kwargs):
+            calls.append((function.__name__, list(args[1])))  # (the world, the rows, ...)
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(sweep, "sweep", recorded(sweep.sweep))
+    monkeypatch.setattr(bench_runner, "run_bench", recorded(bench_runner.run_bench))
+    capacity.main(["--sizes", "s", "--worlds", "1", "--rows", "grad_ascent,npo,simnpo", "--quick", "--output-dir",
+                   str(out), "--worlds-dir", str(worlds)])
+    assert calls == [("sweep", ["simnpo"]), ("run_bench", ["simnpo"])]
+    again = json.loads((out / "capacity.json").read_text())["table"]
+    assert [entry["row"] for entry in again] == ["target", "retain_model", "grad_ascent", "npo", "simnpo"]
+    assert again[:4] == written["table"]  # the rows read back are the first run's
+    assert (out / "s" / "world-0" / "simnpo" / "results.json").is_file()
+    assert "reusing grad_ascent, npo from" in capsys.readouterr().out
 
 
 def test_a_world_of_another_size_is_refused(capacity, tmp_path):
