@@ -7,9 +7,9 @@ every world's bench output under OUT/<size>/world-<seed>/.
 
 Worlds are built once and reused from --worlds-dir (`<size>/seed-<k>`, `<size>/sweep`): size m takes 8 to 40
 minutes per world on 2 CPU cores and l about an hour or more (docs/sizes.md), so build them ahead or leave them
-running. A rerun with the same rows and settings reads back each size's sweep and each world's bench that an earlier
-run finished (OUT/<size>/sweep.json, OUT/<size>/world-<k>/results.json): a stopped run goes on, and a size added
-later costs only that size.
+running. A rerun under the same grid and settings reads back, row by row, each row's sweep and each world's bench
+of it that an earlier run finished (OUT/<size>/sweep.json, results.json under OUT/<size>/world-<k>/): a stopped run
+goes on, and an added row or size costs only itself.
 
     python benchmarks/capacity.py --sizes s,m,l --worlds 2 --output-dir capacity [--worlds-dir capacity-worlds]
 """
